@@ -1,0 +1,30 @@
+"""kvmplat.client: the client library and the `kvmplat` CLI.
+
+`Client` (kvmplat.client.client) wraps the Agent stubs; errors are in kvmplat.client.errors; spec files in
+kvmplat.client.specfile. Nothing is imported here eagerly, so `import kvmplat.client.specfile` (or the libvirt hook)
+does not pay for grpc until it asks for `Client`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvmplat.client.client import Client, TlsFiles
+    from kvmplat.client.errors import KvmplatError
+
+__all__ = ["Client", "KvmplatError", "TlsFiles"]
+
+_LAZY = {
+    "Client": "kvmplat.client.client",
+    "TlsFiles": "kvmplat.client.client",
+    "KvmplatError": "kvmplat.client.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Imports `Client`, `TlsFiles` and `KvmplatError` on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

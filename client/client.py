@@ -1,0 +1,236 @@
+"""`Client`: a typed, synchronous wrapper over the Agent stubs. Every unary call has a timeout; every failure is one
+of `kvmplat.client.errors`. Imports are kept to grpc and the generated stubs because the libvirt hook reuses this
+module on every domain start (see reference/GRPC.md §3.2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import grpc
+from kvmplat.client.errors import KvmplatError, from_rpc_error
+from kvmplat.v1 import agent_pb2 as pb
+from kvmplat.v1 import agent_pb2_grpc as pb_grpc
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_TIMEOUT",
+    "ENV_AGENT",
+    "AddressError",
+    "Client",
+    "EventStream",
+    "TlsFiles",
+    "default_address",
+    "grpc_target",
+]
+
+ENV_AGENT = "KVMPLAT_AGENT"
+DEFAULT_ADDRESS = "unix:///run/kvmplat/agent.sock"
+DEFAULT_TIMEOUT = 10.0
+# How long a failed call may spend asking whether the channel is connected, to tell "agent said UNAVAILABLE" from
+# "no agent there"; only failed calls pay it.
+_READY_PROBE_S = 0.2
+
+T = TypeVar("T")
+
+
+class AddressError(ValueError):
+    """An agent address in none of the accepted forms (unix:///path, unix:path, tcp://host:port)."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for mutual TLS over tcp: the CA that signed the agent, and this client's certificate and key."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def credentials(self) -> Any:
+        """grpc channel credentials built from the files (read now, so a missing file fails early)."""
+        if (self.cert is None) != (self.key is None):
+            raise AddressError("--tls-cert and --tls-key go together")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca), private_key=_read(self.key), certificate_chain=_read(self.cert)
+        )
+
+
+def _read(path: str | None) -> bytes | None:
+    """The bytes of a PEM file, or None when no path is given."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise AddressError(f"cannot read TLS file {path}: {e.strerror}") from None
+
+
+def default_address(env: dict[str, str] | None = None) -> str:
+    """The agent address from KVMPLAT_AGENT, else the documented default socket."""
+    value = (os.environ if env is None else env).get(ENV_AGENT, "")
+    return value or DEFAULT_ADDRESS
+
+
+def grpc_target(address: str) -> str:
+    """The grpc channel target for an agent address (`unix:///path`, `unix:path`, `tcp://host:port`)."""
+    if address.startswith("unix://"):
+        if not address.startswith("unix:///"):
+            raise AddressError(f"bad agent address {address!r}: a unix socket path must be absolute (unix:///path)")
+        return address
+    if address.startswith("unix:"):
+        if len(address) == len("unix:"):
+            raise AddressError(f"bad agent address {address!r}: no socket path")
+        return address
+    if address.startswith("tcp://"):
+        hostport = address[len("tcp://") :]
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise AddressError(f"bad agent address {address!r}: expected tcp://HOST:PORT")
+        return hostport
+    raise AddressError(f"bad agent address {address!r}: expected unix:///PATH, unix:PATH or tcp://HOST:PORT")
+
+
+class EventStream:
+    """The events of a WatchEvents call, as an iterator; `cancel()` (from any thread) ends it quietly."""
+
+    def __init__(self, call: Any, client: Client) -> None:
+        self._call = call
+        self._client = client
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[pb.Event]:
+        try:
+            yield from self._call
+        except grpc.RpcError as e:
+            if self._cancelled and e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise self._client.error(e) from None
+
+    def cancel(self) -> None:
+        """Ends the stream; an iteration in progress stops without an error."""
+        self._cancelled = True
+        self._call.cancel()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class Client:
+    """A connection to one kvmplat agent; also a context manager that closes the channel."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls: TlsFiles | None = None,
+        channel: Any = None,
+    ) -> None:
+        self.address = address or default_address()
+        self.timeout = timeout
+        if channel is None:
+            target = grpc_target(self.address)
+            if tls is not None and target.startswith("unix:"):
+                raise AddressError("TLS is for tcp:// addresses; a unix socket is guarded by file permissions")
+            channel = grpc.secure_channel(target, tls.credentials()) if tls else grpc.insecure_channel(target)
+        self._channel = channel
+        self._stub = pb_grpc.AgentStub(channel)  # type: ignore[no-untyped-call]  # generated, no .pyi
+
+    def close(self) -> None:
+        """Closes the channel (ending any event stream)."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def error(self, err: Any) -> KvmplatError:
+        """The client error for a grpc.RpcError from this client's channel."""
+        return from_rpc_error(err, self.address, self._channel_ready)
+
+    def _channel_ready(self) -> bool:
+        """Whether the channel is connected (or connects within a moment)."""
+        return self.wait_ready(_READY_PROBE_S)
+
+    def _call(self, method: Any, request: Any, reply: type[T], timeout: float | None = None) -> T:
+        """Runs one unary call with a deadline, turning grpc errors into client errors; `reply` types the answer."""
+        try:
+            return cast(T, method(request, timeout=self.timeout if timeout is None else timeout))
+        except grpc.RpcError as e:
+            raise self.error(e) from None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Waits up to `timeout` seconds for the channel to connect; True when it did."""
+        future = grpc.channel_ready_future(self._channel)
+        try:
+            future.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            future.cancel()
+            return False
+        return True
+
+    def capabilities(self, refresh: bool = False) -> pb.Capabilities:
+        """What the host can run (GetCapabilities); `refresh` re-runs the probe guests."""
+        timeout = None if not refresh else max(self.timeout, 60.0)
+        return self._call(
+            self._stub.GetCapabilities, pb.GetCapabilitiesRequest(refresh=refresh), pb.Capabilities, timeout
+        )
+
+    def check_platform(self, spec: pb.VmSpec) -> pb.EffectivePlatform:
+        """The effective platform the agent would give `spec`, or the refusal as an error (CheckPlatform)."""
+        reply = self._call(self._stub.CheckPlatform, pb.CheckPlatformRequest(spec=spec), pb.CheckPlatformResponse)
+        return reply.effective_platform
+
+    def create_vm(self, spec: pb.VmSpec, start: bool = False) -> pb.Vm:
+        """Creates a VM from `spec`, starting it at once when `start` (CreateVm)."""
+        return self._call(self._stub.CreateVm, pb.CreateVmRequest(spec=spec, start=start), pb.Vm)
+
+    def start_vm(self, name: str) -> pb.Vm:
+        """Starts a CREATED VM (StartVm)."""
+        return self._call(self._stub.StartVm, pb.VmRequest(name=name), pb.Vm)
+
+    def pause_vm(self, name: str) -> pb.Vm:
+        """Pauses a RUNNING VM (PauseVm)."""
+        return self._call(self._stub.PauseVm, pb.VmRequest(name=name), pb.Vm)
+
+    def resume_vm(self, name: str) -> pb.Vm:
+        """Resumes a PAUSED VM (ResumeVm)."""
+        return self._call(self._stub.ResumeVm, pb.VmRequest(name=name), pb.Vm)
+
+    def stop_vm(self, name: str) -> pb.Vm:
+        """Stops a VM for good (StopVm)."""
+        return self._call(self._stub.StopVm, pb.VmRequest(name=name), pb.Vm)
+
+    def destroy_vm(self, name: str) -> None:
+        """Frees a VM and everything it held (DestroyVm)."""
+        self._call(self._stub.DestroyVm, pb.VmRequest(name=name), pb.DestroyVmResponse)
+
+    def get_vm(self, name: str) -> pb.Vm:
+        """One VM by name (GetVm)."""
+        return self._call(self._stub.GetVm, pb.VmRequest(name=name), pb.Vm)
+
+    def list_vms(self) -> list[pb.Vm]:
+        """Every VM on the agent (ListVms)."""
+        reply = self._call(self._stub.ListVms, pb.ListVmsRequest(), pb.ListVmsResponse)
+        return list(reply.vms)
+
+    def write_console(self, name: str, data: bytes) -> None:
+        """Types `data` at the VM's serial console (WriteConsole)."""
+        self._call(self._stub.WriteConsole, pb.WriteConsoleRequest(name=name, data=data), pb.WriteConsoleResponse)
+
+    def watch_events(self, vm: str = "", since_seq: int = 0, follow: bool = True) -> EventStream:
+        """Events of `vm` (every VM when empty) with seq > `since_seq`; live too when `follow` (WatchEvents).
+        Without `follow` the whole call has the client's timeout; a followed stream has none."""
+        request = pb.WatchEventsRequest(vm=vm, since_seq=since_seq, follow=follow)
+        call = self._stub.WatchEvents(request, timeout=None if follow else self.timeout)
+        return EventStream(call, self)

@@ -1,0 +1,185 @@
+"""The core `kvmplat` subcommands: caps, check, create, the lifecycle verbs, list, show, events.
+
+Each handler reads `ctx.args`, calls the agent through `ctx.client()`, prints either protobuf JSON (`--json`: exactly
+one object; `events`: one object per line) or readable text, and returns 0. Refusals and bad input are raised and
+turned into exit codes by `kvmplat.client.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from kvmplat.client import output
+from kvmplat.client.cli import EXIT_OK, Commands, Context, UsageError
+from kvmplat.client.specfile import load_spec
+from kvmplat.v1 import agent_pb2 as pb
+
+__all__ = ["register", "spec_from_args"]
+
+# Optional translator of libvirt domain XML, owned by its own module; imported only when --xml/--from-libvirt is used.
+DOMAIN_XML_MODULE = "kvmplat.client.domain_xml"
+_VIRSH_TIMEOUT_S = 30.0
+
+
+def register(commands: Commands) -> None:
+    """Adds the core subcommands."""
+    p = commands.add("caps", _caps, "what the host can run")
+    p.add_argument("--refresh", action="store_true", help="re-run the probe guests instead of the cached truth")
+    commands.add_json(p)
+    p = commands.add("check", _check, "the effective platform a spec would get, or why it is refused")
+    _add_spec_source(p, libvirt=False)
+    commands.add_json(p)
+    p = commands.add("create", _create, "create a VM from a spec")
+    p.add_argument("name", metavar="NAME", help="VM name (overrides the spec's)")
+    _add_spec_source(p, libvirt=True)
+    p.add_argument("--start", action="store_true", help="start it at once")
+    commands.add_json(p)
+    for verb, help_text in _VERBS.items():
+        p = commands.add(verb, _lifecycle, help_text)
+        p.add_argument("name", metavar="NAME")
+        commands.add_json(p)
+    commands.add_json(commands.add("list", _list, "every VM on the agent"))
+    p = commands.add("show", _show, "one VM in full")
+    p.add_argument("name", metavar="NAME")
+    commands.add_json(p)
+    p = commands.add("events", _events, "events so far (of one VM or all); live with --follow")
+    p.add_argument("name", metavar="NAME", nargs="?", default="", help="one VM (default: every VM)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--since", metavar="SEQ", type=int, default=0, help="only events with seq > SEQ")
+    p.add_argument("--json", action="store_true", help="one protobuf JSON object per line")
+
+
+_VERBS = {
+    "start": "start a CREATED VM",
+    "pause": "pause a RUNNING VM",
+    "resume": "resume a PAUSED VM",
+    "stop": "stop a VM for good",
+    "destroy": "free a VM and everything it held",
+}
+
+
+def _add_spec_source(parser: argparse.ArgumentParser, libvirt: bool) -> None:
+    """--spec FILE | --xml FILE (| --from-libvirt URI): exactly one."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--spec", metavar="FILE", help="VmSpec as protobuf JSON")
+    group.add_argument("--xml", metavar="FILE", help="libvirt domain XML, translated to a VmSpec")
+    if libvirt:
+        group.add_argument("--from-libvirt", metavar="URI", help="translate domain NAME as defined in libvirt at URI")
+
+
+def spec_from_args(ctx: Context, name: str = "") -> pb.VmSpec:
+    """The VmSpec named by --spec, --xml or --from-libvirt, with NAME (when given) overriding its name."""
+    a = ctx.args
+    if a.spec is not None:
+        spec = load_spec(a.spec)
+    elif a.xml is not None:
+        spec = _translate(ctx, _read_text(a.xml), a.xml)
+    else:
+        spec = _translate(ctx, _libvirt_xml(a.from_libvirt, name), f"{a.from_libvirt} domain {name}")
+    if name:
+        spec.name = name
+    return spec
+
+
+def _read_text(path: str) -> str:
+    """A text file's contents, or UsageError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _translate(ctx: Context, xml_text: str, source: str) -> pb.VmSpec:
+    """domain XML -> VmSpec through kvmplat.client.domain_xml; its warnings go to stderr."""
+    try:
+        module: Any = importlib.import_module(DOMAIN_XML_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name != DOMAIN_XML_MODULE:
+            raise
+        raise UsageError(f"domain XML translation is not installed ({DOMAIN_XML_MODULE} is missing)") from None
+    try:
+        translation = module.translate(xml_text)
+    except ValueError as e:
+        raise UsageError(f"{source}: {e}") from None
+    for warning in translation.warnings:
+        ctx.warn(f"warning: {source}: {warning}")
+    spec: pb.VmSpec = translation.spec
+    return spec
+
+
+def _libvirt_xml(uri: str, name: str) -> str:
+    """The domain XML of `name` as libvirt at `uri` defines it (through virsh)."""
+    cmd = ["virsh", "--connect", uri, "dumpxml", "--inactive", name]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=_VIRSH_TIMEOUT_S, check=False)
+    except FileNotFoundError:
+        raise UsageError("--from-libvirt needs virsh (Debian package libvirt-clients)") from None
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"virsh did not answer within {_VIRSH_TIMEOUT_S:.0f} s for {uri}") from None
+    if done.returncode != 0:
+        reason = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+        raise UsageError(f"cannot read domain {name!r} from libvirt at {uri}: {reason}")
+    return done.stdout
+
+
+def _caps(ctx: Context) -> int:
+    caps = ctx.client().capabilities(refresh=ctx.args.refresh)
+    ctx.print(output.to_json(caps) if ctx.args.json else output.format_caps(caps))
+    return EXIT_OK
+
+
+def _check(ctx: Context) -> int:
+    reply = pb.CheckPlatformResponse(effective_platform=ctx.client().check_platform(spec_from_args(ctx)))
+    ctx.print(output.to_json(reply) if ctx.args.json else output.format_platform(reply.effective_platform))
+    return EXIT_OK
+
+
+def _create(ctx: Context) -> int:
+    spec = spec_from_args(ctx, ctx.args.name)
+    vm = ctx.client().create_vm(spec, start=ctx.args.start)
+    ctx.print(output.to_json(vm) if ctx.args.json else output.format_vm_line(vm))
+    return EXIT_OK
+
+
+def _lifecycle(ctx: Context) -> int:
+    client, name, verb = ctx.client(), ctx.args.name, ctx.args.command
+    if verb == "destroy":
+        client.destroy_vm(name)
+        ctx.print(output.to_json(pb.DestroyVmResponse()) if ctx.args.json else f"{name}: destroyed")
+        return EXIT_OK
+    action = {"start": client.start_vm, "pause": client.pause_vm, "resume": client.resume_vm, "stop": client.stop_vm}
+    vm = action[verb](name)
+    ctx.print(output.to_json(vm) if ctx.args.json else output.format_vm_line(vm))
+    return EXIT_OK
+
+
+def _list(ctx: Context) -> int:
+    vms = ctx.client().list_vms()
+    if ctx.args.json:
+        ctx.print(output.to_json(pb.ListVmsResponse(vms=vms)))
+    else:
+        ctx.print(output.format_vm_table(vms) if vms else "no VMs")
+    return EXIT_OK
+
+
+def _show(ctx: Context) -> int:
+    vm = ctx.client().get_vm(ctx.args.name)
+    ctx.print(output.to_json(vm) if ctx.args.json else output.format_vm(vm))
+    return EXIT_OK
+
+
+def _events(ctx: Context) -> int:
+    a = ctx.args
+    if a.since < 0:
+        raise UsageError("--since takes a sequence number >= 0")
+    stream = ctx.client().watch_events(a.name, since_seq=a.since, follow=a.follow)
+    try:
+        for event in stream:
+            ctx.print(output.to_json(event, one_line=True) if a.json else output.format_event(event))
+    finally:
+        stream.cancel()
+    return EXIT_OK

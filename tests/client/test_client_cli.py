@@ -1,0 +1,143 @@
+"""The `kvmplat` CLI's contract: argument forms, --json shapes, exit codes (0 done, 1 refused, 2 usage/connection).
+Commands that need an agent talk to the FAKE agent of fake_agent_server.py (a real gRPC server in-process that only
+answers and refuses; it runs no guests)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from fake_agent_server import FakeAgentServer
+from kvmplat.client import cli
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Runs `kvmplat ARGV` in-process; (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(argv, stdout=out, stderr=err, env=env or {})
+    return code, out.getvalue(), err.getvalue()
+
+
+def spec_file(tmp_path: Path, name: str = "b1", vcpus: int = 1, **extra: object) -> str:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "vcpus": vcpus, "memory_mib": 16, "boot": {"builtin": "loop"}, **extra}))
+    return str(path)
+
+
+@pytest.fixture
+def agent_env(fake_agent: FakeAgentServer) -> dict[str, str]:
+    return {"KVMPLAT_AGENT": fake_agent.address}
+
+
+def test_caps_json(agent_env: dict[str, str]) -> None:
+    code, out, _ = run(["caps", "--json"], agent_env)
+    assert code == 0
+    data = json.loads(out)
+    assert data["arch"] == "x86_64" and data["kvmApiVersion"] == 12
+
+
+def test_agent_option_wins_over_env_in_either_position(fake_agent: FakeAgentServer) -> None:
+    env = {"KVMPLAT_AGENT": "unix:///nonexistent/x.sock"}
+    assert run(["--agent", fake_agent.address, "caps"], env)[0] == 0
+    assert run(["caps", "--agent", fake_agent.address, "--json"], env)[0] == 0
+
+
+def test_lifecycle_and_refusal_exit_codes(agent_env: dict[str, str], tmp_path: Path) -> None:
+    assert run(["create", "b1", "--spec", spec_file(tmp_path, "other")], agent_env)[:2] == (0, "b1: CREATED\n")
+    assert run(["start", "b1"], agent_env)[1] == "b1: RUNNING\n"
+    show = json.loads(run(["show", "b1", "--json"], agent_env)[1])
+    assert show["state"] == "RUNNING" and show["runnerPid"] == 4242 and "effectivePlatform" in show
+    assert run(["stop", "b1"], agent_env)[0] == 0
+    code, out, err = run(["pause", "b1"], agent_env)
+    assert (code, out) == (1, "")
+    assert err == "kvmplat: FAILED_PRECONDITION: cannot pause VM 'b1': it is STOPPED\n"
+    assert run(["destroy", "b1"], agent_env)[:2] == (0, "b1: destroyed\n")
+    assert json.loads(run(["list", "--json"], agent_env)[1]) == {"vms": []}
+
+
+def test_invalid_spec_value_is_refused_by_the_agent_with_exit_1(agent_env: dict[str, str], tmp_path: Path) -> None:
+    code, _, err = run(["create", "b0", "--spec", spec_file(tmp_path, "b0", vcpus=0)], agent_env)
+    assert code == 1
+    assert err.count("\n") == 1 and "spec.vcpus: must be at least 1" in err
+
+
+def test_unknown_vm_and_agent_unavailable_are_refusals(agent_env: dict[str, str]) -> None:
+    assert run(["show", "ghost"], agent_env)[0] == 1
+    code, _, err = run(["show", "flaky"], agent_env)
+    assert code == 1 and "UNAVAILABLE" in err
+
+
+def test_create_start_list_and_events(agent_env: dict[str, str], tmp_path: Path) -> None:
+    assert run(["create", "p1", "--spec", spec_file(tmp_path), "--start"], agent_env)[1] == "p1: RUNNING\n"
+    listed = run(["list", "--json"], agent_env)[1]
+    assert '"p1"' in listed
+    assert "p1" in run(["list"], agent_env)[1]
+    code, out, _ = run(["events", "p1", "--json"], agent_env)
+    seqs = [int(json.loads(line)["seq"]) for line in out.splitlines()]
+    assert code == 0 and seqs == [1, 2]
+    assert run(["events", "--since", "1"], agent_env)[1].startswith("#2 p1 state CREATED -> RUNNING")
+
+
+def test_check_prints_the_platform_or_the_refusal(agent_env: dict[str, str], tmp_path: Path) -> None:
+    code, out, _ = run(["check", "--spec", spec_file(tmp_path), "--json"], agent_env)
+    assert code == 0 and json.loads(out)["effectivePlatform"]["abi"] == "BARE_METAL"
+    code, _, err = run(["check", "--spec", spec_file(tmp_path, platform={"abi": "spapr"})], agent_env)
+    assert code == 1 and "x86_64" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["create", "x"],
+        ["check", "--spec", "a.json", "--xml", "b.xml"],
+        ["events", "--since", "many"],
+        ["--timeout", "soon", "caps"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    code, out, err = run(argv)
+    assert code == 2 and out == "" and err
+
+
+def test_bad_spec_files_exit_2_naming_the_problem(agent_env: dict[str, str], tmp_path: Path) -> None:
+    code, _, err = run(["create", "x", "--spec", spec_file(tmp_path, colour="blue")], agent_env)
+    assert code == 2 and "unknown field 'colour'" in err
+    assert run(["create", "x", "--spec", str(tmp_path / "none.json")], agent_env)[0] == 2
+
+
+def test_unreachable_agent_exits_2_naming_the_address() -> None:
+    address = "unix:///nonexistent/kvmplat.sock"
+    code, out, err = run(["--timeout", "2", "list"], {"KVMPLAT_AGENT": address})
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and address in err
+
+
+def test_bad_address_exits_2() -> None:
+    code, _, err = run(["--agent", "http://x", "caps"])
+    assert code == 2 and "tcp://HOST:PORT" in err
+
+
+def test_xml_without_translator_is_a_clear_usage_error(
+    agent_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvmplat.client import commands
+
+    monkeypatch.setattr(commands, "DOMAIN_XML_MODULE", "kvmplat.client.no_such_translator")
+    xml = tmp_path / "d.xml"
+    xml.write_text("<domain/>")
+    code, _, err = run(["check", "--xml", str(xml)], agent_env)
+    assert code == 2 and "kvmplat.client.no_such_translator" in err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--help"])[0] == 0
+    assert "events" in capsys.readouterr().out
+
+
+def test_a_missing_command_module_is_skipped() -> None:
+    parser = cli.build_parser(("kvmplat.client.commands", "kvmplat.client.not_landed_yet"))
+    assert parser.parse_args(["caps"]).command == "caps"
