@@ -7,8 +7,10 @@ Exit codes (the contract the acceptance checks rely on):
 
 Subcommands live in the modules named by `COMMAND_MODULES`; each exposes `register(commands: Commands) -> None` and
 adds its parsers with `commands.add(name, handler, help)`. A handler takes a `Context` and returns an exit code;
-it raises `UsageError`, `SpecError` or a client error rather than printing them. Adding a command group is one line
-in `COMMAND_MODULES`; a module named there but not installed yet is skipped.
+it raises `UsageError`, `SpecError` or a client error rather than printing them. A module may instead expose
+`add_commands(subparsers)` and set `func(args) -> int` on its parsers (plain argparse; it then prints its own
+errors). Adding a command group is one line in `COMMAND_MODULES`; a module named there but not installed yet is
+skipped.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kvmplat.client.commands",
     "kvmplat.client.console",
     "kvmplat.client.demo",
+    "kvmplat.client.image_cli",
 )
 
 
@@ -131,11 +134,11 @@ class Commands:
     """The registry command modules add to: `add(name, handler, help)` returns the subcommand's parser."""
 
     def __init__(self, subparsers: Any) -> None:
-        self._subparsers = subparsers
+        self.subparsers = subparsers
 
     def add(self, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
         """A new subcommand `name` run by `handler`; global options work after its name too."""
-        parser: argparse.ArgumentParser = self._subparsers.add_parser(name, help=help, description=help)
+        parser: argparse.ArgumentParser = self.subparsers.add_parser(name, help=help, description=help)
         _add_global_options(parser, suppress=True)
         parser.set_defaults(handler=handler)
         return parser
@@ -158,7 +161,10 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
             if e.name == name:
                 continue  # registered ahead of its module landing
             raise
-        module.register(commands)
+        if hasattr(module, "register"):
+            module.register(commands)
+        else:
+            module.add_commands(commands.subparsers)
     return parser
 
 
@@ -178,12 +184,13 @@ def main(
         return EXIT_USAGE
     except SystemExit as e:  # --help
         return int(e.code or 0) if isinstance(e.code, int | None) else EXIT_USAGE
-    if getattr(args, "handler", None) is None:
+    handler = getattr(args, "handler", None)
+    if handler is None and getattr(args, "func", None) is None:
         err.write("kvmplat: error: a command is needed (see kvmplat --help)\n")
         return EXIT_USAGE
     ctx = Context(args, out, err, os.environ if env is None else env)
     try:
-        return int(args.handler(ctx))
+        return int(handler(ctx) if handler is not None else args.func(args))
     except BaseException as e:
         return _exit_code(e, ctx)
     finally:

@@ -88,10 +88,20 @@ class FakeAgent(pb_grpc.AgentServicer):  # type: ignore[misc]
         vm = pb.Vm(spec=spec, state=S.CREATED, effective_platform=pb.EffectivePlatform(abi=pb.BARE_METAL, accel="kvm"))
         self.vms[spec.name] = vm
         self._event(vm, state=pb.StateChange(to=S.CREATED, reason="created"))
-        return self._move(spec.name, "start", context) if request.start else vm
+        return self.StartVm(pb.VmRequest(name=spec.name), context) if request.start else vm
+
+    def _run_probe(self, vm: pb.Vm) -> None:
+        """A `probe` guest prints one line per vCPU and powers off, as the real one does."""
+        for cpu in range(vm.spec.vcpus):
+            self._event(vm, console=pb.ConsoleText(text=f"kvmplat-probe cpu {cpu}\n"))
+        self._event(vm, state=pb.StateChange(**{"from": vm.state, "to": S.STOPPED, "reason": "guest poweroff"}))
+        vm.state, vm.runner_pid = S.STOPPED, 0
 
     def StartVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
-        return self._move(request.name, "start", context)
+        vm = self._move(request.name, "start", context)
+        if vm.spec.boot.builtin == "probe":
+            self._run_probe(vm)
+        return vm
 
     def PauseVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
         return self._move(request.name, "pause", context)

@@ -1,0 +1,95 @@
+"""`kvmplat console` and the demo's choreography, against the FAKE agent of fake_agent_server.py (a real in-process
+gRPC server that answers like the agent but runs no guests; the real agent is driven by tests/e2e)."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fake_agent_server import FakeAgentServer
+from kvmplat.client import demo
+from kvmplat.client.client import Client
+from kvmplat.client.console import DETACH, attach
+from kvmplat.v1 import agent_pb2 as pb
+from test_client_cli import run
+
+
+def _until(check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def _session(client: Client, name: str) -> tuple[threading.Thread, int, io.StringIO, io.StringIO]:
+    """A console session on a pipe, running in a thread; (thread, write end, out, err)."""
+    read_fd, write_fd = os.pipe()
+    out, err = io.StringIO(), io.StringIO()
+    thread = threading.Thread(target=attach, args=(client, name, read_fd, out, err, 0), daemon=True)
+    thread.start()
+    return thread, write_fd, out, err
+
+
+def test_console_sends_input_shows_output_and_detaches(fake_agent: FakeAgentServer) -> None:
+    with Client(fake_agent.address) as client:
+        client.create_vm(pb.VmSpec(name="c1", vcpus=1, memory_mib=16), start=True)
+        thread, write_fd, out, _ = _session(client, "c1")
+        os.write(write_fd, b"hello")
+        _until(lambda: "hello\n" in out.getvalue())
+        assert fake_agent.agent.console_in == [b"hello"]
+        os.write(write_fd, b"bye" + DETACH + b"never sent")
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert fake_agent.agent.console_in == [b"hello", b"bye"]
+        os.close(write_fd)
+
+
+def test_console_ends_when_the_vm_stops(fake_agent: FakeAgentServer) -> None:
+    with Client(fake_agent.address) as client:
+        client.create_vm(pb.VmSpec(name="c2", vcpus=1, memory_mib=16), start=True)
+        thread, write_fd, _, err = _session(client, "c2")
+        os.close(write_fd)  # EOF on input: the session keeps showing output until the VM ends
+        time.sleep(0.2)
+        assert thread.is_alive()
+        client.stop_vm("c2")
+        thread.join(timeout=5)
+        assert not thread.is_alive() and "c2 is STOPPED" in err.getvalue()
+
+
+def test_console_of_an_unknown_vm_exits_1(fake_agent: FakeAgentServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(os.devnull) as null:
+        monkeypatch.setattr("sys.stdin", null)
+        code, _, err = run(["console", "ghost"], {"KVMPLAT_AGENT": fake_agent.address})
+    assert code == 1 and "ghost" in err
+
+
+def test_demo_walks_probe_and_loop_and_leaves_nothing(
+    fake_agent: FakeAgentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demo, "_TICKS_S", 0.1)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    lines: list[str] = []
+    with Client(fake_agent.address) as client:
+        demo.run_demo(client, lines.append)
+    text = "\n".join(lines)
+    assert text.count("kvmplat-probe") == 2
+    for change in ("CREATED -> RUNNING", "RUNNING -> PAUSED", "PAUSED -> RUNNING", "RUNNING -> STOPPED"):
+        assert f"loop state {change}" in text
+    assert fake_agent.agent.vms == {}
+
+
+def test_demo_linux_without_its_module_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "LINUX_DEMO_MODULE", "kvmplat.client.no_linux_demo_here")
+    code, _, err = run(["demo", "--linux"])
+    assert code == 2 and "kvmplat.client.no_linux_demo_here" in err
+
+
+def test_embedded_agent_comes_from_this_environment(tmp_path: Path) -> None:
+    cmd = demo.agent_command(tmp_path / "a.sock", tmp_path / "state")
+    assert Path(cmd[0]).parent == Path(sys.executable).parent
+    assert cmd[1:] == ["--listen", f"unix://{tmp_path}/a.sock", "--state-dir", f"{tmp_path}/state"]
