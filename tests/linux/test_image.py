@@ -224,3 +224,20 @@ def test_real_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     print(f"real build took {time.monotonic() - started:.1f} s")
     assert paths == image.paths()
     _loads_both(paths)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("KVMPLAT_RUN_SLOW") != "1", reason="boots the image in QEMU: set KVMPLAT_RUN_SLOW=1")
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="qemu-system-x86_64 not installed")
+def test_initramfs_contract_under_qemu_tcg() -> None:
+    """The built image reaches /init under QEMU's TCG (no KVM needed) and prints the contract; about 7 s here."""
+    try:
+        paths = image.paths()
+    except ImageError as exc:
+        pytest.skip(f"real image not built here: {exc}")
+    cmd = ["qemu-system-x86_64", "-M", "pc", "-cpu", "max", "-smp", "2", "-m", "256", "-nographic", "-no-reboot"]
+    cmd += ["-monitor", "none", "-serial", "stdio", "-kernel", paths["kernel"], "-initrd", paths["initrd"]]
+    done = subprocess.run([*cmd, "-append", paths["cmdline"]], capture_output=True, text=True, timeout=300, check=False)
+    out = done.stdout[done.stdout.index("KVMPLAT-INIT") :].splitlines()
+    assert out[1] == "nproc=2" and out[2].startswith("flags") and "hypervisor" in out[3].lower()
+    assert "reboot: Restarting system" in done.stdout
