@@ -17,6 +17,7 @@ e820: RAM [0, 0x9fc00), reserved [0x9fc00, 1 MiB), RAM [1 MiB, memory end).
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from kvmplat.agent.boot import CpuState, Segment, SegmentReg
@@ -111,6 +112,7 @@ def gdt_bytes() -> bytes:
     return struct.pack(f"<{len(_GDT)}Q", *_GDT)
 
 
+@functools.cache  # constant, and built on every VM start
 def page_tables() -> bytes:
     """PML4, PDPT and four PDs identity-mapping the first 4 GiB with 2 MiB pages, placed contiguously at PML4_ADDR."""
     pml4 = struct.pack("<Q", PDPT_ADDR | _P | _RW).ljust(4096, b"\0")
