@@ -21,8 +21,7 @@ a second `kvmplat:vm`, another version of the namespace) is refused rather than 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from xml.etree.ElementTree import Element
 
 from kvmplat.v1 import agent_pb2 as pb
@@ -45,9 +44,9 @@ class MetaError(ValueError):
     """The kvmplat metadata is present but not understood."""
 
 
-@dataclass(frozen=True)
-class Meta:
-    """What the metadata states; None everywhere means "not stated, derive it"."""
+class Meta(NamedTuple):
+    """What the metadata states; None everywhere means "not stated, derive it" (a NamedTuple: cheap to define,
+    which the libvirt hook's start-up time notices)."""
 
     run: bool = False
     abi: pb.Abi | None = None
@@ -57,7 +56,7 @@ class Meta:
     bits: int | None = None
     accel: pb.Accel | None = None
     builtin: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = {}
 
 
 def _q(local: str) -> str:

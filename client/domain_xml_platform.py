@@ -8,7 +8,7 @@ anything understood but not applied becomes a warning in `notes`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from xml.etree.ElementTree import Element
 
 from kvmplat.v1 import agent_pb2 as pb
@@ -53,8 +53,7 @@ _X86_LEVELS: dict[str, int] = {
 _X86_SUFFIX = re.compile(r"-(v\d+|ibrs|ibpb|notsx|noavx512|nohle)$")
 
 
-@dataclass(frozen=True)
-class OsPlatform:
+class OsPlatform(NamedTuple):
     """What `<os><type>` implies: family (`x86`/`ppc`/"" when no arch is given), abi, bits and a short summary."""
 
     family: str
