@@ -13,7 +13,7 @@ all: $(STAMP)
 deps:
 	@scripts/ensure-debs $(DEBS)
 
-$(STAMP): pyproject.toml setup.py agent/cbuild.py $(wildcard agent/*.c) $(DEBS)
+$(STAMP): pyproject.toml setup.py agent/cbuild.py $(wildcard agent/*.c agent/*.S) $(DEBS)
 	@scripts/ensure-debs $(DEBS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check agent client tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy -p kvmplat.agent -p kvmplat.client
+	@scripts/typecheck $(VENV)
 
 test: $(STAMP) proto-check lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
