@@ -49,6 +49,21 @@ def test_golden_domains_survive_libvirt(tmp_path: Path, case: str) -> None:
     assert got.spec.boot == want.spec.boot and dict(got.spec.labels) == dict(want.spec.labels)
 
 
+def test_metadata_set_through_libvirt_opts_in(tmp_path: Path) -> None:
+    """What `virsh metadata --key kvmplat --set` stores is what the translation reads."""
+    uri = node(tmp_path, (GOLDEN / "x86-microvm-kernel-boot.xml").read_text().replace("type='kvm'", "type='test'", 1))
+    conn = libvirt.open(uri)
+    try:
+        dom = conn.lookupByName("fc-micro")
+        body = "<vm run='yes'><platform compat='x86-64-v2' compat-policy='best-effort'/><label key='k'>v</label></vm>"
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, body, "kvmplat", "http://kvmplat.io/xmlns/domain/1", 0)
+        t = translate(dom.XMLDesc(0))
+    finally:
+        conn.close()
+    assert t.opt_in and t.spec.platform.compat == "x86-64-v2" and t.spec.platform.compat_policy == pb.BEST_EFFORT
+    assert dict(t.spec.labels) == {"k": "v"}
+
+
 def test_inactive_definition() -> None:
     assert "<name>test</name>" in domain_xml("test:///default", "test", inactive=True)
 
