@@ -91,6 +91,8 @@ class Context:
             from kvmplat.client.client import Client, TlsFiles
 
             a = self.args
+            if not a.timeout > 0:
+                raise UsageError(f"--timeout must be a positive number of seconds, not {a.timeout}")
             tls_args = (getattr(a, "tls_ca", None), getattr(a, "tls_cert", None), getattr(a, "tls_key", None))
             tls = TlsFiles(*tls_args) if any(tls_args) else None
             self._client = Client(self.address(), timeout=a.timeout, tls=tls)

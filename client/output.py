@@ -171,7 +171,9 @@ def _kind(event: pb.Event) -> str:
     if kind == "state":
         s = event.state
         reason = f": {s.reason}" if s.reason else ""
-        return f"state {state_name(getattr(s, 'from'))} -> {state_name(s.to)}{reason}"
+        before = getattr(s, "from")  # `from` is a Python keyword
+        moved = f"{state_name(before)} -> {state_name(s.to)}" if before else state_name(s.to)
+        return f"state {moved}{reason}"
     if kind == "console":
         return "| " + event.console.text.rstrip("\n")
     if kind == "exit":

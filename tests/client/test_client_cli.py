@@ -141,3 +141,47 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_missing_command_module_is_skipped() -> None:
     parser = cli.build_parser(("kvmplat.client.commands", "kvmplat.client.not_landed_yet"))
     assert parser.parse_args(["caps"]).command == "caps"
+
+
+def test_tls_problems_are_usage_errors(tmp_path: Path) -> None:
+    missing = str(tmp_path / "ca.pem")
+    code, _, err = run(["--agent", "tcp://127.0.0.1:1", "--tls-ca", missing, "caps"])
+    assert code == 2 and "ca.pem" in err
+    code, _, err = run(["--agent", "unix:///x.sock", "--tls-ca", missing, "caps"])
+    assert code == 2 and "tcp://" in err
+    assert run(["--agent", "tcp://127.0.0.1:1", "--tls-cert", missing, "caps"])[0] == 2
+
+
+def test_timeout_must_be_positive() -> None:
+    code, _, err = run(["--timeout", "0", "caps"])
+    assert code == 2 and "--timeout" in err
+
+
+@pytest.mark.parametrize(
+    ("address", "target"),
+    [
+        ("unix:///run/k.sock", "unix:///run/k.sock"),
+        ("unix:rel.sock", "unix:rel.sock"),
+        ("tcp://127.0.0.1:7000", "127.0.0.1:7000"),
+        ("tcp://[::1]:7000", "[::1]:7000"),
+    ],
+)
+def test_address_forms(address: str, target: str) -> None:
+    from kvmplat.client.client import grpc_target
+
+    assert grpc_target(address) == target
+
+
+@pytest.mark.parametrize("address", ["unix://rel.sock", "unix:", "tcp://host", "tcp://:80", "tcp://h:99999", "/a.sock"])
+def test_bad_address_forms(address: str) -> None:
+    from kvmplat.client.client import AddressError, grpc_target
+
+    with pytest.raises(AddressError):
+        grpc_target(address)
+
+
+def test_default_address_comes_from_the_environment() -> None:
+    from kvmplat.client.client import DEFAULT_ADDRESS, default_address
+
+    assert default_address({}) == DEFAULT_ADDRESS == "unix:///run/kvmplat/agent.sock"
+    assert default_address({"KVMPLAT_AGENT": "tcp://h:1"}) == "tcp://h:1"

@@ -58,6 +58,7 @@ def test_event_lines() -> None:
     when = Timestamp(seconds=0)
     change = pb.Event(seq=4, vm="b1", state=pb.StateChange(**{"from": pb.RUNNING, "to": pb.PAUSED, "reason": "asked"}))
     assert output.format_event(change) == "#4 b1 state RUNNING -> PAUSED: asked"
+    assert output.format_event(pb.Event(seq=1, vm="b1", state=pb.StateChange(to=pb.CREATED))) == "#1 b1 state CREATED"
     console = pb.Event(seq=5, vm="b1", time=when, console=pb.ConsoleText(text="tick\n"))
     assert output.format_event(console).endswith(" b1 | tick")
     exit_ = pb.Event(seq=6, vm="b1", exit=pb.ExitSummary(reason="hlt", vcpu=1, detail="guest halted"))
