@@ -42,6 +42,7 @@ def start_real_agent(tmp: Path) -> tuple[str, Callable[[], None]] | None:
     )
 
     def stop() -> None:
+        """Stops the agent."""
         proc.terminate()
         proc.wait(timeout=10)
 

@@ -157,6 +157,7 @@ def _vcpus(root: Element, notes: list[str]) -> int:
 
 def _boot(os_el: Element | None, meta: Meta, notes: list[str]) -> pb.BootSpec | None:
     def text(tag: str) -> str:
+        """The text of an os child; "" when absent or empty (libvirt treats both as unset)."""
         return "" if os_el is None else (os_el.findtext(tag) or "")
 
     kernel, initrd, cmdline = text("kernel"), text("initrd"), text("cmdline")

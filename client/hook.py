@@ -162,13 +162,16 @@ class _Run:
         self.agent_factory = agent_factory
 
     def say(self, text: str) -> None:
+        """One line on stderr, whitespace collapsed: libvirt shows the hook's stderr as the error's tail."""
         self.stderr.write(f"kvmplat: {' '.join(text.split())}\n")
 
     def refuse(self, text: str) -> int:
+        """Says why the domain is refused and returns the failing status."""
         self.say(f"domain {self.name!r} refused: {text}")
         return 1
 
     def unreachable(self, err: AgentError, where: str) -> int:
+        """The status for "no agent answered", by the configured policy."""
         # grpc's connect errors nest several "a: b: c" layers; the innermost names the cause (ENOENT, refused, ...).
         cause = err.message.rpartition(": ")[2] or err.code
         if self.config.on_unreachable == "fail-open":
@@ -177,6 +180,7 @@ class _Run:
         return self.refuse(f"kvmplat agent unreachable at {self.config.agent} ({cause}); on_unreachable = fail-closed")
 
     def call(self, method: str, request: Any) -> Any:
+        """One agent call on a fresh connection (a hook run makes one or two)."""
         agent = self.agent_factory(self.config)
         try:
             return agent.call(method, request)
