@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,9 @@ from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["register", "spec_from_args"]
 
-# Optional translator of libvirt domain XML, owned by its own module; imported only when --xml/--from-libvirt is used.
+# Modules owned elsewhere, imported only when --xml / --from-libvirt is used (libvirt-python is heavy and optional).
 DOMAIN_XML_MODULE = "kvmplat.client.domain_xml"
-_VIRSH_TIMEOUT_S = 30.0
+LIBVIRT_SOURCE_MODULE = "kvmplat.client.libvirt_source"
 
 
 def register(commands: Commands) -> None:
@@ -93,14 +92,19 @@ def _read_text(path: str) -> str:
         raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
+def _optional_module(name: str, what: str) -> Any:
+    """A module owned elsewhere, imported on first use; UsageError when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        raise UsageError(f"{what} is not installed ({name} is missing)") from None
+
+
 def _translate(ctx: Context, xml_text: str, source: str) -> pb.VmSpec:
     """domain XML -> VmSpec through kvmplat.client.domain_xml; its warnings go to stderr."""
-    try:
-        module: Any = importlib.import_module(DOMAIN_XML_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != DOMAIN_XML_MODULE:
-            raise
-        raise UsageError(f"domain XML translation is not installed ({DOMAIN_XML_MODULE} is missing)") from None
+    module = _optional_module(DOMAIN_XML_MODULE, "domain XML translation")
     try:
         translation = module.translate(xml_text)
     except ValueError as e:
@@ -112,18 +116,13 @@ def _translate(ctx: Context, xml_text: str, source: str) -> pb.VmSpec:
 
 
 def _libvirt_xml(uri: str, name: str) -> str:
-    """The domain XML of `name` as libvirt at `uri` defines it (through virsh)."""
-    cmd = ["virsh", "--connect", uri, "dumpxml", "--inactive", name]
+    """The domain XML of `name` as libvirt at `uri` has it (kvmplat.client.libvirt_source, read-only)."""
+    source = _optional_module(LIBVIRT_SOURCE_MODULE, "--from-libvirt")
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=_VIRSH_TIMEOUT_S, check=False)
-    except FileNotFoundError:
-        raise UsageError("--from-libvirt needs virsh (Debian package libvirt-clients)") from None
-    except subprocess.TimeoutExpired:
-        raise UsageError(f"virsh did not answer within {_VIRSH_TIMEOUT_S:.0f} s for {uri}") from None
-    if done.returncode != 0:
-        reason = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
-        raise UsageError(f"cannot read domain {name!r} from libvirt at {uri}: {reason}")
-    return done.stdout
+        xml: str = source.domain_xml(uri, name)
+    except source.LibvirtError as e:
+        raise UsageError(str(e)) from None
+    return xml
 
 
 def _caps(ctx: Context) -> int:

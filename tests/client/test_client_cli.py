@@ -185,3 +185,25 @@ def test_default_address_comes_from_the_environment() -> None:
 
     assert default_address({}) == DEFAULT_ADDRESS == "unix:///run/kvmplat/agent.sock"
     assert default_address({"KVMPLAT_AGENT": "tcp://h:1"}) == "tcp://h:1"
+
+
+GOLDEN_DOMAIN = Path(__file__).resolve().parents[1] / "golden" / "domains" / "x86-opt-in-builtin-labels.xml"
+
+
+def test_check_xml_translates_through_domain_xml(agent_env: dict[str, str]) -> None:
+    pytest.importorskip("kvmplat.client.domain_xml")
+    code, out, _ = run(["check", "--xml", str(GOLDEN_DOMAIN), "--json"], agent_env)
+    assert code == 0 and json.loads(out)["effectivePlatform"]["abi"] == "BARE_METAL"
+    bad = GOLDEN_DOMAIN.parent.parent / "not-there.xml"
+    assert run(["check", "--xml", str(bad)], agent_env)[0] == 2
+
+
+def test_create_from_libvirt_uses_libvirts_test_driver(agent_env: dict[str, str]) -> None:
+    """libvirt's built-in test driver (test:///default, no daemon) defines a domain named `test`."""
+    pytest.importorskip("libvirt")
+    pytest.importorskip("kvmplat.client.domain_xml")
+    code, out, err = run(["create", "test", "--from-libvirt", "test:///default", "--json"], agent_env)
+    assert code == 0, err
+    assert json.loads(out)["spec"]["vcpus"] == 2 and "warning" in err
+    code, _, err = run(["create", "nope", "--from-libvirt", "test:///default"], agent_env)
+    assert code == 2 and "nope" in err and err.count("\n") == 1
