@@ -19,6 +19,7 @@ from typing import TextIO
 
 from kvmplat.client.cli import EXIT_OK, Commands, Context, UsageError
 from kvmplat.client.client import Client, EventStream
+from kvmplat.client.errors import FailedPrecondition
 from kvmplat.client.output import state_name
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -49,7 +50,11 @@ def _console(ctx: Context) -> int:
 
 def attach(client: Client, name: str, stdin_fd: int, out: TextIO, err: TextIO, since: int | None = None) -> None:
     """Runs one console session: VM output to `out`, `stdin_fd` bytes to the VM, until Ctrl-] or the VM ends."""
-    start = client.get_vm(name).last_seq if since is None else since
+    vm = client.get_vm(name)
+    if vm.state in _ENDED and since is None:
+        # Nothing would ever arrive: refuse as the agent refuses a transition, naming the state.
+        raise FailedPrecondition(f"cannot attach to {name}: it is {state_name(vm.state)}", "FAILED_PRECONDITION")
+    start = vm.last_seq if since is None else since
     stream = client.watch_events(name, since_seq=start, follow=True)
     ended = threading.Event()
     failures: list[BaseException] = []

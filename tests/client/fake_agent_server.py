@@ -163,3 +163,25 @@ class FakeAgentServer:
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop(grace=None)
+
+
+def serve_main(argv: list[str]) -> None:
+    """`python fake_agent_server.py --listen unix:///PATH --state-dir DIR`: the fake agent as a process, until SIGTERM
+    (stands in for kvmplat-agent when testing `kvmplat demo`'s start-up and clean-up)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--state-dir", required=True)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FakeAgentServer(args.listen.removeprefix("unix://")):
+        stop.wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_main(sys.argv[1:])

@@ -15,6 +15,7 @@ from fake_agent_server import FakeAgentServer
 from kvmplat.client import demo
 from kvmplat.client.client import Client
 from kvmplat.client.console import DETACH, attach
+from kvmplat.client.errors import FailedPrecondition
 from kvmplat.v1 import agent_pb2 as pb
 from test_client_cli import run
 
@@ -61,6 +62,14 @@ def test_console_ends_when_the_vm_stops(fake_agent: FakeAgentServer) -> None:
         assert not thread.is_alive() and "c2 is STOPPED" in err.getvalue()
 
 
+def test_console_of_a_stopped_vm_is_refused(fake_agent: FakeAgentServer) -> None:
+    with Client(fake_agent.address) as client:
+        client.create_vm(pb.VmSpec(name="c3", vcpus=1, memory_mib=16))
+        client.stop_vm("c3")
+        with pytest.raises(FailedPrecondition, match="c3: it is STOPPED"):
+            attach(client, "c3", 0, io.StringIO(), io.StringIO())
+
+
 def test_console_of_an_unknown_vm_exits_1(fake_agent: FakeAgentServer, monkeypatch: pytest.MonkeyPatch) -> None:
     with open(os.devnull) as null:
         monkeypatch.setattr("sys.stdin", null)
@@ -81,6 +90,23 @@ def test_demo_walks_probe_and_loop_and_leaves_nothing(
     for change in ("CREATED -> RUNNING", "RUNNING -> PAUSED", "PAUSED -> RUNNING", "RUNNING -> STOPPED"):
         assert f"loop state {change}" in text
     assert fake_agent.agent.vms == {}
+
+
+def test_demo_command_starts_an_agent_and_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole `kvmplat demo` with the fake agent as the embedded agent process."""
+    script = Path(__file__).with_name("fake_agent_server.py")
+    monkeypatch.setattr(
+        demo,
+        "agent_command",
+        lambda sock, state: [sys.executable, str(script), "--listen", f"unix://{sock}", "--state-dir", str(state)],
+    )
+    monkeypatch.setattr(demo, "_TICKS_S", 0.1)
+    code, out, err = run(["demo"])
+    assert code == 0, err
+    assert out.count("kvmplat-probe") == 2 and "loop state PAUSED -> RUNNING" in out
+    started = next(line for line in out.splitlines() if line.startswith("starting "))
+    tmp = Path(started.split("--listen unix://")[1].split()[0]).parent
+    assert not tmp.exists()
 
 
 def test_demo_linux_without_its_module_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
