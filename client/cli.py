@@ -122,6 +122,7 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     """--agent, TLS files and --timeout; on subcommands they default to SUPPRESS so the top level's value stands."""
 
     def default(value: Any) -> Any:
+        """`value` at the top level, SUPPRESS on subcommands."""
         return argparse.SUPPRESS if suppress else value
 
     g = parser.add_argument_group("agent connection")
