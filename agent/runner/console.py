@@ -1,0 +1,62 @@
+"""Reads a VM's console pipe (filled by the C UART) and hands out whole lines; a partial line (a prompt) is handed
+out once the guest has been quiet for a moment, so interactive consoles see it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kvmplat.agent._kvmc import lib
+
+__all__ = ["ConsoleReader"]
+
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20
+QUIET_S = 0.2
+
+
+class ConsoleReader:
+    """A thread turning console bytes into text events."""
+
+    def __init__(self, fd: int, cvm: Any, emit: Callable[[str], None]) -> None:
+        self._fd = fd
+        self._cvm = cvm
+        self._emit = emit
+        self._stop = threading.Event()
+        self._pending = b""
+        with contextlib.suppress(OSError):  # a larger pipe holds a kernel's boot log between two reads
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        self._thread = threading.Thread(target=self._main, name="console", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Delivers what is left and ends the thread."""
+        self._stop.set()
+        self._thread.join(2.0)
+
+    def _main(self) -> None:
+        while True:
+            ready, _, _ = select.select([self._fd], [], [], QUIET_S)
+            if ready:
+                self._feed(os.read(self._fd, 65536))
+                continue
+            # quiet: push out what the UART still buffers, then any partial line
+            if self._cvm is not None and lib.kp_vm_flush_console(self._cvm):
+                continue
+            if self._pending:
+                self._emit(self._pending.decode(errors="replace"))
+                self._pending = b""
+            if self._stop.is_set():
+                return
+
+    def _feed(self, data: bytes) -> None:
+        buf = self._pending + data
+        cut = buf.rfind(b"\n") + 1
+        if cut:
+            self._emit(buf[:cut].decode(errors="replace"))
+        self._pending = buf[cut:]

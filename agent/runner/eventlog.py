@@ -1,0 +1,53 @@
+"""A VM's events with their per-VM sequence numbers (1, 2, ...), kept in a bounded ring for replay."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["EventLog"]
+
+RING = 4096
+
+
+class EventLog:
+    """Assigns sequence numbers, keeps the last RING events and hands each to the current listener."""
+
+    def __init__(self, first_seq: int = 1, listener: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._ring: deque[dict[str, Any]] = deque(maxlen=RING)
+        self._next = first_seq
+        self.listener = listener
+
+    def emit(self, kind: str, body: Any) -> dict[str, Any]:
+        """Records one event of `kind` (state, console, exit, error) and passes it to the listener."""
+        with self._lock:
+            event = {"seq": self._next, "time": time.time(), kind: body}
+            self._next += 1
+            self._ring.append(event)
+            listener = self.listener
+            if listener is not None:
+                listener(event)  # under the lock, so listeners see events in sequence order
+        return event
+
+    def attach(self, listener: Callable[[dict[str, Any]], None] | None, since: int) -> None:
+        """Replays the ring after `since` to `listener`, then makes it the listener: one step, no gap, no reorder."""
+        with self._lock:
+            if listener is not None:
+                for e in self._ring:
+                    if e["seq"] > since:
+                        listener(e)
+            self.listener = listener
+
+    def since(self, seq: int) -> list[dict[str, Any]]:
+        """Events with a sequence number above `seq` still in the ring."""
+        with self._lock:
+            return [e for e in self._ring if e["seq"] > seq]
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the latest event (0 when none)."""
+        return self._next - 1

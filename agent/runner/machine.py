@@ -1,0 +1,146 @@
+"""Builds one VM from a runner configuration: KVM objects, guest memory, the boot image and initial CPU state.
+
+x86 PC layout: one RAM slot from guest physical 0, in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT, the Intel
+real-mode helper pages just below 4 GiB, the CPUID table of the effective platform on every vCPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmplat.agent._kvmc import ffi, lib
+from kvmplat.agent.boot import CpuState, GuestImage
+from kvmplat.agent.errors import HostError, InvalidArgument
+from kvmplat.agent.ioctls import REQUESTS
+from kvmplat.agent.kvm import GuestMemory, Kvm, MpState, Vcpu, Vm
+from kvmplat.agent.payloads import builtin_image
+
+__all__ = ["Machine", "build_machine", "load_image"]
+
+TSS_ADDR = 0xFFFBD000
+IDENTITY_MAP_ADDR = 0xFFFBC000
+MIB = 1 << 20
+
+
+@dataclass
+class Machine:
+    """A built VM: its fds, memory, the C device state and the console pipe's read end."""
+
+    kvm: Kvm
+    vm: Vm
+    memory: GuestMemory
+    vcpus: list[Vcpu]
+    cvm: Any
+    console_fd: int
+    image: GuestImage
+    _console_w: int = field(repr=False, default=-1)
+
+    def close(self) -> None:
+        """Frees everything: vCPUs, VM, memory, devices, console pipe (idempotent)."""
+        for v in self.vcpus:
+            v.close()
+        self.vm.close()
+        self.kvm.close()
+        if self.cvm is not None:
+            lib.kp_vm_free(self.cvm)
+            self.cvm = None
+        for fd in (self._console_w, self.console_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._console_w = self.console_fd = -1
+
+
+def load_image(boot: dict[str, str], memory_size: int, vcpus: int) -> GuestImage:
+    """The GuestImage for a boot section of the configuration (built-in payload or Linux kernel)."""
+    if boot.get("builtin"):
+        return builtin_image(boot["builtin"], vcpus)
+    from kvmplat.agent.linux import load_linux  # only Linux guests pay for the loader
+
+    kernel = _read(boot["kernel"], "spec.boot.kernel")
+    initrd = _read(boot["initrd"], "spec.boot.initrd") if boot.get("initrd") else None
+    return load_linux(kernel, initrd, boot.get("cmdline", ""), memory_size, vcpus)
+
+
+def _read(path: str, field_name: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InvalidArgument.field(field_name, f"cannot read {path}: {e.strerror}") from None
+
+
+def build_machine(config: dict[str, Any]) -> Machine:
+    """Creates the VM described by `config` (vcpus, memory_mib, boot, cpuid rows); nothing runs yet."""
+    memory_size = int(config["memory_mib"]) * MIB
+    image = load_image(config["boot"], memory_size, int(config["vcpus"]))
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    try:
+        vm.set_tss_addr(TSS_ADDR)
+        vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        vm.create_irqchip()
+        vm.create_pit2()
+        memory = vm.add_memory(memory_size)
+        for seg in image.segments:
+            memory.write(seg.gpa, seg.data)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        cvm = lib.kp_vm_new(vm.fd, w, 1, REQUESTS["KVM_RUN"], REQUESTS["KVM_IRQ_LINE"])
+        if cvm == ffi.NULL:
+            raise HostError("out of memory for the VM's device state")
+        machine = Machine(kvm, vm, memory, [], cvm, r, image, w)
+        for i in range(int(config["vcpus"])):
+            machine.vcpus.append(_make_vcpu(vm, i, image, config.get("cpuid")))
+    except BaseException:
+        vm.close()
+        kvm.close()
+        raise
+    return machine
+
+
+def _make_vcpu(vm: Vm, index: int, image: GuestImage, cpuid: list[list[int]] | None) -> Vcpu:
+    vcpu = vm.create_vcpu(index)
+    rows = [tuple(r) for r in cpuid] if cpuid is not None else vm.kvm.get_supported_cpuid()
+    vcpu.set_cpuid2(_with_apic_id(rows, index))
+    state = image.bsp if index == 0 else image.ap
+    if state is not None:
+        apply_cpu_state(vcpu, state)
+        if image.vcpu_index_reg:
+            regs = vcpu.get_regs()
+            setattr(regs, image.vcpu_index_reg, index)
+            vcpu.set_regs(regs)
+        if index:
+            vcpu.set_mp_state(MpState.RUNNABLE)
+    return vcpu
+
+
+def _with_apic_id(rows: list[tuple[int, ...]], index: int) -> list[tuple[int, ...]]:
+    """Sets the initial APIC id of vCPU `index` in leaf 1 EBX[31:24] and the x2APIC id in leaves 0xB/0x1F EDX."""
+    out: list[tuple[int, ...]] = []
+    for fn, idx, flags, a, b, c, d in rows:
+        if fn == 1:
+            b = (b & 0x00FFFFFF) | (index << 24)
+        elif fn in (0xB, 0x1F):
+            d = index
+        out.append((fn, idx, flags, a, b, c, d))
+    return out
+
+
+def apply_cpu_state(vcpu: Vcpu, state: CpuState) -> None:
+    """Writes a CpuState into the vCPU's sregs and regs (fields not named keep KVM's reset values)."""
+    sregs = vcpu.get_sregs()
+    for name, seg in state.segments.items():
+        dst = getattr(sregs, name)
+        for f in ("base", "limit", "selector", "type", "present", "dpl", "db", "s", "l", "g"):
+            setattr(dst, f, getattr(seg, f))
+    for name, value in state.control.items():
+        setattr(sregs, name, value)
+    for table, dt in (("gdt", state.gdt), ("idt", state.idt)):
+        if dt is not None:
+            getattr(sregs, table).base, getattr(sregs, table).limit = dt
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    for name, value in state.regs.items():
+        setattr(regs, name, value)
+    vcpu.set_regs(regs)

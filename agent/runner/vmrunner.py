@@ -1,0 +1,225 @@
+"""The runner of one VM: builds the machine, drives its lifecycle through the transition table, streams events.
+
+Threads: one per vCPU (VcpuThread), one reading the console pipe, one applying guest exits, and one per agent
+connection. Every state change happens under `_lock` through lifecycle.next_state, so a request and a guest exit
+arriving together are serialized. The runner outlives its agent: events wait in the ring until an agent says hello.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kvmplat.agent.errors import KvmplatError
+from kvmplat.agent.lifecycle import Event, State, next_state
+from kvmplat.agent.runner.console import ConsoleReader
+from kvmplat.agent.runner.eventlog import EventLog
+from kvmplat.agent.runner.exits import Outcome, Verdict
+from kvmplat.agent.runner.machine import Machine, build_machine
+from kvmplat.agent.runner.vcpu import Mode, VcpuThread
+from kvmplat.agent.runner.wire import MAX_LINE, decode, encode
+
+__all__ = ["VmRunner"]
+
+OUTBOUND_MAX = 65536  # messages queued for a slow agent before its connection is dropped
+_MODE_AFTER = {State.RUNNING: Mode.RUN, State.PAUSED: Mode.PAUSE}
+_REASON = {
+    Event.START: "started",
+    Event.PAUSE: "paused on request",
+    Event.RESUME: "resumed on request",
+    Event.STOP: "stopped on request",
+}
+
+
+class VmRunner:
+    """One VM and its lifecycle, served to the agent over a unix socket."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.name: str = config["name"]
+        self.log = EventLog(int(config.get("first_seq", 1)))
+        self.state = State.CREATED
+        self.reason = "created"
+        self._lock = threading.RLock()
+        self._exits: queue.Queue[tuple[int, Outcome]] = queue.Queue()
+        self.machine: Machine | None = build_machine(config)
+        self.threads = [VcpuThread(v, self.machine.cvm, self._on_vcpu_exit) for v in self.machine.vcpus]
+        self.console = ConsoleReader(self.machine.console_fd, self.machine.cvm, self._on_console)
+        self._done = threading.Event()
+        threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
+        self.log.emit(
+            "state", {"from": "", "to": State.CREATED.name, "reason": f"created ({self.machine.image.description})"}
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def request(self, event: Event) -> State:
+        """Applies a caller's request (start, pause, resume, stop) through the transition table."""
+        with self._lock:
+            new = next_state(self.name, self.state, event)
+            if new in _MODE_AFTER:
+                for t in self.threads:
+                    t.set_mode(_MODE_AFTER[new])
+                if new is State.PAUSED:
+                    for t in self.threads:
+                        t.wait_parked()
+            elif new is State.STOPPED:
+                self._teardown()
+            self._transition(new, _REASON.get(event, event.value))
+            return new
+
+    def _transition(self, new: State, reason: str) -> None:
+        old, self.state, self.reason = self.state, new, reason
+        self.log.emit("state", {"from": old.name, "to": new.name, "reason": reason})
+
+    def _on_vcpu_exit(self, index: int, outcome: Outcome) -> None:
+        self._exits.put((index, outcome))  # handled on another thread: this vCPU's thread must not join itself
+
+    def _exit_worker(self) -> None:
+        while True:
+            index, outcome = self._exits.get()
+            with self._lock:
+                if self.state not in (State.RUNNING, State.PAUSED):
+                    continue  # a second vCPU reporting the same end, or an end racing a stop
+                body = self._exit_body(index, outcome)
+                event = Event.CRASH if outcome.verdict is Verdict.CRASH else Event.GUEST_EXIT
+                new = next_state(self.name, self.state, event)
+                self._teardown()  # drains the console first, so the guest's last lines come before its end
+                self.log.emit("exit", body)
+                self._transition(new, outcome.verdict.value if event is Event.GUEST_EXIT else outcome.detail)
+
+    def _exit_body(self, index: int, outcome: Outcome) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": outcome.verdict.value, "vcpu": index, "detail": outcome.detail}
+        body["exit"] = outcome.exit_name
+        if outcome.verdict is Verdict.CRASH and self.machine is not None:
+            for t in self.threads:
+                t.set_mode(Mode.PAUSE)
+                t.wait_parked(1.0)
+            regs = self.machine.vcpus[index].get_regs()
+            body["registers"] = {n: int(getattr(regs, n)) for n in ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "rflags")}
+        return body
+
+    def _teardown(self) -> None:
+        """Ends the vCPU threads and frees the VM (memory, fds); the runner itself stays for its record."""
+        for t in self.threads:
+            t.set_mode(Mode.STOP)
+        for t in self.threads:
+            t.join()
+        self.console.stop()
+        if self.machine is not None:
+            self.machine.close()
+            self.machine = None
+
+    def stats(self) -> dict[str, Any]:
+        """Exit counters summed over the vCPUs."""
+        by: dict[int, int] = {}
+        out = {"exits": 0, "unhandled_pio": 0, "unhandled_mmio": 0, "console_bytes": 0}
+        for t in self.threads:
+            s = t.stats
+            for k in out:
+                out[k] += int(getattr(s, k))
+            for i in range(64):
+                if s.by_reason[i]:
+                    by[i] = by.get(i, 0) + int(s.by_reason[i])
+        mem = self.machine.memory.size if self.machine is not None else 0
+        return out | {"by_reason": by, "memory_bytes": mem}
+
+    def _on_console(self, text: str) -> None:
+        self.log.emit("console", text)
+
+    # --- the agent's side --------------------------------------------------------------------------------------
+    def serve(self, listener: socket.socket) -> None:
+        """Accepts agent connections until destroyed; a new connection replaces the old one."""
+        listener.settimeout(0.5)
+        while not self._done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        out: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=OUTBOUND_MAX)
+        writer = threading.Thread(target=_write_loop, args=(conn, out), daemon=True)
+        writer.start()
+
+        def forward(event: dict[str, Any]) -> None:
+            _put(out, {"event": event})
+
+        try:
+            with conn.makefile("rb") as rfile:
+                for line in rfile:
+                    if len(line) > MAX_LINE:
+                        break
+                    msg = decode(line)
+                    _put(out, self._answer(msg, forward))
+                    if msg.get("op") == "destroy":
+                        self._done.set()
+                        break
+        except (OSError, ValueError):
+            pass  # the agent went away; events wait in the ring for the next hello
+        finally:
+            if self.log.listener is forward:
+                self.log.attach(None, 0)
+            out.put(None)
+            writer.join(2.0)
+            conn.close()
+
+    def _answer(self, msg: dict[str, Any], forward: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        try:
+            result = self._dispatch(msg, forward)
+        except KvmplatError as e:
+            return {"id": msg.get("id"), "ok": False, "error": {"kind": type(e).__name__, "message": str(e)}}
+        return {"id": msg.get("id"), "ok": True, "result": result}
+
+    def _dispatch(self, msg: dict[str, Any], forward: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        op = msg.get("op")
+        if op == "hello":
+            self.log.attach(forward, int(msg.get("since", 0)))
+            return {"state": self.state.name, "reason": self.reason, "pid": os.getpid(), "last_seq": self.log.last_seq}
+        if op in ("start", "pause", "resume", "stop"):
+            return {"state": self.request(Event(op)).name, "reason": self.reason}
+        if op == "stats":
+            return self.stats()
+        if op == "console":
+            return {"accepted": self._console_input(base64.b64decode(msg.get("data", "")))}
+        if op == "destroy":
+            with self._lock:
+                next_state(self.name, self.state, Event.DESTROY)
+                self.state = State.DESTROYED
+            return {"state": State.DESTROYED.name}
+        raise KvmplatError(f"unknown runner op {op!r}")
+
+    def _console_input(self, data: bytes) -> int:
+        from kvmplat.agent._kvmc import lib
+
+        with self._lock:
+            if self.machine is None or self.state is not State.RUNNING:
+                raise KvmplatError(f"VM {self.name!r} is {self.state.name}: its console takes input only while RUNNING")
+            return int(lib.kp_vm_console_input(self.machine.cvm, data, len(data)))
+
+    def wait_destroyed(self) -> None:
+        """Blocks until the agent destroys this VM, then frees what is left."""
+        self._done.wait()
+        with self._lock:
+            if self.machine is not None:
+                self._teardown()
+
+
+def _put(out: queue.Queue[dict[str, Any] | None], msg: dict[str, Any]) -> None:
+    """Queues a message for the agent; a full queue means the agent stopped reading, so its events are dropped
+    (they stay in the ring, and the next hello replays them)."""
+    with contextlib.suppress(queue.Full):
+        out.put_nowait(msg)
+
+
+def _write_loop(conn: socket.socket, out: queue.Queue[dict[str, Any] | None]) -> None:
+    while (msg := out.get()) is not None:
+        try:
+            conn.sendall(encode(msg))
+        except OSError:
+            return
