@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 # Until the agent lands (kvmplat.agent.main), there is nothing to drive: remove this guard once it exists.
-pytest.importorskip("kvmplat.agent.main", reason="the agent (kvmplat.agent.main) has not landed yet")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 

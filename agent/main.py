@@ -1,0 +1,185 @@
+"""`kvmplat-agent`: the per-host daemon. Serves kvmplat.v1.Agent (plus gRPC health and reflection) on a unix
+socket or TCP, keeps its VMs' records in --state-dir, and re-adopts their runners when it restarts.
+
+Exit codes: 0 after SIGTERM/SIGINT, 2 for bad flags or a host that cannot run VMs (the reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+DEFAULT_SOCKET = "unix:///run/kvmplat/agent.sock"
+DEFAULT_STATE_DIR = "/var/lib/kvmplat"
+DEFAULT_IMAGE_DIR = "/var/lib/kvmplat/images"
+HEADROOM_MIB = 1024  # kept for the host and the agent itself
+VCPUS_PER_CORE = 128  # idle vCPUs cost nothing here; a scheduler sizes hosts with --max-vcpus
+
+log = logging.getLogger("kvmplat.agent")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The agent's flags (documented in README.md)."""
+    from kvmplat.agent import __version__
+
+    p = argparse.ArgumentParser(prog="kvmplat-agent", description="kvmplat per-host agent")
+    p.add_argument(
+        "--listen", default=DEFAULT_SOCKET, help=f"unix:///PATH or tcp://HOST:PORT (default {DEFAULT_SOCKET})"
+    )
+    p.add_argument(
+        "--state-dir", default=DEFAULT_STATE_DIR, help=f"VM records and runner sockets (default {DEFAULT_STATE_DIR})"
+    )
+    p.add_argument("--insecure", action="store_true", help="allow plain-text TCP (logs a warning)")
+    p.add_argument(
+        "--image-dir",
+        action="append",
+        default=None,
+        help=f"where kernels and initrds may come from (repeatable; default $KVMPLAT_IMAGE_DIR or {DEFAULT_IMAGE_DIR})",
+    )
+    p.add_argument(
+        "--max-memory-mib", type=int, default=0, help="memory for all guests (default: host RAM minus 1 GiB)"
+    )
+    p.add_argument(
+        "--max-vcpus", type=int, default=0, help=f"vCPUs for all guests (default: {VCPUS_PER_CORE} per host core)"
+    )
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log lines as text or one JSON object each"
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--version", action="version", version=f"kvmplat-agent {__version__}")
+    return p.parse_args(argv)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": self.formatTime(record),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+        )
+
+
+def _setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def _host_memory_mib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def listen_target(address: str, insecure: bool) -> tuple[str, str | None]:
+    """The grpc bind target for --listen and, for unix sockets, the socket path; ValueError when not allowed."""
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+        if not path.startswith("/"):
+            raise ValueError(f"unix socket path must be absolute: {address}")
+        return f"unix:{path}", path
+    if address.startswith("unix:"):
+        return address, address[len("unix:") :]
+    if address.startswith("tcp://"):
+        if not insecure:
+            raise ValueError(
+                "--listen tcp:// needs TLS (--tls-cert, --tls-key, --tls-client-ca), or --insecure for plain text"
+            )
+        return address[len("tcp://") :], None
+    raise ValueError(f"--listen takes unix:///PATH or tcp://HOST:PORT, not {address!r}")
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Runs the agent until SIGTERM or SIGINT."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+    from kvmplat.agent.controller import Controller
+    from kvmplat.agent.ioctls import Cap
+    from kvmplat.agent.kvm import Kvm
+    from kvmplat.agent.platforms import Platforms
+    from kvmplat.agent.runner.client import TemplateClient
+    from kvmplat.agent.server import AgentServicer
+    from kvmplat.agent.store import Store
+    from kvmplat.agent.validate import Limits
+    from kvmplat.v1 import agent_pb2, agent_pb2_grpc
+
+    target, sock_path = listen_target(args.listen, args.insecure)
+    if args.listen.startswith("tcp://"):
+        log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls the VMs", args.listen)
+    with Kvm() as kvm:
+        platforms = Platforms(kvm)
+        per_vm_vcpus = min(kvm.check_extension(Cap.MAX_VCPUS) or kvm.check_extension(Cap.NR_VCPUS) or 1, 254)
+    store = Store(args.state_dir)
+    image_dirs = tuple(args.image_dir or [os.environ.get("KVMPLAT_IMAGE_DIR") or DEFAULT_IMAGE_DIR])
+    total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)
+    total_vcpus = args.max_vcpus or VCPUS_PER_CORE * (os.cpu_count() or 1)
+    limits = Limits(max_vcpus=min(per_vm_vcpus, total_vcpus), max_memory_mib=total_mem, image_dirs=image_dirs)
+    template = await TemplateClient.start()
+    controller = Controller(store, template, platforms, limits, total_mem, total_vcpus)
+    await controller.adopt_all()
+
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 16 << 20)]
+    )
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(controller), server)  # type: ignore[no-untyped-call]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+    reflection.enable_server_reflection([service, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if sock_path:
+        os.makedirs(os.path.dirname(sock_path) or ".", mode=0o755, exist_ok=True)
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+    old_umask = os.umask(0o177)  # the socket is created 0600: only its owner may drive VMs
+    try:
+        server.add_insecure_port(target)
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    if sock_path:
+        os.chmod(sock_path, 0o600)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, platforms.describe())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down; running VMs keep running and are re-adopted at the next start")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=2.0)
+    await controller.close()
+    if sock_path and os.path.exists(sock_path):
+        os.unlink(sock_path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of kvmplat-agent."""
+    args = parse_args(argv)
+    _setup_logging(args.log_format, args.log_level)
+    from kvmplat.agent.errors import KvmplatError
+
+    try:
+        code = asyncio.run(serve(args))
+    except (ValueError, KvmplatError) as e:
+        print(f"kvmplat-agent: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)

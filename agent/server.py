@@ -1,0 +1,137 @@
+"""The gRPC servicer: turns protos into controller calls and agent errors into statuses. No state of its own."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from kvmplat.agent import __version__
+from kvmplat.agent.controller import Controller, VmRecord
+from kvmplat.agent.errors import InvalidArgument, KvmplatError
+from kvmplat.agent.kvm import ExitReason
+from kvmplat.agent.lifecycle import Event, State
+from kvmplat.agent.payloads import PUBLIC_BUILTINS
+from kvmplat.agent.status import to_status
+from kvmplat.v1 import agent_pb2 as pb
+from kvmplat.v1 import agent_pb2_grpc as pbg
+
+__all__ = ["AgentServicer"]
+
+log = logging.getLogger("kvmplat.agent")
+T = TypeVar("T")
+
+
+def _rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Maps agent errors to statuses; anything else is a bug, logged and reported as INTERNAL."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: AgentServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+        except ValueError as e:  # a malformed message the proto runtime accepted
+            await context.abort_with_status(to_status(InvalidArgument(str(e))))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+class AgentServicer(pbg.AgentServicer):
+    """kvmplat.v1.Agent."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    @_rpc
+    async def GetCapabilities(self, request: pb.GetCapabilitiesRequest, context: Any) -> pb.Capabilities:
+        caps = pb.Capabilities(agent_version=__version__, builtin_payloads=list(PUBLIC_BUILTINS))
+        self.c.platforms.fill_capabilities(caps)
+        mem, cpus = self.c.used()
+        caps.max_vcpus = self.c.limits.max_vcpus
+        caps.memory_mib, caps.memory_free_mib = self.c.total_memory_mib, self.c.total_memory_mib - mem
+        caps.vcpus_total, caps.vcpus_free = self.c.total_vcpus, self.c.total_vcpus - cpus
+        return caps
+
+    @_rpc
+    async def CheckPlatform(self, request: pb.CheckPlatformRequest, context: Any) -> pb.CheckPlatformResponse:
+        return pb.CheckPlatformResponse(effective_platform=self.c.check(request.spec))
+
+    @_rpc
+    async def CreateVm(self, request: pb.CreateVmRequest, context: Any) -> pb.Vm:
+        return await self._vm(await self.c.create(request.spec, request.start))
+
+    async def _act(self, request: pb.VmRequest, event: Event) -> pb.Vm:
+        return await self._vm(await self.c.act(request.name, event))
+
+    @_rpc
+    async def StartVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
+        return await self._act(request, Event.START)
+
+    @_rpc
+    async def PauseVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
+        return await self._act(request, Event.PAUSE)
+
+    @_rpc
+    async def ResumeVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
+        return await self._act(request, Event.RESUME)
+
+    @_rpc
+    async def StopVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
+        return await self._act(request, Event.STOP)
+
+    @_rpc
+    async def DestroyVm(self, request: pb.VmRequest, context: Any) -> pb.DestroyVmResponse:
+        await self.c.destroy(request.name)
+        return pb.DestroyVmResponse()
+
+    @_rpc
+    async def GetVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
+        return await self._vm(self.c.get(request.name))
+
+    @_rpc
+    async def ListVms(self, request: pb.ListVmsRequest, context: Any) -> pb.ListVmsResponse:
+        return pb.ListVmsResponse(vms=[self._vm_base(r) for r in sorted(self.c.vms.values(), key=lambda r: r.name)])
+
+    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
+        try:
+            async for ev in self.c.watch(request.vm, request.since_seq, request.follow):
+                yield ev
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
+    @_rpc
+    async def WriteConsole(self, request: pb.WriteConsoleRequest, context: Any) -> pb.WriteConsoleResponse:
+        await self.c.write_console(request.name, request.data)
+        return pb.WriteConsoleResponse()
+
+    def _vm_base(self, rec: VmRecord) -> pb.Vm:
+        created = Timestamp()
+        created.FromNanoseconds(int(rec.created * 1e9))
+        state = rec.state.name if rec.state is not State.DESTROYED else "VM_STATE_UNSPECIFIED"
+        return pb.Vm(
+            spec=rec.spec,
+            state=state,
+            effective_platform=rec.effective,
+            runner_pid=rec.pid,
+            state_reason=rec.reason,
+            created=created,
+            last_seq=rec.last_seq,
+        )
+
+    async def _vm(self, rec: VmRecord) -> pb.Vm:
+        vm = self._vm_base(rec)
+        s = await self.c.stats(rec)
+        if s:
+            vm.stats.exits, vm.stats.console_bytes = s["exits"], s["console_bytes"]
+            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s["unhandled_pio"], s["unhandled_mmio"]
+            vm.stats.memory_bytes = s["memory_bytes"]
+            for reason, n in s["by_reason"].items():
+                r = int(reason)
+                name = ExitReason(r).name.lower() if r in ExitReason._value2member_map_ else f"exit_{r}"
+                vm.stats.exits_by_reason[name] = n
+        return vm
