@@ -93,8 +93,8 @@ class _Fd:
         return self._ioctl("KVM_CHECK_EXTENSION", int(cap))
 
     def close(self) -> None:
-        """Closes the fd (idempotent)."""
-        if self.fd >= 0:
+        """Closes the fd (idempotent; also after a constructor that failed before owning one)."""
+        if getattr(self, "fd", -1) >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
 

@@ -1,0 +1,87 @@
+"""The C devices of the fast loop (fastloop.c), driven with synthetic kvm_run port exits: no guest, no threads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kvmplat.agent._kvmc import ffi, lib
+from kvmplat.agent.ioctls import REQUESTS
+from kvmplat.agent.runner.exits import KP_EXIT_POWEROFF, KP_EXIT_RESET
+
+
+class Dev:
+    """A device state with a console pipe, and a kvm_run buffer to fake exits in."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.cvm = lib.kp_vm_new(-1, self.w, 0, REQUESTS["KVM_RUN"], REQUESTS["KVM_IRQ_LINE"])
+        self.buf = ffi.new("uint8_t[8192]")
+        self.run: Any = ffi.cast("struct kvm_run *", self.buf)
+        self.stats = ffi.new("struct kp_vcpu_stats *")
+
+    def io(self, port: int, value: int | None = None, size: int = 1) -> tuple[int, int]:
+        """One port access (write when value is given); returns (handler result, byte read)."""
+        self.run.exit_reason = 2
+        self.run.io.direction = 0 if value is None else 1
+        self.run.io.size, self.run.io.port, self.run.io.count, self.run.io.data_offset = size, port, 1, 4096
+        if value is not None:
+            self.buf[4096] = value
+        r = lib.kp_handle_pio(self.cvm, self.run, self.stats)
+        return r, self.buf[4096]
+
+    def console(self) -> bytes:
+        lib.kp_vm_flush_console(self.cvm)
+        try:
+            return os.read(self.r, 65536)
+        except BlockingIOError:
+            return b""
+
+
+@pytest.fixture
+def dev() -> Iterator[Dev]:
+    d = Dev()
+    yield d
+    lib.kp_vm_free(d.cvm)
+    os.close(d.r)
+    os.close(d.w)
+
+
+def test_uart_lines_reach_the_console(dev: Dev) -> None:
+    for c in b"hi\n":
+        assert dev.io(0x3F8, c) == (0, c)
+    assert os.read(dev.r, 100) == b"hi\n"  # a newline flushes at once
+    dev.io(0x3F8, ord(">"))
+    assert dev.console() == b">"  # a partial line waits for an explicit flush
+    assert dev.stats.console_bytes == 4
+
+
+def test_uart_registers_as_the_8250_driver_expects(dev: Dev) -> None:
+    assert dev.io(0x3FD)[1] == 0x60  # LSR: THRE | TEMT, nothing received
+    dev.io(0x3F9, 0xFF)
+    assert dev.io(0x3F9)[1] == 0x0F  # IER reads back its low four bits
+    assert dev.io(0x3FA)[1] & 0x0F == 0x02  # THRE interrupt pending once enabled ...
+    assert dev.io(0x3FA)[1] & 0x0F == 0x01  # ... and acknowledged by reading IIR
+    dev.io(0x3FB, 0x80)  # DLAB: divisor latch instead of THR/IER
+    dev.io(0x3F8, 0x01)
+    assert dev.io(0x3F8)[1] == 0x01 and dev.console() == b""
+
+
+def test_input_is_queued_for_the_guest(dev: Dev) -> None:
+    assert lib.kp_vm_console_input(dev.cvm, b"ls\n", 3) == 3
+    assert dev.io(0x3FD)[1] & 0x01  # data ready
+    assert bytes(dev.io(0x3F8)[1] for _ in range(3)) == b"ls\n"
+    assert not dev.io(0x3FD)[1] & 0x01
+
+
+def test_exit_port_reset_line_and_unknown_ports(dev: Dev) -> None:
+    assert dev.io(0xF4, 0)[0] == KP_EXIT_POWEROFF
+    assert dev.io(0x64, 0xFE)[0] == KP_EXIT_RESET
+    assert dev.io(0x64) == (0, 0)  # i8042 never busy
+    assert dev.io(0x80, 0x12)[0] == 0 and dev.stats.unhandled_pio == 0
+    assert dev.io(0x1234) == (0, 0xFF)
+    dev.io(0x1234, 1)
+    assert dev.stats.unhandled_pio == 2
