@@ -62,7 +62,7 @@ def test_errors_name_the_ioctl_fd_kind_and_errno() -> None:
             vm.create_vcpu(0)  # a vCPU id can be created once
         assert info.value.ioctl == "KVM_CREATE_VCPU" and info.value.fd_kind == "vm"
         assert info.value.errno == errno.EEXIST and "EEXIST" in str(info.value)
-    with pytest.raises(KvmError, match="KVM_RUN on vcpu fd failed.*closed"):
+    with pytest.raises(KvmError, match=r"KVM_RUN on vcpu fd failed.*closed"):
         vcpu = Kvm().create_vm().create_vcpu(0)
         vcpu.close()
         vcpu.run()
