@@ -55,8 +55,7 @@ class ConsoleReader:
                 return
 
     def _feed(self, data: bytes) -> None:
-        buf = self._pending + data
-        cut = buf.rfind(b"\n") + 1
-        if cut:
-            self._emit(buf[:cut].decode(errors="replace"))
-        self._pending = buf[cut:]
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()  # what follows the last newline: a partial line
+        for line in lines:
+            self._emit(line.decode(errors="replace") + "\n")
