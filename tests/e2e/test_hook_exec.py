@@ -162,3 +162,19 @@ def test_launcher_falls_back_to_python3_with_a_clear_line(tmp_path: Path) -> Non
     assert done.returncode in (0, 1)
     if done.returncode == 1:
         assert done.stderr.startswith("kvmplat:") and len(done.stderr.splitlines()) == 1
+
+
+def test_fast_start_and_site_fallback(tmp_path: Path, agent: tuple[str, StandIn]) -> None:
+    """The launcher runs the venv's python with -S and mounts the source tree; where the tree is not beside the
+    .venv (an installed layout), it falls back to site.py and the installed package."""
+    address, servicer = agent
+    env = {"KVMPLAT_AGENT": address, "KVMPLAT_HOOK_CONFIG": "/dev/null"}
+    tree = call(HOOK, "web1", "prepare", "begin", X86, **env)
+    (tmp_path / "libvirt-hooks").mkdir()
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    elsewhere = tmp_path / "libvirt-hooks" / "qemu"
+    elsewhere.write_text(HOOK.read_text())
+    elsewhere.chmod(0o755)
+    installed = call(elsewhere, "web1", "prepare", "begin", X86, **env)
+    assert (tree.returncode, tree.stderr, installed.returncode, installed.stderr) == (0, "", 0, "")
+    assert servicer.calls == ["check web1", "check web1"]
