@@ -12,7 +12,7 @@ from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["NAME_RE", "Limits", "validate_name", "validate_spec"]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # \Z: "$" would accept a trailing newline
 MAX_CMDLINE = 4096
 
 
