@@ -1,0 +1,142 @@
+"""Platform conversions at the gRPC edge: protobuf messages ↔ the frozen platform model. No grpc here.
+
+Newer clients are refused clearly, never silently half-understood (issue 3 item 7): enum numbers this proto does not
+define and fields this build does not know (e.g. the reserved 100-199 range) are InvalidArgument naming the field.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from typing import Any, TypeVar
+
+from google.protobuf.unknown_fields import UnknownFieldSet
+from kvmplat.agent.errors import InvalidArgument, PlatformRefused
+from kvmplat.agent.platform.levels import PPC_LEVELS, X86_LEVELS, x86_level_number
+from kvmplat.agent.platform.model import Abi, Accel, CompatPolicy, EffectivePlatform, PlatformRequest, Pv
+from kvmplat.agent.platform.resolve import level_culprits, resolve
+from kvmplat.agent.platform.x86host import X86Host
+from kvmplat.v1 import agent_pb2 as pb
+
+__all__ = ["effective_to_proto", "fill_capabilities", "request_from_proto"]
+
+FIELD = "spec.platform"
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+def _enum(kind: type[E], value: int, field: str) -> E | None:
+    """The model enum for a proto enum number: None for 0 (unspecified); InvalidArgument for unknown numbers."""
+    if value == 0:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        known = ", ".join(m.name for m in kind)
+        raise InvalidArgument.field(field, f"unknown value {value} (this agent knows: {known})") from None
+
+
+def _pb(member: enum.Enum) -> Any:
+    """The proto enum value of a model enum member (same name, same number)."""
+    return getattr(pb, member.name)
+
+
+def _refuse_unknown_fields(msg: Any, field: str) -> None:
+    """Fields this build does not know, from a newer client, are refused rather than ignored."""
+    unknown = UnknownFieldSet(msg)
+    numbers = sorted({unknown[i].field_number for i in range(len(unknown))})
+    if numbers:
+        listed = ", ".join(str(n) for n in numbers)
+        raise InvalidArgument.field(field, f"unknown field number(s) {listed} (sent by a newer client?)")
+
+
+def request_from_proto(spec_platform: pb.PlatformSpec) -> PlatformRequest:
+    """The PlatformRequest of a PlatformSpec; InvalidArgument naming the field for anything this agent cannot read."""
+    _refuse_unknown_fields(spec_platform, FIELD)
+    pv = [_enum(Pv, v, f"{FIELD}.pv") for v in spec_platform.pv]
+    if None in pv:
+        raise InvalidArgument.field(f"{FIELD}.pv", "PV_UNSPECIFIED is not a paravirtual interface (KVM, HYPERV)")
+    bits = spec_platform.bits or 64
+    if bits not in (32, 64):
+        raise InvalidArgument.field(f"{FIELD}.bits", f"{bits} is not a guest width (64, the default, or 32)")
+    return PlatformRequest(
+        abi=_enum(Abi, spec_platform.abi, f"{FIELD}.abi"),
+        pv=frozenset(p for p in pv if p is not None),
+        compat=spec_platform.compat.strip(),
+        policy=_enum(CompatPolicy, spec_platform.compat_policy, f"{FIELD}.compat_policy") or CompatPolicy.STRICT,
+        bits=bits,
+        accel=_enum(Accel, spec_platform.accel, f"{FIELD}.accel") or Accel.AUTO,
+    )
+
+
+def effective_to_proto(e: EffectivePlatform) -> pb.EffectivePlatform:
+    """The EffectivePlatform message of `e` (enum values are equal by construction)."""
+    return pb.EffectivePlatform(
+        abi=_pb(e.abi),
+        pv=[_pb(p) for p in e.pv],
+        compat=e.compat,
+        compat_raw=e.compat_raw,
+        compat_policy=_pb(e.policy),
+        bits=e.bits,
+        accel=e.accel,
+        cross_arch=e.cross_arch,
+        notes=list(e.notes),
+        visible_above_level=list(e.visible_above_level),
+    )
+
+
+def fill_capabilities(caps: pb.Capabilities, host: Any) -> None:
+    """Sets the platform part of `caps` (abis, pv, levels, accels, cpu_features, hideability) from host truth."""
+    if isinstance(host, X86Host):
+        _fill_x86(caps, host)
+    else:
+        _fill_by_resolution(caps, host)
+
+
+def _fill_x86(caps: pb.Capabilities, host: X86Host) -> None:
+    caps.arch = host.arch
+    caps.abis[:] = [pb.BARE_METAL]
+    caps.pv[:] = [pb.KVM] + ([pb.HYPERV] if host.hyperv else [])
+    del caps.levels[:]
+    for level in X86_LEVELS:
+        missing, unhideable = level_culprits(host, level)
+        caps.levels.add(
+            name=level,
+            raw=x86_level_number(level),
+            strict=not missing and not unhideable,
+            best_effort=not missing,
+            missing=[f.name for f in missing],
+            unhideable=[f.name for f in unhideable],
+        )
+    caps.accels[:] = [host.accel]
+    caps.accel_default = host.accel
+    del caps.cpu_features[:]
+    for f in host.features:
+        caps.cpu_features.add(name=f.name, level=f.level, claimed=f.claimed, seen=f.seen, hideable=f.hideable)
+    caps.hv_bit_hideable = host.hv_bit_hideable
+    caps.kvm_leaves_hideable = host.kvm_leaves_hideable
+    caps.host_truth_source = host.source if host.source == "cache" else f"{host.source} ({host.probe_ms:.1f} ms)"
+
+
+def _fill_by_resolution(caps: pb.Capabilities, host: Any) -> None:
+    """A PowerPC host: abis, pv and levels as resolution admits them (the PowerPC module owns the rules)."""
+    ppc = importlib.import_module("kvmplat.agent.platform.ppc")
+    if not isinstance(host, ppc.PpcHost):
+        raise TypeError(f"no capabilities for host truth of type {type(host).__name__}")
+    abis = [a for a in (Abi.SPAPR, Abi.BOOKE, Abi.BARE_METAL) if _admits(host, PlatformRequest(abi=a))]
+    caps.abis[:] = [_pb(a) for a in abis]
+    caps.pv[:] = [_pb(p) for p in Pv if _admits(host, PlatformRequest(pv=frozenset({p})))]
+    caps.accels[:] = list(host.accels)
+    caps.accel_default = host.default_accel
+    del caps.levels[:]
+    for lv in PPC_LEVELS:
+        strict = _admits(host, PlatformRequest(compat=lv.name))
+        best = _admits(host, PlatformRequest(compat=lv.name, policy=CompatPolicy.BEST_EFFORT))
+        caps.levels.add(name=lv.name, raw=lv.pvr, strict=strict, best_effort=best)
+
+
+def _admits(host: Any, request: PlatformRequest) -> bool:
+    try:
+        resolve(request, host)
+    except (PlatformRefused, InvalidArgument):
+        return False
+    return True
