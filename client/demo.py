@@ -146,7 +146,9 @@ def _spec(name: str, builtin: str, vcpus: int) -> pb.VmSpec:
 def _probe(client: Client, board: StateBoard, say: Callable[[str], None]) -> None:
     """The probe guest on 2 vCPUs, run until it ends by itself."""
     say("== probe: one line per vCPU, then the guest powers off")
-    client.create_vm(_spec("probe", "probe", 2), start=True)
+    vm = client.create_vm(_spec("probe", "probe", 2), start=True)
+    platform = output.format_platform(vm.effective_platform).splitlines()
+    say("effective platform:\n" + "\n".join("  " + line for line in platform))
     board.wait("probe", (pb.STOPPED, pb.CRASHED), _PROBE_END_S)
     client.destroy_vm("probe")
 

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-# Until the agent lands (kvmplat.agent.main), there is nothing to drive: remove this guard once it exists.
-
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 
 BIN = Path(sys.executable).parent
