@@ -117,12 +117,12 @@ async def serve(args: argparse.Namespace) -> int:
     from kvmplat.v1 import agent_pb2, agent_pb2_grpc
 
     target, sock_path = listen_target(args.listen, args.insecure)
+    store = Store(args.state_dir)
     if args.listen.startswith("tcp://"):
         log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls the VMs", args.listen)
     with Kvm() as kvm:
-        platforms = Platforms(kvm)
+        platforms = Platforms(kvm, args.state_dir)
         per_vm_vcpus = min(kvm.check_extension(Cap.MAX_VCPUS) or kvm.check_extension(Cap.NR_VCPUS) or 1, 254)
-    store = Store(args.state_dir)
     image_dirs = tuple(args.image_dir or [os.environ.get("KVMPLAT_IMAGE_DIR") or DEFAULT_IMAGE_DIR])
     total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)
     total_vcpus = args.max_vcpus or VCPUS_PER_CORE * (os.cpu_count() or 1)

@@ -1,66 +1,56 @@
-"""The agent's view of this host's platforms: capabilities and spec.platform -> (effective platform, CPUID table).
+"""The agent's view of this host's platforms: glue between the controller and kvmplat.agent.platform.
 
-Thin glue between the controller and kvmplat.agent.platform (model, host truth, resolution, application).
+At start-up the host's truth is learnt by probe guests (or read from the cache in the state directory); every
+request is resolved against it, and the effective platform's CPUID table goes to the runner.
 """
 
 from __future__ import annotations
 
 import os
-import platform as _platform
 from typing import Any
 
-from kvmplat.agent.errors import InvalidArgument, PlatformRefused
 from kvmplat.agent.ioctls import Cap
 from kvmplat.agent.kvm import Kvm
+from kvmplat.agent.platform.hostprobe import load_or_probe
+from kvmplat.agent.platform.proto import effective_to_proto, fill_capabilities, request_from_proto
+from kvmplat.agent.platform.resolve import resolve
+from kvmplat.agent.platform.x86 import cpuid_table
+from kvmplat.agent.platform.x86host import X86Host
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["Platforms", "host_accel"]
+__all__ = ["Platforms"]
 
 CpuidRows = list[list[int]]
-
-
-def host_accel() -> str:
-    """The x86 accelerator loaded: kvm_pvm, kvm-intel or kvm-amd."""
-    for module, name in (("kvm_pvm", "kvm_pvm"), ("kvm_intel", "kvm-intel"), ("kvm_amd", "kvm-amd")):
-        if os.path.isdir(f"/sys/module/{module}"):
-            return name
-    return "kvm"
 
 
 class Platforms:
     """Capabilities and platform resolution of this host."""
 
-    def __init__(self, kvm: Kvm) -> None:
-        self.arch = _platform.machine()
+    def __init__(self, kvm: Kvm, state_dir: str) -> None:
+        self.cache_path = os.path.join(state_dir, "host-truth.json")
         self.api_version = kvm.get_api_version()
         self.caps = {c.name.lower(): kvm.check_extension(c) for c in Cap}
-        self.accel = host_accel()
+        self.host: X86Host = load_or_probe(kvm, self.cache_path)
+
+    def refresh(self) -> None:
+        """Runs the probe guests again (GetCapabilities with refresh)."""
+        with Kvm() as kvm:
+            self.host = load_or_probe(kvm, self.cache_path, refresh=True)
 
     def fill_capabilities(self, caps: pb.Capabilities) -> None:
-        """Sets the platform fields of `caps`."""
-        caps.arch = self.arch
+        """Sets the platform fields of `caps` from the host's truth and KVM's claims."""
+        fill_capabilities(caps, self.host)
         caps.kvm_api_version = self.api_version
         caps.recommended_vcpus = self.caps["nr_vcpus"]
-        caps.abis.append(pb.BARE_METAL)
-        caps.pv.append(pb.KVM)
-        caps.accels.append(self.accel)
-        caps.accel_default = self.accel
         caps.kvm_caps.update(self.caps)
+        caps.host_truth_source = f"{self.host.source} ({self.host.probe_ms:.0f} ms of probing)"
 
-    def resolve(self, spec: pb.PlatformSpec) -> tuple[pb.EffectivePlatform, CpuidRows | None]:
+    def resolve(self, spec: pb.PlatformSpec) -> tuple[pb.EffectivePlatform, CpuidRows]:
         """The effective platform of `spec` on this host and the CPUID table that gives it, or a refusal."""
-        abi = spec.abi or pb.BARE_METAL
-        if abi not in pb.Abi.values():
-            raise InvalidArgument.field("spec.platform.abi", f"unknown abi value {abi}")
-        if abi != pb.BARE_METAL:
-            raise PlatformRefused("abi", pb.Abi.Name(abi), f"this host is {self.arch}", "BARE_METAL")
-        for pv in spec.pv:
-            if pv != pb.KVM:
-                name = pb.Pv.Name(pv) if pv in pb.Pv.values() else str(pv)
-                raise PlatformRefused("pv", name, "KVM on this host has no Hyper-V emulation", "KVM")
-        eff = pb.EffectivePlatform(abi=abi, pv=list(spec.pv), bits=spec.bits or 64, accel=self.accel)
-        return eff, None
+        effective = resolve(request_from_proto(spec), self.host)
+        rows = cpuid_table(effective, self.host)
+        return effective_to_proto(effective), [list(r) for r in rows]
 
     def describe(self) -> dict[str, Any]:
         """A summary for logs."""
-        return {"arch": self.arch, "accel": self.accel}
+        return {"arch": self.host.arch, "accel": self.host.accel, "host truth": self.host.source}

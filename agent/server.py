@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +50,8 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def GetCapabilities(self, request: pb.GetCapabilitiesRequest, context: Any) -> pb.Capabilities:
+        if request.refresh:
+            await asyncio.to_thread(self.c.platforms.refresh)
         caps = pb.Capabilities(agent_version=__version__, builtin_payloads=list(PUBLIC_BUILTINS))
         self.c.platforms.fill_capabilities(caps)
         mem, cpus = self.c.used()

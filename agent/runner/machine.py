@@ -16,6 +16,7 @@ from kvmplat.agent.errors import HostError, InvalidArgument
 from kvmplat.agent.ioctls import REQUESTS
 from kvmplat.agent.kvm import GuestMemory, Kvm, MpState, Vcpu, Vm
 from kvmplat.agent.payloads import builtin_image
+from kvmplat.agent.platform.x86 import for_vcpu
 
 __all__ = ["Machine", "build_machine", "load_image"]
 
@@ -102,7 +103,7 @@ def build_machine(config: dict[str, Any]) -> Machine:
 def _make_vcpu(vm: Vm, index: int, image: GuestImage, cpuid: list[list[int]] | None) -> Vcpu:
     vcpu = vm.create_vcpu(index)
     rows = [tuple(r) for r in cpuid] if cpuid is not None else vm.kvm.get_supported_cpuid()
-    vcpu.set_cpuid2(_with_apic_id(rows, index))
+    vcpu.set_cpuid2(for_vcpu(rows, index))
     state = image.bsp if index == 0 else image.ap
     if state is not None:
         apply_cpu_state(vcpu, state)
@@ -113,18 +114,6 @@ def _make_vcpu(vm: Vm, index: int, image: GuestImage, cpuid: list[list[int]] | N
         if index:
             vcpu.set_mp_state(MpState.RUNNABLE)
     return vcpu
-
-
-def _with_apic_id(rows: list[tuple[int, ...]], index: int) -> list[tuple[int, ...]]:
-    """Sets the initial APIC id of vCPU `index` in leaf 1 EBX[31:24] and the x2APIC id in leaves 0xB/0x1F EDX."""
-    out: list[tuple[int, ...]] = []
-    for fn, idx, flags, a, b, c, d in rows:
-        if fn == 1:
-            b = (b & 0x00FFFFFF) | (index << 24)
-        elif fn in (0xB, 0x1F):
-            d = index
-        out.append((fn, idx, flags, a, b, c, d))
-    return out
 
 
 def apply_cpu_state(vcpu: Vcpu, state: CpuState) -> None:
