@@ -88,15 +88,48 @@ struct kvm_stats_desc {
 };
 """
 
-# powerpc64 structs (uapi asm/kvm.h of powerpc); only their bytes matter on x86, for the ioctl plan.
+# powerpc64 structs (uapi asm/kvm.h and linux/kvm.h of powerpc, 6.1); only their bytes matter on x86, for the ioctl
+# plan. kvm_sregs' union is 1224 bytes (Book3S u.s outgrows the 1020-byte pad), so the struct is 1232 bytes.
 PPC_STRUCTS = """
 struct ppc_kvm_regs {
     uint64_t pc, cr, ctr, lr, xer, msr, srr0, srr1, pid;
     uint64_t sprg0, sprg1, sprg2, sprg3, sprg4, sprg5, sprg6, sprg7;
     uint64_t gpr[32];
 };
-struct ppc_kvm_sregs { uint32_t pvr; uint32_t pad0; uint64_t u[153]; };
+struct ppc_kvm_slb { uint64_t slbe; uint64_t slbv; };
+struct ppc_kvm_sregs_s {
+    uint64_t sdr1;
+    struct { struct ppc_kvm_slb slb[64]; } ppc64;
+    struct { uint32_t sr[16]; uint64_t ibat[8]; uint64_t dbat[8]; } ppc32;
+};
+struct ppc_kvm_sregs_fsl { uint32_t features; uint32_t svr; uint64_t mcar; uint32_t hid0; uint32_t pid1, pid2; };
+struct ppc_kvm_sregs_e {
+    union { struct ppc_kvm_sregs_fsl fsl; uint8_t pad[256]; } impl;
+    uint32_t features; uint32_t impl_id; uint32_t update_special; uint32_t pir;
+    uint64_t sprg8; uint64_t sprg9; uint64_t csrr0; uint64_t dsrr0; uint64_t mcsrr0;
+    uint32_t csrr1; uint32_t dsrr1; uint32_t mcsrr1; uint32_t esr;
+    uint64_t dear; uint64_t ivpr; uint64_t mcivpr; uint64_t mcsr;
+    uint32_t tsr; uint32_t tcr; uint32_t decar; uint32_t dec;
+    uint64_t tb;
+    uint32_t dbsr; uint32_t dbcr[3]; uint32_t iac[4]; uint32_t dac[2]; uint32_t dvc[2];
+    uint8_t num_iac; uint8_t num_dac; uint8_t num_dvc; uint8_t pad;
+    uint32_t epr; uint32_t vrsave; uint32_t epcr;
+    uint32_t mas0; uint32_t mas1; uint64_t mas2; uint64_t mas7_3; uint32_t mas4; uint32_t mas6;
+    uint32_t ivor_low[16]; uint32_t ivor_high[18];
+    uint32_t mmucfg; uint32_t eptcfg; uint32_t tlbcfg[4]; uint32_t tlbps[4];
+    uint32_t eplc, epsc;
+};
+struct ppc_kvm_sregs {
+    uint32_t pvr;
+    union { struct ppc_kvm_sregs_s s; struct ppc_kvm_sregs_e e; uint8_t pad[1020]; } u;
+};
 struct kvm_ppc_pvinfo { uint32_t flags; uint32_t hcall[4]; uint8_t pad[108]; };
+struct kvm_ppc_one_page_size { uint32_t page_shift; uint32_t pte_enc; };
+struct kvm_ppc_one_seg_page_size { uint32_t page_shift; uint32_t slb_enc; struct kvm_ppc_one_page_size enc[8]; };
+struct kvm_ppc_smmu_info {
+    uint64_t flags; uint32_t slb_size; uint16_t data_keys; uint16_t instr_keys;
+    struct kvm_ppc_one_seg_page_size sps[8];
+};
 struct kvm_ppc_mmuv3_cfg { uint64_t flags; uint64_t process_table; };
 """
 

@@ -70,6 +70,7 @@ class Cap(enum.IntEnum):
     MAX_VCPUS = 66
     PPC_PAPR = 68
     ONE_REG = 70
+    PPC_GET_SMMU_INFO = 78
     ENABLE_CAP_VM = 98
     CHECK_EXTENSION_VM = 105
     MAX_VCPU_ID = 128
@@ -113,6 +114,7 @@ _TABLE: tuple[tuple[str, str, int, dict[str, str] | None, Cap | None], ...] = (
     ("KVM_SET_MP_STATE", "W", 0x99, {_X: "struct kvm_mp_state", _P: "struct kvm_mp_state"}, None),
     ("KVM_PPC_GET_PVINFO", "W", 0xA1, {_X: "struct kvm_ppc_pvinfo", _P: "struct kvm_ppc_pvinfo"}, Cap.PPC_GET_PVINFO),
     ("KVM_ENABLE_CAP", "W", 0xA3, {_X: "struct kvm_enable_cap", _P: "struct kvm_enable_cap"}, Cap.ENABLE_CAP),
+    ("KVM_PPC_GET_SMMU_INFO", "R", 0xA6, {_P: "struct kvm_ppc_smmu_info"}, Cap.PPC_GET_SMMU_INFO),
     ("KVM_GET_ONE_REG", "W", 0xAB, {_X: "struct kvm_one_reg", _P: "struct kvm_one_reg"}, Cap.ONE_REG),
     ("KVM_SET_ONE_REG", "W", 0xAC, {_X: "struct kvm_one_reg", _P: "struct kvm_one_reg"}, Cap.ONE_REG),
     ("KVM_PPC_CONFIGURE_V3_MMU", "W", 0xAF, {_P: "struct kvm_ppc_mmuv3_cfg"}, Cap.PPC_MMU_RADIX),

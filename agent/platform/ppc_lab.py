@@ -1,0 +1,202 @@
+"""The PowerPC lab's entry point (issue 8): learn the real kernel, predict each case, apply it, compare.
+
+    python3 -m kvmplat.agent.platform.ppc_lab [--cases FILE] [--simulate HOST.json] [--no-probe]
+    python3 -m kvmplat.agent.platform.ppc_lab --stage DIR     (on the build host: copy the files the lab needs)
+
+Prints one JSON line per result: {"host": ...} first, then per case {"case", "predicted", "kernel_agrees", ...},
+then {"probe": ...} (the built-in payload under KVM_RUN) and a final {"summary": ...}. A case is
+{"name": str, "vcpus": int, "request": {"abi", "pv", "compat", "policy", "bits", "accel"}} with enum names as strings.
+Runs on Debian's ppc64el python3 with cffi in ABI mode (kvmabi.ensure_kvmc); nothing here imports `_kvmc` before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from kvmplat.agent import kvmabi
+
+__all__ = ["DEFAULT_CASES", "LAB_FILES", "lab_main", "stage"]
+
+DEFAULT_CASES: list[dict[str, Any]] = [
+    {"name": "spapr-power8", "request": {"abi": "SPAPR", "compat": "power8"}},
+    {"name": "spapr-power9", "request": {"abi": "SPAPR", "compat": "power9"}},
+    {"name": "spapr-power10", "request": {"abi": "SPAPR", "compat": "power10"}},
+    {"name": "spapr-power8-best-effort", "request": {"abi": "SPAPR", "compat": "power8", "policy": "BEST_EFFORT"}},
+    {"name": "accel-auto", "request": {"abi": "SPAPR"}},
+    {"name": "accel-hv", "request": {"abi": "SPAPR", "accel": "HV"}},
+    {"name": "accel-pr", "request": {"abi": "SPAPR", "accel": "PR"}},
+    {"name": "pv-kvm", "request": {"abi": "SPAPR", "pv": ["KVM"]}},
+]
+# Relative to the agent/ folder; cbuild.py reads fastloop.c and payloads.S when imported.
+LAB_FILES = (
+    "__init__.py",
+    "errors.py",
+    "ioctls.py",
+    "kvm.py",
+    "kvmabi.py",
+    "cbuild.py",
+    "fastloop.c",
+    "payloads.S",
+    "platform/__init__.py",
+    "platform/model.py",
+    "platform/ppc.py",
+    "platform/ppc_apply.py",
+    "platform/ppc_compat.py",
+    "platform/ppc_lab.py",
+    "platform/ppc_learn.py",
+    "platform/ppc_levels.py",
+    "platform/ppc_payload.py",
+    "platform/ppc_plan.py",
+    "platform/ppc_sim.py",
+)
+
+
+def stage(dest: str | Path) -> list[Path]:
+    """Copies LAB_FILES to dest/kvmplat/agent/ (PYTHONPATH=dest then imports kvmplat.agent); never the .so."""
+    src = Path(__file__).resolve().parents[1]
+    out = []
+    for rel in LAB_FILES:
+        target = Path(dest) / "kvmplat" / "agent" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, target)
+        out.append(target)
+    return out
+
+
+def parse_request(data: dict[str, Any]) -> Any:
+    """A PlatformRequest from a case's JSON (enum names as strings)."""
+    from kvmplat.agent.platform.model import Abi, Accel, CompatPolicy, PlatformRequest, Pv
+
+    return PlatformRequest(
+        abi=Abi[data["abi"]] if data.get("abi") else None,
+        pv=frozenset(Pv[p] for p in data.get("pv", [])),
+        compat=str(data.get("compat", "")),
+        policy=CompatPolicy[data.get("policy", "STRICT")],
+        bits=int(data.get("bits", 64)),
+        accel=Accel[data.get("accel", "AUTO")],
+    )
+
+
+def run_case(case: dict[str, Any], host: Any, fds: Any) -> dict[str, Any]:
+    """Predicts one case, applies it (or its refusal probe) through `fds` and compares."""
+    from kvmplat.agent.errors import InvalidArgument, PlatformRefused
+    from kvmplat.agent.platform.ppc import resolve_ppc
+    from kvmplat.agent.platform.ppc_apply import apply_ppc, plan_ok
+    from kvmplat.agent.platform.ppc_plan import plan_ppc, plan_refusal_probe, ppc_vm_type
+
+    request = parse_request(case.get("request", {}))
+    line: dict[str, Any] = {"case": case["name"]}
+    try:
+        eff = resolve_ppc(request, host)
+    except (PlatformRefused, InvalidArgument) as e:
+        line.update(predicted="refused", reason=str(e))
+        probe = plan_refusal_probe(request, host, e) if isinstance(e, PlatformRefused) else []
+        results = _apply(probe, fds, apply_ppc)
+        line["kernel"] = [_result_json(r) for r in results]
+        line["kernel_agrees"] = plan_ok(results, probe) if probe else None
+        return line
+    plan = plan_ppc(eff, int(case.get("vcpus", 2)), ppc_vm_type(request.accel, eff, host))
+    results = _apply(plan, fds, apply_ppc)
+    line.update(predicted="admitted", accel=eff.accel, compat=eff.compat, compat_raw=f"0x{eff.compat_raw:08x}")
+    line.update(notes=list(eff.notes), kernel_agrees=plan_ok(results, plan))
+    line["kernel"] = [_result_json(r) for r in results if not r.ok] or f"{len(results)} steps as planned"
+    pvinfo = [r for r in results if r.step.name == "KVM_PPC_GET_PVINFO" and r.ok]
+    if pvinfo:
+        line["pvinfo"] = [pvinfo[0].out[4 + 4 * i : 8 + 4 * i][::-1].hex() for i in range(4)]
+    return line
+
+
+def _apply(plan: list[Any], fds: Any, apply_ppc: Any) -> list[Any]:
+    try:
+        return list(apply_ppc(plan, fds))
+    finally:
+        fds.release()
+
+
+def _result_json(r: Any) -> dict[str, Any]:
+    return {"fd": r.step.fd, "ioctl": r.step.name, "request": f"{r.step.request:#x}", "ret": r.ret, "errno": r.errno}
+
+
+def run_payload(kvm: Any, host: Any) -> dict[str, Any]:
+    """Runs the built-in payload on the host's default flavour (PAPR on) and reports console and MMIO exit."""
+    from kvmplat.agent.ioctls import Cap
+    from kvmplat.agent.platform.ppc_payload import PROBE_MAGIC, PROBE_MMIO, run_probe
+
+    if not host.default_accel:
+        return {"probe": None, "reason": "no VM type can be created"}
+    with kvm.create_vm(0) as vm, vm.create_vcpu(0) as vcpu:
+        vcpu.enable_cap(Cap.PPC_PAPR)
+        out = run_probe(vm, vcpu)
+    text = out.console.decode(errors="replace")
+    return {
+        "probe": host.default_accel,
+        "console": text,
+        "probe_console": text.startswith("kvmplat-probe"),
+        "hcalls": [f"{n:#x}" for n in out.hcalls],
+        "mmio_exit": out.mmio == (PROBE_MMIO, PROBE_MAGIC),
+        "last_exit": out.last_exit,
+    }
+
+
+def lab_main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> int:
+    """The lab's entry: one JSON line per result; exit status 0 when the kernel agreed with every prediction."""
+    args = _parser().parse_args(argv)
+    stdout = stdout or sys.stdout
+    if args.stage:
+        for path in stage(args.stage):
+            print(path, file=stdout)
+        return 0
+    kvmabi.ensure_kvmc(force_abi=args.abi_mode)
+    cases = json.loads(Path(args.cases).read_text()) if args.cases else DEFAULT_CASES
+    kvm, fds, host = _open(args.simulate)
+
+    def emit(obj: dict[str, Any]) -> None:
+        print(json.dumps(obj, sort_keys=True), file=stdout, flush=True)
+
+    emit({"host": host.to_json()})
+    lines = [run_case(case, host, fds) for case in cases]
+    for line in lines:
+        emit(line)
+    agrees = all(line["kernel_agrees"] is not False for line in lines)
+    if kvm is not None and not args.no_probe:
+        probe = run_payload(kvm, host)
+        emit(probe)
+        agrees = agrees and bool(probe.get("mmio_exit"))
+    emit({"summary": {"cases": len(lines), "kernel_agrees": agrees, "accel": host.default_accel}})
+    return 0 if agrees else 1
+
+
+def _open(simulate: str | None) -> tuple[Any, Any, Any]:
+    """(Kvm or None, fd layer, learnt host): the real /dev/kvm, or a simulated kernel from a host file."""
+    from kvmplat.agent.platform.ppc import PpcHost
+    from kvmplat.agent.platform.ppc_apply import KvmFds
+    from kvmplat.agent.platform.ppc_learn import learn_ppc_host
+    from kvmplat.agent.platform.ppc_sim import sim_fds
+
+    if simulate:
+        sim = sim_fds(PpcHost.from_file(simulate))
+        return None, sim, learn_ppc_host(sim, name="simulated", source=simulate)
+    from kvmplat.agent.kvm import Kvm
+
+    kvm = Kvm()
+    fds = KvmFds(kvm)
+    return kvm, fds, learn_ppc_host(fds, name="lab", source="learnt from /dev/kvm by ppc_lab")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m kvmplat.agent.platform.ppc_lab", description=__doc__.split("\n")[0])
+    p.add_argument("--cases", help="JSON list of cases (default: the issue 8 set)")
+    p.add_argument("--simulate", metavar="HOST_JSON", help="dry run against a simulated kernel of this host")
+    p.add_argument("--no-probe", action="store_true", help="skip the built-in payload run")
+    p.add_argument("--abi-mode", action="store_true", help="use cffi ABI mode even if the compiled module loads")
+    p.add_argument("--stage", metavar="DIR", help="copy the files the lab needs to DIR/kvmplat/agent and exit")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(lab_main())
