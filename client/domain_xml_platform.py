@@ -145,7 +145,10 @@ def _x86_compat(mode: str, model: str, model_el: Element, notes: list[str]) -> s
         notes.append(f"cpu model {model!r} is not known to kvmplat: the guest sees the host's level")
         return ""
     if not exact:
-        notes.append(f"cpu model {model!r} is run as architecture level x86-64-v{level} (kvmplat sets levels)")
+        notes.append(
+            f"cpu model {model!r} is run as architecture level x86-64-v{level}, best effort: a named model only "
+            "approximates a level, and libvirt's fallback= is about model substitution"
+        )
     return f"x86-64-v{level}"
 
 
@@ -182,7 +185,14 @@ def cpu_compat(cpu_el: Element | None, family: str, abi: pb.Abi, notes: list[str
         compat = _ppc_compat(abi, model, notes)
     else:
         raise PlatformXmlError(f"cpu model {model!r} given without an os/type arch to read it against")
-    return compat, (_policy(model_el) if compat else pb.COMPAT_POLICY_UNSPECIFIED)
+    if not compat:
+        return compat, pb.COMPAT_POLICY_UNSPECIFIED
+    policy = _policy(model_el)
+    if family == "x86" and not _x86_level(model)[1]:
+        # libvirt writes fallback='forbid' into the live XML of every default-CPU domain (qemu64): STRICT would
+        # then refuse plain domains on hosts that cannot hide features down to x86-64-v1.
+        return compat, pb.BEST_EFFORT
+    return compat, policy
 
 
 def _cpu_children_notes(cpu_el: Element, notes: list[str]) -> None:
