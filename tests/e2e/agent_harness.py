@@ -32,7 +32,7 @@ class AgentProc:
         argv = [AGENT, "--listen", self.address, "--state-dir", str(self.state_dir), *flags]
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=self._log)
         self.channel = grpc.insecure_channel(self.address)
-        self.stub = pbg.AgentStub(self.channel)  # type: ignore[no-untyped-call]
+        self.stub = pbg.AgentStub(self.channel)
         self.client = Client(self.address, timeout=30.0)
         self._wait_ready()
 

@@ -1,0 +1,156 @@
+"""agent/events.py Bus: replay then live without gaps or repeats, slow watchers cut off at WATCH_BUFFER with
+RESOURCE_EXHAUSTED, and memory bounded by RING and WATCH_BUFFER whatever the watchers do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from kvmplat.agent.errors import ResourceExhausted
+from kvmplat.agent.events import RING, WATCH_BUFFER, Bus, event_from_runner
+from kvmplat.agent.status import code_of
+from kvmplat.v1 import agent_pb2 as pb
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine on a fresh loop."""
+    return asyncio.run(coro)
+
+
+def publish(bus: Bus, vm: str, seqs: range) -> None:
+    """Publishes console events with these sequence numbers."""
+    for s in seqs:
+        bus.publish(pb.Event(seq=s, vm=vm, console=pb.ConsoleText(text=f"line {s}\n")))
+
+
+async def take(stream: AsyncIterator[pb.Event], n: int) -> list[int]:
+    """Seqs of the next `n` events."""
+    return [(await anext(stream)).seq for _ in range(n)]
+
+
+def test_replay_then_live_without_gaps_or_repeats() -> None:
+    async def main() -> list[int]:
+        bus = Bus()
+        publish(bus, "a", range(1, 6))
+        stream = bus.watch("a", 2, follow=True)
+        got = await take(stream, 1)  # subscribed now, in the middle of the replay
+        publish(bus, "a", range(6, 9))
+        got += await take(stream, 5)
+        publish(bus, "a", range(9, 12))
+        got += await take(stream, 3)
+        await stream.aclose()
+        return got
+
+    assert run(main()) == list(range(3, 12))
+
+
+def test_watch_without_follow_replays_and_ends() -> None:
+    async def main() -> list[int]:
+        bus = Bus()
+        publish(bus, "a", range(1, 4))
+        publish(bus, "b", range(1, 3))
+        return [e.seq async for e in bus.watch("a", 1, follow=False)]
+
+    assert run(main()) == [2, 3]
+
+
+def test_watching_every_vm_applies_since_per_vm() -> None:
+    async def main() -> list[tuple[str, int]]:
+        bus = Bus()
+        publish(bus, "a", range(1, 4))
+        publish(bus, "b", range(1, 3))
+        stream = bus.watch("", 1, follow=True)
+        out = [(e.vm, e.seq) for e in [await anext(stream) for _ in range(3)]]
+        publish(bus, "b", range(3, 4))
+        out.append(((e := await anext(stream)).vm, e.seq))
+        await stream.aclose()
+        return out
+
+    assert run(main()) == [("a", 2), ("a", 3), ("b", 2), ("b", 3)]
+
+
+def test_a_slow_watcher_is_cut_off_with_resource_exhausted() -> None:
+    async def main() -> tuple[int, int, int]:
+        bus = Bus()
+        publish(bus, "a", range(1, 2))
+        stream = bus.watch("a", 0, follow=True)
+        await take(stream, 1)
+        publish(bus, "a", range(2, 2 + WATCH_BUFFER + 50))  # nobody reads
+        watchers = bus.watcher_count()
+        got = 0
+        with pytest.raises(ResourceExhausted) as info:
+            async for _ in stream:
+                got += 1
+        assert code_of(info.value).name == "RESOURCE_EXHAUSTED" and str(WATCH_BUFFER) in str(info.value)
+        return watchers, got, bus.watcher_count()
+
+    watchers, got, after = run(main())
+    assert watchers == 0 and after == 0
+    assert got == WATCH_BUFFER  # what was buffered is delivered, then the cut
+
+
+def test_a_fast_watcher_is_not_cut_off_by_a_slow_one() -> None:
+    async def main() -> list[int]:
+        bus = Bus()
+        slow = bus.watch("a", 0, follow=True)
+        fast = bus.watch("a", 0, follow=True)
+        publish(bus, "a", range(1, 2))
+        await take(slow, 1)
+        out = await take(fast, 1)
+        for s in range(2, WATCH_BUFFER + 100):
+            publish(bus, "a", range(s, s + 1))
+            out += await take(fast, 1)
+        await fast.aclose()
+        await slow.aclose()
+        return out
+
+    assert run(main()) == list(range(1, WATCH_BUFFER + 100))
+
+
+def test_memory_is_bounded_by_the_ring() -> None:
+    async def main() -> list[int]:
+        bus = Bus()
+        publish(bus, "a", range(1, 3 * RING + 1))
+        return [e.seq async for e in bus.watch("a", 0, follow=False)]
+
+    seqs = run(main())
+    assert seqs == list(range(2 * RING + 1, 3 * RING + 1))
+
+
+def test_forget_ends_the_streams_of_that_vm_only() -> None:
+    async def main() -> tuple[list[int], int]:
+        bus = Bus()
+        publish(bus, "a", range(1, 3))
+        stream = bus.watch("a", 0, follow=True)
+        other = bus.watch("b", 0, follow=True)
+        task = asyncio.ensure_future(anext(other))
+        await asyncio.sleep(0)  # let it subscribe
+        got = await take(stream, 2)
+        bus.forget("a")
+        got += [e.seq async for e in stream]
+        remaining = bus.watcher_count()
+        task.cancel()
+        replay = [e.seq async for e in bus.watch("a", 0, follow=False)]
+        assert replay == []
+        return got, remaining
+
+    got, remaining = run(main())
+    assert got == [1, 2] and remaining == 1
+
+
+def test_event_from_runner_builds_each_kind() -> None:
+    state = event_from_runner(
+        "v", {"seq": 1, "time": 1.5, "state": {"from": "CREATED", "to": "RUNNING", "reason": "r"}}
+    )
+    assert state.state.to == pb.RUNNING and getattr(state.state, "from") == pb.CREATED and state.time.nanos == 5 * 10**8
+    exit_ = event_from_runner(
+        "v", {"seq": 2, "exit": {"reason": "crash", "registers": {"rip": 16}, "instruction": "0f0b"}}
+    )
+    assert exit_.exit.registers["rip"] == 16 and exit_.exit.instruction == b"\x0f\x0b"
+    assert event_from_runner("v", {"seq": 3, "error": "x"}).error.message == "x"
+    unknown = event_from_runner("v", {"seq": 4, "state": {"to": "NONSENSE"}})
+    assert unknown.state.to == pb.VM_STATE_UNSPECIFIED
