@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-format", choices=("text", "json"), default="text", help="log lines as text or one JSON object each"
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics (default: off)")
     p.add_argument("--version", action="version", version=f"kvmplat-agent {__version__}")
     return p.parse_args(argv)
 
@@ -106,6 +107,7 @@ async def serve(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
+    from kvmplat.agent import metrics, sdnotify
     from kvmplat.agent.controller import Controller
     from kvmplat.agent.ioctls import Cap
     from kvmplat.agent.kvm import Kvm
@@ -130,6 +132,9 @@ async def serve(args: argparse.Namespace) -> int:
     template = await TemplateClient.start()
     controller = Controller(store, template, platforms, limits, total_mem, total_vcpus)
     await controller.adopt_all()
+    stop_metrics = (
+        metrics.serve(args.metrics_listen, controller, asyncio.get_running_loop()) if args.metrics_listen else None
+    )
 
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 16 << 20)]
@@ -159,11 +164,15 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    sdnotify.notify("READY=1")
     await stop.wait()
+    sdnotify.notify("STOPPING=1")
     log.info("shutting down; running VMs keep running and are re-adopted at the next start")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2.0)
     await controller.close()
+    if stop_metrics:
+        stop_metrics()
     if sock_path and os.path.exists(sock_path):
         os.unlink(sock_path)
     return 0

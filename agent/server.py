@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from kvmplat.agent import __version__
+from kvmplat.agent import __version__, metrics
 from kvmplat.agent.controller import Controller, VmRecord
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
 from kvmplat.agent.kvm import ExitReason
@@ -39,7 +39,7 @@ def _rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             await context.abort_with_status(to_status(InvalidArgument(str(e))))
         raise AssertionError("unreachable")
 
-    return wrapper
+    return metrics.instrument(wrapper)
 
 
 class AgentServicer(pbg.AgentServicer):
@@ -100,6 +100,7 @@ class AgentServicer(pbg.AgentServicer):
     async def ListVms(self, request: pb.ListVmsRequest, context: Any) -> pb.ListVmsResponse:
         return pb.ListVmsResponse(vms=[self._vm_base(r) for r in sorted(self.c.vms.values(), key=lambda r: r.name)])
 
+    @metrics.instrument_stream
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
         try:
             async for ev in self.c.watch(request.vm, request.since_seq, request.follow):

@@ -46,6 +46,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kvmplat.client.console",
     "kvmplat.client.demo",
     "kvmplat.client.image_cli",
+    "kvmplat.client.scheduling_cli",
 )
 
 
