@@ -26,6 +26,7 @@ log = logging.getLogger("kvmplat.agent")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The agent's flags (documented in README.md)."""
     from kvmplat.agent import __version__
+    from kvmplat.agent.tls import add_flags
 
     p = argparse.ArgumentParser(prog="kvmplat-agent", description="kvmplat per-host agent")
     p.add_argument(
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--state-dir", default=DEFAULT_STATE_DIR, help=f"VM records and runner sockets (default {DEFAULT_STATE_DIR})"
     )
     p.add_argument("--insecure", action="store_true", help="allow plain-text TCP (logs a warning)")
+    add_flags(p)
     p.add_argument(
         "--image-dir",
         action="append",
@@ -84,24 +86,6 @@ def _host_memory_mib() -> int:
     return 0
 
 
-def listen_target(address: str, insecure: bool) -> tuple[str, str | None]:
-    """The grpc bind target for --listen and, for unix sockets, the socket path; ValueError when not allowed."""
-    if address.startswith("unix://"):
-        path = address[len("unix://") :]
-        if not path.startswith("/"):
-            raise ValueError(f"unix socket path must be absolute: {address}")
-        return f"unix:{path}", path
-    if address.startswith("unix:"):
-        return address, address[len("unix:") :]
-    if address.startswith("tcp://"):
-        if not insecure:
-            raise ValueError(
-                "--listen tcp:// needs TLS (--tls-cert, --tls-key, --tls-client-ca), or --insecure for plain text"
-            )
-        return address[len("tcp://") :], None
-    raise ValueError(f"--listen takes unix:///PATH or tcp://HOST:PORT, not {address!r}")
-
-
 async def serve(args: argparse.Namespace) -> int:
     """Runs the agent until SIGTERM or SIGINT."""
     import grpc
@@ -115,12 +99,13 @@ async def serve(args: argparse.Namespace) -> int:
     from kvmplat.agent.runner.client import TemplateClient
     from kvmplat.agent.server import AgentServicer
     from kvmplat.agent.store import Store
+    from kvmplat.agent.tls import listener
     from kvmplat.agent.validate import Limits
     from kvmplat.v1 import agent_pb2, agent_pb2_grpc
 
-    target, sock_path = listen_target(args.listen, args.insecure)
+    lis = listener(args)
     store = Store(args.state_dir)
-    if args.listen.startswith("tcp://"):
+    if lis.insecure:
         log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls the VMs", args.listen)
     with Kvm() as kvm:
         platforms = Platforms(kvm, args.state_dir)
@@ -137,25 +122,17 @@ async def serve(args: argparse.Namespace) -> int:
     )
 
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 16 << 20)]
+        interceptors=lis.interceptors,
+        options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 16 << 20)],
     )
     agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(controller), server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
     reflection.enable_server_reflection([service, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    if sock_path:
-        os.makedirs(os.path.dirname(sock_path) or ".", mode=0o755, exist_ok=True)
-        if os.path.exists(sock_path):
-            os.unlink(sock_path)
-    old_umask = os.umask(0o177)  # the socket is created 0600: only its owner may drive VMs
-    try:
-        server.add_insecure_port(target)
-        await server.start()
-    finally:
-        os.umask(old_umask)
-    if sock_path:
-        os.chmod(sock_path, 0o600)
+    lis.add_port(server)  # a unix socket is created 0600: only its owner may drive VMs
+    await server.start()
+    lis.secure_socket()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, platforms.describe())
@@ -173,8 +150,8 @@ async def serve(args: argparse.Namespace) -> int:
     await controller.close()
     if stop_metrics:
         stop_metrics()
-    if sock_path and os.path.exists(sock_path):
-        os.unlink(sock_path)
+    if lis.socket_path and os.path.exists(lis.socket_path):
+        os.unlink(lis.socket_path)
     return 0
 
 

@@ -1,0 +1,112 @@
+"""Helpers for the security tests: a throwaway PKI made with the openssl CLI, agents on TCP (mutual TLS or
+--insecure) or on a unix socket with chosen flags, and gRPC stubs holding a given client certificate."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from kvmplat.v1 import agent_pb2 as pb
+from kvmplat.v1 import agent_pb2_grpc as pbg
+
+AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
+NAMES = ("server", "operator", "reader", "stranger")
+
+
+def _openssl(cwd: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2")
+
+
+def make_pki(d: Path) -> Path:
+    """CA-signed certificates for NAMES (CN = name, SAN 127.0.0.1/localhost) plus `rogue`: self-signed, CN=operator."""
+    _openssl(d, "req", "-x509", *KEY, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test-ca")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for n in NAMES:
+        _openssl(d, "req", *KEY[:-2], "-keyout", f"{n}.key", "-out", f"{n}.csr", "-subj", f"/CN={n}")
+        sign = ("-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext")
+        _openssl(d, "x509", "-req", "-in", f"{n}.csr", *sign, "-out", f"{n}.pem")
+    _openssl(d, "req", "-x509", *KEY, "-keyout", "rogue.key", "-out", "rogue.pem", "-subj", "/CN=operator")
+    return d
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def channel(port: int, pki: Path, who: str | None) -> grpc.Channel:
+    """A TLS channel trusting pki's CA, presenting `who`'s certificate (none when None)."""
+    ca = (pki / "ca.pem").read_bytes()
+    if who is None:
+        creds = grpc.ssl_channel_credentials(ca)
+    else:
+        creds = grpc.ssl_channel_credentials(ca, (pki / f"{who}.key").read_bytes(), (pki / f"{who}.pem").read_bytes())
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+def stub(ch: grpc.Channel) -> pbg.AgentStub:
+    """The Agent stub over a channel."""
+    return pbg.AgentStub(ch)  # type: ignore[no-untyped-call]
+
+
+class Agent:
+    """One kvmplat-agent process with the given --listen and flags, in a private state dir."""
+
+    def __init__(self, listen: str, *flags: str, tmp: Path | None = None) -> None:
+        self.tmp = tmp or Path(tempfile.mkdtemp(prefix="kvmplat-sec-"))
+        self.log_path = self.tmp / "agent.log"
+        argv = [AGENT, "--listen", listen, "--state-dir", str(self.tmp / "state"), *flags]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+
+    def log(self) -> str:
+        """What the agent wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_exit(self, timeout: float = 20) -> int:
+        """The exit code of an agent expected to refuse to start."""
+        return self.proc.wait(timeout=timeout)
+
+    def wait_ready(self, st: pbg.AgentStub) -> None:
+        """Polls GetCapabilities through `st` until it answers (20 s at most)."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                st.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=2)
+                return
+            except grpc.RpcError:
+                assert self.proc.poll() is None, f"agent exited: {self.log()[-800:]}"
+                assert time.monotonic() < deadline, "agent did not answer within 20 s"
+                time.sleep(0.05)
+
+    def close(self, st: pbg.AgentStub | None = None) -> None:
+        """Destroys the VMs `st` can see, stops the agent, removes its files."""
+        if st is not None and self.proc.poll() is None:
+            with contextlib.suppress(grpc.RpcError):
+                for vm in st.ListVms(pb.ListVmsRequest(), timeout=10).vms:
+                    req = pb.VmRequest(name=vm.spec.name)
+                    with contextlib.suppress(grpc.RpcError):
+                        st.StopVm(req, timeout=10)
+                    with contextlib.suppress(grpc.RpcError):
+                        st.DestroyVm(req, timeout=10)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
