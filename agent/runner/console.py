@@ -29,6 +29,8 @@ class ConsoleReader:
         self._emit = emit
         self._stop = threading.Event()
         self._pending = b""
+        # stop() writes here to wake the select at once instead of after QUIET_S (it cost every stop 200 ms)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         with contextlib.suppress(OSError):  # a larger pipe holds a kernel's boot log between two reads
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
         self._thread = threading.Thread(target=self._main, name="console", daemon=True)
@@ -36,16 +38,23 @@ class ConsoleReader:
 
     def stop(self) -> None:
         """Delivers what is left and ends the thread."""
+        if self._stop.is_set():
+            return
         self._stop.set()
+        os.write(self._wake_w, b"x")
         self._thread.join(2.0)
+        if not self._thread.is_alive():
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _main(self) -> None:
         while True:
-            ready, _, _ = select.select([self._fd], [], [], QUIET_S)
-            if ready:
+            ready, _, _ = select.select([self._fd, self._wake_r], [], [], QUIET_S)
+            if self._fd in ready:
                 self._feed(os.read(self._fd, 65536))
                 continue
-            # quiet: push out what the UART still buffers, then any partial line
+            # quiet, or stopping (the wake pipe stays readable): push out what the UART still buffers, then any
+            # partial line
             if self._cvm is not None and lib.kp_vm_flush_console(self._cvm):
                 continue
             if self._pending:

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from kvmplat.agent.kvm import ExitReason
+from kvmplat.agent.runner.crashinfo import kvm_reported_bytes
 
 __all__ = ["Exit", "Outcome", "Verdict", "classify"]
 
@@ -57,6 +58,7 @@ class Outcome:
     exit_name: str = ""
     detail: str = ""
     extra: dict[str, int] = field(default_factory=dict)
+    instruction: bytes = b""  # what KVM reported at rip for an emulation failure, when it did
 
 
 def _name(reason: int) -> str:
@@ -88,7 +90,8 @@ def _classify_slow(e: Exit) -> Outcome:
         return Outcome(verdict, name, f"system event: {kind}")
     if e.reason == ExitReason.INTERNAL_ERROR:
         why = INTERNAL_SUBERRORS.get(e.suberror, f"suberror {e.suberror}")
-        return Outcome(Verdict.CRASH, name, f"KVM internal error: {why}", {"suberror": e.suberror})
+        insn = kvm_reported_bytes(e.data) if e.suberror == 1 else b""
+        return Outcome(Verdict.CRASH, name, f"KVM internal error: {why}", {"suberror": e.suberror}, insn)
     if e.reason == ExitReason.FAIL_ENTRY:
         return Outcome(Verdict.CRASH, name, f"entering the guest failed (hardware reason {e.hardware_reason:#x})")
     return Outcome(Verdict.CRASH, name, f"unexpected exit {name}: kvmplat has no device for it")

@@ -17,11 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmplat.agent.errors import KvmplatError
+from kvmplat.agent.kvm import Vcpu
 from kvmplat.agent.lifecycle import Event, State, next_state
 from kvmplat.agent.runner.console import ConsoleReader
+from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
 from kvmplat.agent.runner.eventlog import EventLog
 from kvmplat.agent.runner.exits import Outcome, Verdict
 from kvmplat.agent.runner.machine import Machine, build_machine
+from kvmplat.agent.runner.panic import PANIC_GRACE_S, PanicWatch
 from kvmplat.agent.runner.vcpu import Mode, VcpuThread
 from kvmplat.agent.runner.wire import MAX_LINE, decode, encode
 
@@ -51,6 +54,7 @@ class VmRunner:
         self.threads = [VcpuThread(v, self.machine.cvm, self._on_vcpu_exit) for v in self.machine.vcpus]
         self.console = ConsoleReader(self.machine.console_fd, self.machine.cvm, self._on_console)
         self._done = threading.Event()
+        self.panic = PanicWatch()
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
         self.log.emit(
             "state", {"from": "", "to": State.CREATED.name, "reason": f"created ({self.machine.image.description})"}
@@ -86,11 +90,15 @@ class VmRunner:
                 if self.state not in (State.RUNNING, State.PAUSED):
                     continue  # a second vCPU reporting the same end, or an end racing a stop
                 body = self._exit_body(index, outcome)
-                event = Event.CRASH if outcome.verdict is Verdict.CRASH else Event.GUEST_EXIT
-                new = next_state(self.name, self.state, event)
                 self._teardown()  # drains the console first, so the guest's last lines come before its end
+                reason = outcome.verdict.value if outcome.verdict is not Verdict.CRASH else body["detail"]
+                if self.panic.panic:  # seen in the drained console too: the reset that follows a panic is a crash
+                    body |= {"reason": Verdict.CRASH.value, "detail": self.panic.detail()}
+                    reason = self.panic.reason()
+                event = Event.CRASH if body["reason"] == Verdict.CRASH.value else Event.GUEST_EXIT
+                new = next_state(self.name, self.state, event)
                 self.log.emit("exit", body)
-                self._transition(new, outcome.verdict.value if event is Event.GUEST_EXIT else outcome.detail)
+                self._transition(new, reason)
 
     def _exit_body(self, index: int, outcome: Outcome) -> dict[str, Any]:
         body: dict[str, Any] = {"reason": outcome.verdict.value, "vcpu": index, "detail": outcome.detail}
@@ -99,8 +107,13 @@ class VmRunner:
             for t in self.threads:
                 t.set_mode(Mode.PAUSE)
                 t.wait_parked(1.0)
-            regs = self.machine.vcpus[index].get_regs()
+            vcpu = self.machine.vcpus[index]
+            regs = vcpu.get_regs()
             body["registers"] = {n: int(getattr(regs, n)) for n in ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "rflags")}
+            if outcome.extra.get("suberror") == 1:
+                insn = outcome.instruction or _bytes_at_rip(self.machine, vcpu, int(regs.rip))
+                body["instruction"] = insn.hex()
+                body["detail"] = explain_emulation_failure(outcome.detail, insn, int(regs.rip))
         return body
 
     def _teardown(self) -> None:
@@ -130,6 +143,11 @@ class VmRunner:
 
     def _on_console(self, text: str) -> None:
         self.log.emit("console", text)
+        if self.panic.feed(text):
+            crash = Outcome(Verdict.CRASH, "panic", self.panic.reason())
+            timer = threading.Timer(PANIC_GRACE_S, self._exits.put, args=((0, crash),))
+            timer.daemon = True  # a guest that reboots after its panic (panic=-1) ends before this fires
+            timer.start()
 
     # --- the agent's side --------------------------------------------------------------------------------------
     def serve(self, listener: socket.socket) -> None:
@@ -208,6 +226,13 @@ class VmRunner:
         with self._lock:
             if self.machine is not None:
                 self._teardown()
+
+
+def _bytes_at_rip(machine: Machine, vcpu: Vcpu, rip: int) -> bytes:
+    """The guest's instruction bytes at rip, read through its page tables."""
+    sregs = vcpu.get_sregs()
+    cpu = CpuView(rip, int(sregs.cs.base), int(sregs.cr0), int(sregs.cr3), int(sregs.cr4), int(sregs.efer))
+    return instruction_at(machine.memory.read, cpu)
 
 
 def _put(out: queue.Queue[dict[str, Any] | None], msg: dict[str, Any]) -> None:
