@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
-from kvmplat.agent.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+from kvmplat.agent.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from kvmplat.agent.events import Bus, event_from_runner
 from kvmplat.agent.lifecycle import Event, State, next_state
 from kvmplat.agent.platforms import Platforms
@@ -168,7 +168,7 @@ class Controller:
             return {}
         try:
             return await rec.runner.call("stats", timeout=2.0)
-        except (RunnerLost, FailedPrecondition, ResourceExhausted):
+        except (Unavailable, FailedPrecondition, ResourceExhausted):  # gone or hung: no counters
             return {}
 
     async def write_console(self, name: str, data: bytes) -> None:

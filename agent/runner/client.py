@@ -113,14 +113,16 @@ class RunnerClient:
         rid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        try:
+        try:  # a hung runner (stopped, stuck in an ioctl) costs this call `timeout`, never the agent
             self._writer.write(encode({"id": rid, "op": op, **args}))
-            await self._writer.drain()
+            await asyncio.wait_for(self._writer.drain(), timeout)
             reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:  # before OSError: TimeoutError is one
+            raise errors.Unavailable(
+                f"the runner did not answer {op!r} within {timeout:g} s (it may still act on it)"
+            ) from None
         except (OSError, ConnectionError):
             raise RunnerLost("the runner closed its connection") from None
-        except TimeoutError:
-            raise errors.Unavailable(f"the runner did not answer {op!r} within {timeout:.0f} s") from None
         finally:
             self._pending.pop(rid, None)
         if not reply.get("ok"):

@@ -1,0 +1,231 @@
+"""Benchmark: the agent under load. For --seconds (default 30) against its own local agent, --watchers (50) streams
+follow WatchEvents on all VMs and check every VM's sequence numbers for gaps, while --clients (8) each cycle
+create/start/pause/resume/stop/destroy on `loop` guests (16 MiB, 1 vCPU) and time every RPC.
+
+Watchers and clients run in two processes (asyncio each), so the watchers' work does not sit in the clients'
+latency. Prints per-RPC figures, then a last JSON line: {"ops", "errors_by_code", "rpc_ms": {"p50", "p99", "max"},
+"events_lost", ...}. Goal: no unexpected errors, no lost events, p99 ≤ 50 ms on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import grpc
+from kvmplat.v1 import agent_pb2 as pb
+from kvmplat.v1 import agent_pb2_grpc as pbg
+
+CYCLE = ("CreateVm", "StartVm", "PauseVm", "ResumeVm", "StopVm", "DestroyVm")
+
+
+def start_agent(tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """A kvmplat-agent on a private socket and state dir; returns its address once it answers."""
+    address = f"unix://{tmp}/agent.sock"
+    argv = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", address, "--state-dir", str(tmp / "s")]
+    proc = subprocess.Popen(argv, stdout=(tmp / "agent.log").open("wb"), stderr=subprocess.STDOUT)
+    stub = pbg.AgentStub(grpc.insecure_channel(address))  # type: ignore[no-untyped-call]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=2)
+            return address, proc
+        except grpc.RpcError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"agent did not start: {(tmp / 'agent.log').read_text()[-800:]}") from None
+            time.sleep(0.05)
+
+
+# --- watchers (one process) -------------------------------------------------------------------------------------
+async def watch(stub: Any, stop: asyncio.Event, out: dict[str, Any], ready: asyncio.Event) -> None:
+    """One follow stream over all VMs; counts events and per-VM sequence gaps."""
+    last: dict[str, int] = {}
+    call = stub.WatchEvents(pb.WatchEventsRequest(follow=True))
+    ready.set()
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            read = asyncio.ensure_future(call.read())
+            done, _ = await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if read not in done:
+                read.cancel()
+                break
+            ev = read.result()
+            if ev is grpc.aio.EOF:
+                out["ended"] += 1
+                break
+            prev = last.get(ev.vm)
+            if prev is not None and ev.seq != prev + 1:
+                out["lost"] += max(0, ev.seq - prev - 1)
+                out["reordered"] += int(ev.seq <= prev)
+            last[ev.vm] = ev.seq
+            out["events"] += 1
+    except grpc.aio.AioRpcError as e:
+        out["errors"][e.code().name] += 1
+    finally:
+        stopper.cancel()
+        call.cancel()
+
+
+async def watchers_main(address: str, n: int, seconds: float, conn: Any) -> None:
+    """Runs n watchers until `seconds` after they all subscribed; reports totals through `conn`."""
+    out: dict[str, Any] = {"events": 0, "lost": 0, "reordered": 0, "ended": 0, "errors": Counter()}
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pbg.AgentStub(ch)  # type: ignore[no-untyped-call]
+        ready = [asyncio.Event() for _ in range(n)]
+        tasks = [asyncio.create_task(watch(stub, stop, out, r)) for r in ready]
+        await asyncio.gather(*(r.wait() for r in ready))
+        await asyncio.sleep(0.5)  # let every stream reach the agent before the clients start
+        conn.send("ready")
+        await asyncio.sleep(seconds + 1.0)  # and outlast them, so their last events arrive
+        stop.set()
+        await asyncio.gather(*tasks)
+    conn.send({**out, "errors": dict(out["errors"])})
+
+
+def watchers_proc(address: str, n: int, seconds: float, conn: Any) -> None:
+    """Process entry of the watchers."""
+    asyncio.run(watchers_main(address, n, seconds, conn))
+
+
+# --- clients (this process) -------------------------------------------------------------------------------------
+def request(rpc: str, name: str) -> Any:
+    """The request of one step of the cycle."""
+    if rpc == "CreateVm":
+        spec = pb.VmSpec(name=name, vcpus=1, memory_mib=16, boot=pb.BootSpec(builtin="loop"))
+        return pb.CreateVmRequest(spec=spec)
+    return pb.VmRequest(name=name)
+
+
+async def client(stub: Any, cid: int, deadline: float, lat: dict[str, list[float]], errors: Counter[str]) -> int:
+    """Cycles VMs until the deadline; returns how many cycles completed."""
+    cycles = 0
+    while time.monotonic() < deadline:
+        name = f"load-{cid}-{cycles}"
+        for rpc in CYCLE:
+            t = time.perf_counter()
+            try:
+                await getattr(stub, rpc)(request(rpc, name), timeout=30)
+            except grpc.aio.AioRpcError as e:
+                errors[f"{rpc}:{e.code().name}"] += 1
+                await cleanup(stub, name)
+                break
+            lat[rpc].append((time.perf_counter() - t) * 1000)
+        else:
+            cycles += 1
+    return cycles
+
+
+async def cleanup(stub: Any, name: str) -> None:
+    """Stops and destroys a VM a failed cycle left behind."""
+    for rpc in ("StopVm", "DestroyVm"):
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await getattr(stub, rpc)(pb.VmRequest(name=name), timeout=30)
+
+
+async def clients_main(address: str, n: int, seconds: float) -> tuple[dict[str, list[float]], Counter[str], int]:
+    """Runs n cycling clients, each on its own channel, for `seconds`."""
+    lat: dict[str, list[float]] = defaultdict(list)
+    errors: Counter[str] = Counter()
+    channels = [grpc.aio.insecure_channel(address) for _ in range(n)]
+    stubs = [pbg.AgentStub(ch) for ch in channels]  # type: ignore[no-untyped-call]
+    for s in stubs:
+        await s.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)
+    deadline = time.monotonic() + seconds
+    cycles = await asyncio.gather(*(client(s, i, deadline, lat, errors) for i, s in enumerate(stubs)))
+    for ch in channels:
+        await ch.close()
+    return lat, errors, sum(cycles)
+
+
+# --- report -------------------------------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of values."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * len(s)))], 2)
+
+
+def report(args: argparse.Namespace, lat: dict[str, list[float]], errors: Counter[str], cycles: int, w: Any) -> None:
+    """Prints a line per RPC and the JSON summary."""
+    every = [v for vs in lat.values() for v in vs]
+    for rpc in CYCLE:
+        vs = lat.get(rpc, [])
+        print(
+            f"{rpc:10s} n={len(vs):5d} p50={pct(vs, 0.5):6.2f} ms p99={pct(vs, 0.99):6.2f} ms max={pct(vs, 1):6.2f} ms"
+        )
+    by_code: Counter[str] = Counter()
+    for key, count in errors.items():
+        by_code[key.split(":")[1]] += count
+    for code, count in w["errors"].items():
+        by_code[f"watch:{code}"] += count
+    summary = {
+        "seconds": args.seconds,
+        "clients": args.clients,
+        "watchers": args.watchers,
+        "cycles": cycles,
+        "ops": len(every),
+        "ops_per_s": round(len(every) / args.seconds, 1),
+        "errors_by_code": dict(by_code),
+        "errors_by_rpc": dict(errors),
+        "rpc_ms": {"p50": pct(every, 0.5), "p99": pct(every, 0.99), "max": pct(every, 1)},
+        "rpc_p99_ms": {rpc: pct(lat.get(rpc, []), 0.99) for rpc in CYCLE},
+        "events_seen": w["events"],
+        "events_lost": w["lost"],
+        "events_reordered": w["reordered"],
+        "watch_streams_ended": w["ended"],
+    }
+    print(json.dumps(summary))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The benchmark's flags."""
+    p = argparse.ArgumentParser(prog="bench/load.py", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--seconds", type=float, default=30.0, help="how long the clients cycle VMs (default 30)")
+    p.add_argument("--watchers", type=int, default=50, help="event streams following all VMs (default 50)")
+    p.add_argument("--clients", type=int, default=8, help="clients cycling VMs (default 8)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Starts the agent and the watcher process, runs the clients, prints the figures."""
+    args = parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="kvmplat-load-"))
+    address, agent = start_agent(tmp)
+    parent, child = mp.get_context("spawn").Pipe()
+    watchers = mp.get_context("spawn").Process(target=watchers_proc, args=(address, args.watchers, args.seconds, child))
+    try:
+        watchers.start()
+        assert parent.recv() == "ready"
+        lat, errors, cycles = asyncio.run(clients_main(address, args.clients, args.seconds))
+        w = parent.recv()
+        watchers.join(10)
+        report(args, lat, errors, cycles, w)
+    finally:
+        if watchers.is_alive():
+            watchers.kill()
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(15)
+        if os.environ.get("KVMPLAT_LOAD_KEEP"):
+            print(f"agent log kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
