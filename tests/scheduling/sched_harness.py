@@ -1,0 +1,135 @@
+"""Real agents for the scheduling tests: on unix sockets or on TCP inside network namespaces made for the test."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmplat.client.client import Client
+from kvmplat.client.errors import KvmplatError
+from kvmplat.v1 import agent_pb2 as pb
+
+AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
+KVMPLAT = str(Path(sys.executable).parent / "kvmplat")
+
+
+class Agent:
+    """One kvmplat-agent process at `address` (run inside `netns` when given), with a state dir of its own."""
+
+    def __init__(self, address: str, *flags: str, netns: str = "") -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="kvmplat-sched-"))
+        self.address = address
+        self.log_path = self.tmp / "agent.log"
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        argv = [*prefix, AGENT, "--listen", address, "--state-dir", str(self.tmp / "state"), *flags]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+        self.client = Client(address, timeout=10)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.client.capabilities()
+                return
+            except KvmplatError:
+                assert self.proc.poll() is None, f"agent exited: {self.log_path.read_text()[-800:]}"
+                assert time.monotonic() < deadline, "agent did not answer within 20 s"
+                time.sleep(0.05)
+
+    def create(self, name: str, memory_mib: int = 16, start: bool = True) -> pb.Vm:
+        """Creates (and starts) a `loop` VM."""
+        spec = pb.VmSpec(name=name, vcpus=1, memory_mib=memory_mib, boot=pb.BootSpec(builtin="loop"))
+        return self.client.create_vm(spec, start=start)
+
+    def close(self) -> None:
+        """Destroys every VM, stops the agent, removes its files."""
+        try:
+            if self.proc.poll() is None:
+                for vm in self.client.list_vms():
+                    if vm.state in (pb.RUNNING, pb.PAUSED):
+                        with contextlib.suppress(KvmplatError):
+                            self.client.stop_vm(vm.spec.name)
+                    with contextlib.suppress(KvmplatError):
+                        self.client.destroy_vm(vm.spec.name)
+        finally:
+            self.client.close()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Netns:
+    """A network namespace joined to the host by a veth pair: the host end has `host_ip`, the namespace `ip`."""
+
+    name: str
+    host_if: str
+    host_ip: str
+    ip: str
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def netns_unavailable() -> str:
+    """Why network namespaces cannot be made here ("" when they can)."""
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2)"
+    name = f"kvmplat-probe-{secrets.token_hex(3)}"
+    try:
+        _ip("netns", "add", name)
+    except subprocess.CalledProcessError as e:
+        return f"`ip netns add` failed: {e.stderr.strip()}"
+    _ip("netns", "del", name)
+    return ""
+
+
+@contextlib.contextmanager
+def namespaces(count: int) -> Iterator[list[Netns]]:
+    """`count` namespaces, each with lo up and a /30 on a veth pair to the host; all deleted afterwards."""
+    tag = secrets.token_hex(2)
+    net = 100 + int(tag, 16) % 150  # a private 10.N.0.0/16 per run, so parallel runs do not collide
+    made: list[Netns] = []
+    try:
+        for i in range(count):
+            ns = Netns(f"kvmplat-{tag}-{i}", f"kvp{tag}h{i}", f"10.{net}.{i}.1", f"10.{net}.{i}.2")
+            _ip("netns", "add", ns.name)
+            made.append(ns)
+            _ip("link", "add", ns.host_if, "type", "veth", "peer", "name", f"kvp{tag}n{i}")
+            _ip("link", "set", f"kvp{tag}n{i}", "netns", ns.name)
+            _ip("addr", "add", f"{ns.host_ip}/30", "dev", ns.host_if)
+            _ip("link", "set", ns.host_if, "up")
+            for cmd in (["link", "set", "lo", "up"], ["addr", "add", f"{ns.ip}/30", "dev", f"kvp{tag}n{i}"]):
+                _ip("-n", ns.name, *cmd)
+            _ip("-n", ns.name, "link", "set", f"kvp{tag}n{i}", "up")
+        yield made
+    finally:
+        for ns in made:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("link", "del", ns.host_if)
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("netns", "del", ns.name)
+
+
+def free_port() -> int:
+    """A TCP port free on this host right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
