@@ -1,0 +1,184 @@
+"""Benchmark: time from start to a Linux guest's first console line, kvmplat beside QEMU, in one run.
+
+The same bzImage, initramfs and command line (the image's own plus `earlyprintk=serial,ttyS0,115200 nokaslr`) to the
+same first line (the decompressor's "KASLR disabled ..." or any early-console line):
+  ours            CreateVm(start=True) on a real kvmplat-agent (private socket) → the first matching console event
+  qemu microvm    process start → the line on QEMU's stdout (`-enable-kvm -cpu qemu64 -M microvm -kernel … -initrd …`)
+  qemu pc         the same with `-M pc` (SeaBIOS first)
+Rounds alternate the three so host noise falls on all of them alike. The image is built first if missing
+(kvmplat image build). Last line: {"ours_ms": .., "qemu_microvm_ms": .., "qemu_pc_ms": .., "ratio_vs_qemu_microvm": ..}
+(medians). Goal: ratio ≤ 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+FIRST_LINE = re.compile(rb"KASLR disabled|Decompressing|early console")
+EXTRA_CMDLINE = "earlyprintk=serial,ttyS0,115200 nokaslr"
+MEMORY_MIB = 256
+TIMEOUT_S = 60.0
+QEMU = "qemu-system-x86_64"
+ENDED = (4, 5)  # VmState STOPPED, CRASHED: the guest ended before its first line
+
+
+def say(text: str) -> None:
+    """Progress on stderr, so stdout ends with the JSON line."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def image() -> dict[str, str]:
+    """The Linux guest image's paths, building it first when it is missing."""
+    from kvmplat.client import image as img
+
+    try:
+        return img.paths()
+    except img.ImageError:
+        say("building the guest image (kvmplat image build)")
+        return img.build(say)
+
+
+@contextlib.contextmanager
+def agent(tmp: Path) -> Iterator[str]:
+    """A kvmplat-agent beside this interpreter on a private socket; yields its address."""
+    from kvmplat.client.client import Client
+
+    address = f"unix://{tmp}/agent.sock"
+    cmd = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", address, "--state-dir", str(tmp / "s")]
+    with (tmp / "agent.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        with Client(address, timeout=30.0) as c:
+            if not c.wait_ready(30.0):
+                raise SystemExit(f"the agent did not answer: {(tmp / 'agent.log').read_text()[-300:]}")
+            c.capabilities()
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def ours_once(address: str, img: dict[str, str], run: int) -> float:
+    """Milliseconds from CreateVm(start) to the first matching console event."""
+    from kvmplat.client.client import Client
+    from kvmplat.v1 import agent_pb2 as pb
+
+    name = f"boot{run}"
+    cmdline = f"{img['cmdline']} {EXTRA_CMDLINE}"
+    spec = pb.VmSpec(name=name, vcpus=1, memory_mib=MEMORY_MIB, platform=pb.PlatformSpec(pv=[pb.KVM]))
+    spec.boot.CopyFrom(pb.BootSpec(kernel=img["kernel"], initrd=img["initrd"], cmdline=cmdline))
+    with Client(address, timeout=30.0) as c:
+        stream = c.watch_events(vm="", follow=True)  # subscribed before the VM exists: no line can be missed
+        try:
+            t0 = time.monotonic()
+            c.create_vm(spec, start=True)
+            elapsed = _first_console(stream, name, t0)
+        finally:
+            stream.cancel()
+            with contextlib.suppress(Exception):
+                c.stop_vm(name)
+            c.destroy_vm(name)
+    return elapsed
+
+
+def _first_console(stream: Iterable[Any], name: str, t0: float) -> float:
+    """Reads events until `name` prints the first line; its time in ms since t0."""
+    for ev in stream:
+        kind = ev.WhichOneof("kind")
+        if ev.vm == name and kind == "console" and FIRST_LINE.search(ev.console.text.encode()):
+            return (time.monotonic() - t0) * 1000
+        if ev.vm == name and kind == "state" and ev.state.to in ENDED:
+            break
+        if time.monotonic() - t0 > TIMEOUT_S:
+            break
+    raise SystemExit(f"kvmplat: {name} never printed its first console line")
+
+
+def qemu_once(machine: str, img: dict[str, str]) -> float:
+    """Milliseconds from QEMU's process start to the first matching line on its serial console."""
+    cmd = [QEMU, "-enable-kvm", "-cpu", "qemu64", "-M", machine, "-m", str(MEMORY_MIB), "-nodefaults", "-no-reboot"]
+    cmd += ["-display", "none", "-monitor", "none", "-serial", "stdio", "-kernel", img["kernel"]]
+    cmd += ["-initrd", img["initrd"], "-append", f"{img['cmdline']} {EXTRA_CMDLINE}"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        return _wait_output(proc, t0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _wait_output(proc: subprocess.Popen[bytes], t0: float) -> float:
+    """Reads QEMU's stdout until the first line matches; ms since t0."""
+    assert proc.stdout is not None
+    fd, seen = proc.stdout.fileno(), b""
+    while time.monotonic() - t0 < TIMEOUT_S:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        seen = seen[-4096:] + chunk
+        if FIRST_LINE.search(seen):
+            return (time.monotonic() - t0) * 1000
+    raise SystemExit(f"qemu: no first console line (exit {proc.poll()}): {seen[-200:]!r}")
+
+
+def rounds(runs: int, contenders: dict[str, Callable[[int], float]]) -> dict[str, list[float]]:
+    """`runs` alternating rounds of every contender."""
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for i in range(runs):
+        for key, once in contenders.items():
+            times[key].append(once(i))
+            say(f"round {i + 1}/{runs}  {key:<16} {times[key][-1]:8.0f} ms")
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark and prints the summary (the JSON line last)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    args = ap.parse_args(argv)
+    if shutil.which(QEMU) is None:
+        raise SystemExit(f"{QEMU} is missing (Debian package qemu-system-x86)")
+    img = image()
+    tmp = Path(tempfile.mkdtemp(prefix="kvmplat-bench-boot-"))
+    try:
+        with agent(tmp) as address:
+            times = rounds(
+                args.runs,
+                {
+                    "ours": lambda i: ours_once(address, img, i),
+                    "qemu_microvm": lambda _i: qemu_once("microvm", img),
+                    "qemu_pc": lambda _i: qemu_once("pc", img),
+                },
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {f"{k}_ms": round(statistics.median(v), 1) for k, v in times.items()}
+    med["ratio_vs_qemu_microvm"] = round(med["ours_ms"] / med["qemu_microvm_ms"], 3)
+    if not args.json:
+        for k, v in times.items():
+            print(f"{k:<16} median {statistics.median(v):8.0f} ms  runs {', '.join(f'{x:.0f}' for x in v)}")
+    print(json.dumps(med))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
