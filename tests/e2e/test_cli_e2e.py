@@ -191,9 +191,14 @@ def test_console_shows_output_until_the_vm_stops(cli: Cli) -> None:
 
 
 def test_demo_runs_and_cleans_up() -> None:
-    done = subprocess.run([KVMPLAT, "demo"], capture_output=True, text=True, timeout=300, check=False)
+    # Its own (short: unix socket paths) TMPDIR, so a demo run elsewhere on the machine cannot make this fail.
+    tmp_path = Path(tempfile.mkdtemp(prefix="kd-"))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([KVMPLAT, "demo"], capture_output=True, text=True, timeout=300, check=False, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("kvmplat-probe") >= 2
     for change in ("RUNNING -> PAUSED", "PAUSED -> RUNNING", "-> STOPPED"):
         assert change in done.stdout
-    assert not list(Path(tempfile.gettempdir()).glob("kvmplat-demo-*"))
+    leftovers = list(tmp_path.glob("kvmplat-demo-*"))
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    assert not leftovers
