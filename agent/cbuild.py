@@ -146,6 +146,7 @@ typedef struct kp_vm kp_vm;
 kp_vm *kp_vm_new(int vm_fd, int console_fd, int irqchip, unsigned long req_kvm_run, unsigned long req_irq_line);
 void kp_vm_free(kp_vm *vm);
 int kp_vm_flush_console(kp_vm *vm);
+uint64_t kp_vm_first_console_ns(kp_vm *vm);
 int kp_vm_console_input(kp_vm *vm, const uint8_t *data, size_t len);
 int kp_run(kp_vm *vm, int vcpu_fd, struct kvm_run *run, struct kp_vcpu_stats *stats);
 int kp_handle_pio(kp_vm *vm, struct kvm_run *run, struct kp_vcpu_stats *stats);
@@ -164,6 +165,7 @@ extern const uint32_t kp_payload_blob_size;
 extern const uint32_t kp_entry_probe;
 extern const uint32_t kp_entry_loop;
 extern const uint32_t kp_entry_outloop;
+extern const uint32_t kp_entry_echo;
 """
 
 CDEF = X86_STRUCTS + PPC_STRUCTS + FASTLOOP_API

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #define KP_EXIT_EINTR (-4)
@@ -47,6 +48,7 @@ extern const uint32_t kp_payload_blob_size;
 extern const uint32_t kp_entry_probe;
 extern const uint32_t kp_entry_loop;
 extern const uint32_t kp_entry_outloop;
+extern const uint32_t kp_entry_echo;
 
 #define EXIT_IO 2
 #define EXIT_MMIO 6
@@ -84,6 +86,7 @@ struct kp_vm {
     int vm_fd, console_fd, irqchip;
     unsigned long req_kvm_run, req_irq_line;
     struct kp_uart uart;
+    uint64_t first_console_ns; /* CLOCK_REALTIME of the guest's first THR write (0: none yet), a stats milestone */
 };
 
 int kp_ioctl_ptr(int fd, unsigned long req, void *arg)
@@ -142,6 +145,14 @@ static void uart_flush_locked(kp_vm *vm)
     }
 }
 
+uint64_t kp_vm_first_console_ns(kp_vm *vm)
+{
+    pthread_mutex_lock(&vm->lock);
+    uint64_t ns = vm->first_console_ns;
+    pthread_mutex_unlock(&vm->lock);
+    return ns;
+}
+
 int kp_vm_flush_console(kp_vm *vm)
 {
     pthread_mutex_lock(&vm->lock);
@@ -187,6 +198,11 @@ static void uart_out(kp_vm *vm, unsigned reg, uint8_t v, struct kp_vcpu_stats *s
         if (dlab) {
             u->dll = v;
             break;
+        }
+        if (!vm->first_console_ns) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            vm->first_console_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
         }
         u->line[u->line_len++] = v;
         st->console_bytes++;

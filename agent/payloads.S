@@ -20,6 +20,7 @@
 .globl kp_entry_probe
 .globl kp_entry_loop
 .globl kp_entry_outloop
+.globl kp_entry_echo
 
 kp_payload_blob:
 
@@ -184,6 +185,61 @@ outloop_again:
     outb %al, %dx
     jmp outloop_again
 
+# echo: the boot vCPU unmasks the UART's receive interrupt (IRQ 4, vector 0x0c) at the PIC and the UART, prints
+# "kvmplat-echo: ready", then sleeps in hlt; what the console sends is written straight back. The idle loop drains
+# the receiver with interrupts off before each sti;hlt, so input that arrived before IER was set is not stranded.
+echo_start:
+    cli
+    movw $(echo_main - kp_payload_blob + LOAD), %di
+    jmp p_setup
+echo_main:
+    testw %bx, %bx
+    jnz p_park
+    movw $(echo_irq - kp_payload_blob + LOAD), 0x30
+    movw $0, 0x32
+    movb $0x11, %al
+    outb %al, $0x20
+    movb $0x08, %al
+    outb %al, $0x21
+    movb $0x04, %al
+    outb %al, $0x21
+    movb $0x01, %al
+    outb %al, $0x21
+    movb $0xef, %al
+    outb %al, $0x21
+    movw $0x3f9, %dx
+    movb $0x01, %al
+    outb %al, %dx
+    movw $(s_echo - kp_payload_blob + LOAD), %si
+    call p_puts
+echo_idle:
+    cli
+    call echo_drain
+    sti
+    hlt
+    jmp echo_idle
+echo_irq:
+    pushaw
+    call echo_drain
+    movb $0x20, %al
+    outb %al, $0x20
+    popaw
+    iret
+echo_drain:
+    pushw %dx
+echo_next:
+    movw $0x3fd, %dx
+    inb %dx, %al
+    testb $0x01, %al
+    jz echo_drained
+    movw $0x3f8, %dx
+    inb %dx, %al
+    call p_putc
+    jmp echo_next
+echo_drained:
+    popw %dx
+    ret
+
 # --- output helpers (clobber ax; keep every other register) ---
 p_putc:
     pushw %dx
@@ -250,6 +306,7 @@ s_cpuid: .asciz "cpuid "
 s_loop: .asciz "kvmplat-loop: started, "
 s_vcpus: .asciz " vCPUs, ticking once a second\n"
 s_tick: .asciz "kvmplat-loop tick "
+s_echo: .asciz "kvmplat-echo: ready\n"
 .balign 4
 t_leaves:
     .long 0x00000000, 0
@@ -269,3 +326,4 @@ kp_payload_blob_size: .long kp_payload_end - kp_payload_blob
 kp_entry_probe: .long probe_start - kp_payload_blob
 kp_entry_loop: .long loop_start - kp_payload_blob
 kp_entry_outloop: .long outloop_start - kp_payload_blob
+kp_entry_echo: .long echo_start - kp_payload_blob

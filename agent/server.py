@@ -134,6 +134,8 @@ class AgentServicer(pbg.AgentServicer):
             vm.stats.exits, vm.stats.console_bytes = s["exits"], s["console_bytes"]
             vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s["unhandled_pio"], s["unhandled_mmio"]
             vm.stats.memory_bytes = s["memory_bytes"]
+            for field, seconds in s.get("milestones", {}).items():
+                getattr(vm.stats, field).FromNanoseconds(int(seconds * 1e9))
             for reason, n in s["by_reason"].items():
                 r = int(reason)
                 name = ExitReason(r).name.lower() if r in ExitReason._value2member_map_ else f"exit_{r}"

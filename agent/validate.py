@@ -50,11 +50,12 @@ def validate_spec(spec: pb.VmSpec, limits: Limits) -> None:
 def _boot_violations(boot: pb.BootSpec, limits: Limits) -> list[tuple[str, str]]:
     source = boot.WhichOneof("source")
     if source is None:
-        return [("spec.boot", "name a built-in payload (probe, loop) or a kernel")]
+        return [("spec.boot", f"name a built-in payload ({', '.join(PUBLIC_BUILTINS)}) or a kernel")]
     if source == "builtin":
         out = []
         if boot.builtin not in PUBLIC_BUILTINS:
-            out.append(("spec.boot.builtin", f"unknown built-in payload {boot.builtin!r} (known: probe, loop)"))
+            known = ", ".join(PUBLIC_BUILTINS)
+            out.append(("spec.boot.builtin", f"unknown built-in payload {boot.builtin!r} (known: {known})"))
         if boot.initrd or boot.cmdline:
             out.append(("spec.boot", "initrd and cmdline go with a kernel, not a built-in payload"))
         return out

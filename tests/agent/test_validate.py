@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kvmplat.agent.errors import InvalidArgument
+from kvmplat.agent.payloads import PUBLIC_BUILTINS
 from kvmplat.agent.validate import NAME_RE, Limits, validate_name, validate_spec
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -49,7 +50,7 @@ def test_validate_spec_raises_only_invalid_argument_naming_spec_fields(spec: pb.
             assert field in str(e)
         return
     assert NAME_RE.fullmatch(spec.name) and 1 <= spec.vcpus <= 8 and 1 <= spec.memory_mib <= 1024
-    assert spec.boot.builtin in ("probe", "loop")
+    assert spec.boot.builtin in PUBLIC_BUILTINS
 
 
 def _spec(**kw: object) -> pb.VmSpec:

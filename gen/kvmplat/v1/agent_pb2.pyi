@@ -141,7 +141,7 @@ class VmSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., platform: _Optional[_Union[PlatformSpec, _Mapping]] = ..., boot: _Optional[_Union[BootSpec, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class VmStats(_message.Message):
-    __slots__ = ("exits", "exits_by_reason", "unhandled_pio", "unhandled_mmio", "console_bytes", "memory_bytes")
+    __slots__ = ("exits", "exits_by_reason", "unhandled_pio", "unhandled_mmio", "console_bytes", "memory_bytes", "started", "first_console_byte", "linux_banner", "kvmplat_init")
     class ExitsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -155,13 +155,21 @@ class VmStats(_message.Message):
     UNHANDLED_MMIO_FIELD_NUMBER: _ClassVar[int]
     CONSOLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_CONSOLE_BYTE_FIELD_NUMBER: _ClassVar[int]
+    LINUX_BANNER_FIELD_NUMBER: _ClassVar[int]
+    KVMPLAT_INIT_FIELD_NUMBER: _ClassVar[int]
     exits: int
     exits_by_reason: _containers.ScalarMap[str, int]
     unhandled_pio: int
     unhandled_mmio: int
     console_bytes: int
     memory_bytes: int
-    def __init__(self, exits: _Optional[int] = ..., exits_by_reason: _Optional[_Mapping[str, int]] = ..., unhandled_pio: _Optional[int] = ..., unhandled_mmio: _Optional[int] = ..., console_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    started: _timestamp_pb2.Timestamp
+    first_console_byte: _timestamp_pb2.Timestamp
+    linux_banner: _timestamp_pb2.Timestamp
+    kvmplat_init: _timestamp_pb2.Timestamp
+    def __init__(self, exits: _Optional[int] = ..., exits_by_reason: _Optional[_Mapping[str, int]] = ..., unhandled_pio: _Optional[int] = ..., unhandled_mmio: _Optional[int] = ..., console_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., first_console_byte: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., linux_banner: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kvmplat_init: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Vm(_message.Message):
     __slots__ = ("spec", "state", "effective_platform", "runner_pid", "stats", "state_reason", "created", "last_seq")
