@@ -202,7 +202,7 @@ class Controller:
         if "state" in e and e["state"].get("to") in State.__members__:
             rec.state, rec.reason = State[e["state"]["to"]], str(e["state"].get("reason", ""))
             if rec.state is not State.DESTROYED and not rec.destroying:
-                self.store.save(rec.name, rec.to_json())
+                self.store.save(rec.name, rec.to_json(), durable=False)  # the runner holds the truth
         self.bus.publish(event_from_runner(rec.name, e))
 
     def _on_lost(self, rec: VmRecord) -> None:

@@ -28,16 +28,23 @@ class Store:
         """Where the runner of VM `name` listens."""
         return str(self.run / f"{name}.sock")
 
-    def save(self, name: str, record: dict[str, Any]) -> None:
-        """Writes a VM's record atomically."""
+    def save(self, name: str, record: dict[str, Any], durable: bool = True) -> None:
+        """Writes a VM's record atomically (write, rename): whole for any reader, even after SIGKILL.
+
+        `durable` adds the fsyncs that carry it over a host crash. State updates go without: a host crash ends
+        every runner anyway, and the record's spec, written durably at create, is what tells the user afterwards.
+        """
         path = self.vms / f"{name}.json"
         tmp = path.with_suffix(".json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if not durable:
+            return
         dfd = os.open(self.vms, os.O_RDONLY)
         try:
             os.fsync(dfd)

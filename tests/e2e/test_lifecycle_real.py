@@ -74,7 +74,10 @@ def test_stop_ends_vcpu_threads_and_closes_kvm_fds(agent: AgentProc, vcpus: int)
     agent.stub.StartVm(pb.VmRequest(name="s"), timeout=10)
     wait_tick(agent, "s", 0)
     agent.stub.StopVm(pb.VmRequest(name="s"), timeout=10)
-    time.sleep(0.2)
+    # the kernel's side of the VM is freed just after the reply (closing a VM fd waits out an SRCU grace period)
+    deadline = time.monotonic() + 5
+    while [t for t in fd_targets(pid) if KVM_FD.match(t)] and time.monotonic() < deadline:
+        time.sleep(0.02)
     idle = tasks(pid)
     assert idle <= with_vcpus - vcpus, f"{idle} threads left of {with_vcpus} after stopping {vcpus} vCPUs"
     assert [t for t in fd_targets(pid) if KVM_FD.match(t)] == []
