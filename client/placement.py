@@ -2,9 +2,9 @@
 
 Each agent is asked GetCapabilities then CheckPlatform, each call bounded by `timeout`; every agent is asked from
 its own thread, so the whole placement takes about the slowest agent's answer, never longer than the overall bound.
-An agent that cannot be reached, answers too late, refuses the platform or lacks memory or vCPUs is rejected with
-its reason. What is left is scored: most free memory first, then most free vCPUs, then the address (so ties are
-broken the same way every time). Addresses are reported exactly as given.
+An agent that cannot be reached, answers too late, refuses the caller, refuses the platform or lacks memory or vCPUs
+is rejected with its reason. What is left is scored: most free memory first, then most free vCPUs, then the address
+(so ties are broken the same way every time). Addresses are reported exactly as given.
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ def ask(agent: str, spec: pb.VmSpec, make_client: ClientFactory) -> Offer | Reje
                 reasons.insert(0, f"platform refused: {e.code + ': ' if e.code else ''}{e.one_line()}")
     except AddressError as e:
         return Rejection(agent, f"bad address: {e}")
-    except KvmplatError as e:
+    except Unreachable as e:
         return Rejection(agent, f"unreachable: {e.one_line()}")
+    except KvmplatError as e:  # the agent answered, but not with its capabilities (e.g. PERMISSION_DENIED)
+        return Rejection(agent, f"refused: {e.code + ': ' if e.code else ''}{e.one_line()}")
     if reasons:
         return Rejection(agent, "; ".join(reasons))
     return Offer(agent, int(caps.memory_free_mib), int(caps.vcpus_free))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from kvmplat.client.client import TlsFiles
 from sched_harness import Agent
 
 AgentFactory = Callable[..., Agent]
@@ -12,11 +13,11 @@ AgentFactory = Callable[..., Agent]
 
 @pytest.fixture
 def agents() -> Iterator[AgentFactory]:
-    """Starts agents (`agents(address, *flags, netns="")`); every one is stopped and cleaned up afterwards."""
+    """Starts agents (`agents(address, *flags, netns="", tls=None)`); every one is stopped and cleaned up afterwards."""
     started: list[Agent] = []
 
-    def make(address: str, *flags: str, netns: str = "") -> Agent:
-        a = Agent(address, *flags, netns=netns)
+    def make(address: str, *flags: str, netns: str = "", tls: TlsFiles | None = None) -> Agent:
+        a = Agent(address, *flags, netns=netns, tls=tls)
         started.append(a)
         return a
 

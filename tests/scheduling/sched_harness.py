@@ -1,8 +1,11 @@
-"""Real agents for the scheduling tests: on unix sockets or on TCP inside network namespaces made for the test."""
+"""Real agents for the scheduling tests: on unix sockets or on TCP inside network namespaces made for the test,
+with mutual TLS from the security tests' PKI (tests/security/tls_harness.py) plus a server certificate for the
+namespaces' addresses."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import secrets
 import shutil
 import signal
@@ -14,8 +17,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
-from kvmplat.client.client import Client
+from kvmplat.client.client import Client, TlsFiles
 from kvmplat.client.errors import KvmplatError
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -26,7 +30,7 @@ KVMPLAT = str(Path(sys.executable).parent / "kvmplat")
 class Agent:
     """One kvmplat-agent process at `address` (run inside `netns` when given), with a state dir of its own."""
 
-    def __init__(self, address: str, *flags: str, netns: str = "") -> None:
+    def __init__(self, address: str, *flags: str, netns: str = "", tls: TlsFiles | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="kvmplat-sched-"))
         self.address = address
         self.log_path = self.tmp / "agent.log"
@@ -34,7 +38,7 @@ class Agent:
         argv = [*prefix, AGENT, "--listen", address, "--state-dir", str(self.tmp / "state"), *flags]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
-        self.client = Client(address, timeout=10)
+        self.client = Client(address, timeout=10, tls=tls)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -133,3 +137,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def tls_harness() -> ModuleType:
+    """tests/security/tls_harness.py, loaded by path under its own name (both test folders have a conftest)."""
+    name = "kvmplat_security_tls_harness"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "security" / "tls_harness.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+def make_pki(d: Path, ips: list[str]) -> Path:
+    """The security tests' PKI in `d` (CA; server, operator, reader, stranger) plus `netns.pem`/`netns.key`, a
+    server certificate from the same CA whose subjectAltName lists `ips` (the agents' namespace addresses)."""
+    th = tls_harness()
+    th.make_pki(d)
+    (d / "netns.ext").write_text("subjectAltName=" + ",".join(f"IP:{ip}" for ip in ips) + "\n")
+    th._openssl(d, "req", *th.KEY[:-2], "-keyout", "netns.key", "-out", "netns.csr", "-subj", "/CN=netns-agent")
+    sign = ("-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "netns.ext")
+    th._openssl(d, "x509", "-req", "-in", "netns.csr", *sign, "-out", "netns.pem")
+    return d
+
+
+def tls_files(pki: Path, who: str) -> TlsFiles:
+    """Client TLS files presenting `who`'s certificate."""
+    return TlsFiles(str(pki / "ca.pem"), str(pki / f"{who}.pem"), str(pki / f"{who}.key"))
+
+
+def agent_tls_flags(pki: Path, authz: Path) -> list[str]:
+    """The agent's mutual-TLS flags with the namespace server certificate and roles from `authz`."""
+    files = ("netns.pem", "netns.key", "ca.pem")
+    cert, key, ca = (str(pki / f) for f in files)
+    return ["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca, "--authz", str(authz)]

@@ -1,7 +1,7 @@
-"""Placement over real agents: three or more on unix sockets, and on TCP between network namespaces made here.
-
-The TCP agents serve plain text (--insecure): mutual TLS has not landed in the agent yet. Each agent has its own
---max-memory-mib, so the scoring (most free memory first) and the memory rejections are visible.
+"""Placement over real agents: three or more on unix sockets, and on TCP between network namespaces made here,
+with mutual TLS and roles (the scheduler holds a `reader` certificate; a certificate the agents do not name is
+refused). Each agent has its own --max-memory-mib, so the scoring (most free memory first) and the memory
+rejections are visible.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import AgentFactory
 from kvmplat.client import place
+from kvmplat.client.client import TlsFiles
 from kvmplat.v1 import agent_pb2 as pb
-from sched_harness import KVMPLAT, Netns, namespaces, netns_unavailable
+from sched_harness import KVMPLAT, Netns, agent_tls_flags, make_pki, namespaces, netns_unavailable, tls_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 
@@ -83,25 +84,43 @@ def four_namespaces() -> Iterator[list[Netns]]:
         yield ns
 
 
-def test_tcp_agents_in_network_namespaces(four_namespaces: list[Netns], agents: AgentFactory) -> None:
+def test_tcp_mtls_agents_in_network_namespaces(
+    four_namespaces: list[Netns], agents: AgentFactory, tmp_path: Path
+) -> None:
     ns = four_namespaces  # set up before `agents`, so torn down after the agents in them have stopped
+    pki = make_pki(tmp_path, [n.ip for n in ns])
+    authz = tmp_path / "authz.yaml"
+    authz.write_text("operator: operator\nreader: reader\n")
+    flags = agent_tls_flags(pki, authz)
     up = [
-        agents(f"tcp://{n.ip}:7443", "--insecure", "--max-memory-mib", str(mem), netns=n.name)
+        agents(f"tcp://{n.ip}:7443", *flags, "--max-memory-mib", str(mem), netns=n.name, tls=tls_files(pki, "operator"))
         for n, mem in zip(ns[:3], (96, 512, 256), strict=True)
     ]
     addrs = [a.address for a in up]
     refused = f"tcp://{ns[3].ip}:7443"  # a namespace with nobody listening
     dark = f"tcp://{ns[3].host_ip[:-1]}9:7443"  # an address nothing answers on: connect must time out
     start = time.monotonic()
-    result = place(spec(128), [*addrs, refused, dark], timeout=2)
+    result = place(spec(128), [*addrs, refused, dark], timeout=2, tls=tls_files(pki, "reader"))
     assert time.monotonic() - start < 7, "an unreachable agent held placement past its bound"
     assert result.chosen == addrs[1]
     assert [o.agent for o in result.candidates] == [addrs[1], addrs[2]]
     reasons = {r.agent: r.reason for r in result.rejected}
     assert reasons[addrs[0]] == "needs 128 MiB of memory, 96 MiB free of 96"
     assert reasons[refused].startswith("unreachable: ") and reasons[dark].startswith("unreachable: ")
-    up[1].create("filler", memory_mib=300)
-    assert place(spec(128), addrs, timeout=5).chosen == addrs[2]
+
+    up[1].create("filler", memory_mib=300)  # as operator
+    pem = [f"--tls-{k}={pki / f}" for k, f in (("ca", "ca.pem"), ("cert", "reader.pem"), ("key", "reader.key"))]
+    argv = [KVMPLAT, *pem, "--timeout", "5", "place", "--spec", str(tmp_path / "s.json"), "--agents", ",".join(addrs)]
+    (tmp_path / "s.json").write_text('{"name":"big","vcpus":1,"memory_mib":128,"boot":{"builtin":"loop"}}')
+    out = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["chosen"] == addrs[2]
+
+    stranger = place(spec(16), addrs, timeout=5, tls=tls_files(pki, "stranger"))  # CA-signed, but no role
+    assert stranger.chosen is None
+    assert all(r.reason.startswith("refused: PERMISSION_DENIED") for r in stranger.rejected), stranger.rejected
+    no_cert = place(spec(16), addrs[:1], timeout=2, tls=TlsFiles(str(pki / "ca.pem")))
+    assert no_cert.rejected[0].reason.startswith("unreachable: ")  # the TLS handshake fails: UNAVAILABLE
 
 
 def test_labels_cli_from_a_live_agent(agents: AgentFactory, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from kvmplat.client.errors import FailedPrecondition, Unreachable
+from kvmplat.client.errors import FailedPrecondition, PermissionDenied, Unreachable
 from kvmplat.client.placement import Offer, Rejection, decide, place, room_reasons
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -17,8 +17,17 @@ SPEC = pb.VmSpec(name="vm", vcpus=2, memory_mib=100, boot=pb.BootSpec(builtin="l
 class FakeClient:
     """Answers like a Client from a table: free memory/vCPUs, or an error, or a delay."""
 
-    def __init__(self, mem: int = 1000, cpus: int = 8, refuse: str = "", down: bool = False, delay: float = 0):
+    def __init__(
+        self,
+        mem: int = 1000,
+        cpus: int = 8,
+        refuse: str = "",
+        down: bool = False,
+        delay: float = 0,
+        denied: bool = False,
+    ):
         self.mem, self.cpus, self.refuse, self.down, self.delay = mem, cpus, refuse, down, delay
+        self.denied = denied
 
     def __enter__(self) -> FakeClient:
         return self
@@ -30,6 +39,8 @@ class FakeClient:
         time.sleep(self.delay)
         if self.down:
             raise Unreachable("cannot reach the kvmplat agent", "UNAVAILABLE")
+        if self.denied:
+            raise PermissionDenied("GetCapabilities needs role reader", "PERMISSION_DENIED")
         return pb.Capabilities(
             memory_mib=self.mem, memory_free_mib=self.mem, vcpus_total=self.cpus, vcpus_free=self.cpus, max_vcpus=64
         )
@@ -81,15 +92,17 @@ def test_place_explains_every_rejection_in_the_given_order() -> None:
         "big": FakeClient(mem=4000),
         "bigger-but-refuses": FakeClient(mem=9000, refuse="no hyperv"),
         "mid": FakeClient(mem=2000),
+        "denies": FakeClient(mem=9000, denied=True),
     }
     result = place(SPEC, list(table), make_client=factory(table))
     assert result.chosen == "big"
     assert [o.agent for o in result.candidates] == ["big", "mid"]
     reasons = {r.agent: r.reason for r in result.rejected}
-    assert list(reasons) == ["small", "down", "refuses", "bigger-but-refuses"]
+    assert list(reasons) == ["small", "down", "refuses", "bigger-but-refuses", "denies"]
     assert reasons["small"] == "needs 100 MiB of memory, 50 MiB free of 50"
     assert reasons["down"].startswith("unreachable: ")
     assert reasons["refuses"] == "platform refused: FAILED_PRECONDITION: compat x86-64-v4 cannot be honoured"
+    assert reasons["denies"] == "refused: PERMISSION_DENIED: GetCapabilities needs role reader"  # answered: not down
 
 
 def test_a_hanging_agent_is_a_rejection_within_the_bound() -> None:
