@@ -17,7 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,13 +36,14 @@ __all__ = ["REGISTRY", "ControllerCollector", "Snapshot", "families", "instrumen
 T = TypeVar("T")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: scrapers of this agent have no use for them
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_* (the agent's CPU, RSS, fds), as every exporter has
 RPC_REQUESTS = Counter(
     "kvmplat_rpc_requests", "gRPC requests handled, by method and status code", ["method", "code"], registry=REGISTRY
 )
 RPC_DURATION = Histogram(
     "kvmplat_rpc_duration_seconds",
-    "gRPC handling time by method (streams: until the stream ends)",
-    ["method"],
+    "gRPC handling time by method and status code (streams: until the stream ends)",
+    ["method", "code"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
     registry=REGISTRY,
 )
@@ -56,8 +64,9 @@ def _code(context: Any, exc: BaseException | None) -> str:
 
 def _observe(method: str, context: Any, start: float, exc: BaseException | None) -> None:
     """Counts one finished call and its duration."""
-    RPC_REQUESTS.labels(method, _code(context, exc)).inc()
-    RPC_DURATION.labels(method).observe(time.perf_counter() - start)
+    code = _code(context, exc)
+    RPC_REQUESTS.labels(method, code).inc()
+    RPC_DURATION.labels(method, code).observe(time.perf_counter() - start)
 
 
 def instrument(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:

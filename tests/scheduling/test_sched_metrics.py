@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import urllib.request
 from collections import Counter
@@ -17,10 +18,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from sched_harness import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+# What issue 6 asks the agent to report, by family name and type.
+REQUIRED = {
+    "kvmplat_vms": "gauge",  # by state
+    "kvmplat_vcpus": "gauge",
+    "kvmplat_memory_committed_bytes": "gauge",
+    "kvmplat_vm_exits": "counter",  # by reason
+    "kvmplat_rpc_requests": "counter",  # by method and code
+    "kvmplat_rpc_duration_seconds": "histogram",  # by method and code
+    "kvmplat_event_watchers": "gauge",
+}
+NAME = re.compile(r"^kvmplat_[a-z][a-z0-9_]*$")
+UNITS = ("_bytes", "_seconds")
 
 
 def scrape(url: str) -> tuple[Samples, dict[str, str]]:
-    """Every sample by (name, sorted labels), and each family's type."""
+    """Every sample by (name, sorted labels), and each family's type; checks the names against Prometheus'
+    conventions (prefix, snake case, unit suffixes, `_total` on counters, lower-case label values for states)."""
     with urllib.request.urlopen(url, timeout=10) as r:
         assert r.headers["Content-Type"].startswith("text/plain")
         text = r.read().decode()
@@ -30,6 +44,18 @@ def scrape(url: str) -> tuple[Samples, dict[str, str]]:
         types[fam.name] = fam.type
         for s in fam.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        if not fam.name.startswith("kvmplat_"):
+            continue  # prometheus_client's process_* families
+        assert NAME.match(fam.name), fam.name
+        assert fam.documentation, f"{fam.name} has no HELP"
+        assert not fam.name.endswith("_total"), f"{fam.name}: the family name carries no _total"
+        if fam.type == "histogram":
+            assert fam.name.endswith(UNITS), f"{fam.name}: a histogram names its unit"
+        for s in fam.samples:
+            if fam.type == "counter":
+                assert s.name == fam.name + "_total", s.name
+            assert all(k.islower() and k.isidentifier() for k in s.labels), s.labels
+    assert {n: types.get(n) for n in REQUIRED} == REQUIRED
     return samples, types
 
 
@@ -57,9 +83,11 @@ def test_scrape_reports_vms_rpcs_exits_and_watchers(agents: AgentFactory, tmp_pa
     assert m[("kvmplat_memory_capacity_bytes", ())] == 512 * 2**20
     assert m[("kvmplat_rpc_requests_total", (("code", "OK"), ("method", "CreateVm")))] == 3
     assert m[("kvmplat_rpc_requests_total", (("code", "NOT_FOUND"), ("method", "GetVm")))] == 1
-    assert m[("kvmplat_rpc_duration_seconds_count", (("method", "CreateVm"),))] == 3
-    assert m[("kvmplat_rpc_duration_seconds_bucket", (("le", "+Inf"), ("method", "PauseVm")))] == 1
+    assert m[("kvmplat_rpc_duration_seconds_count", (("code", "OK"), ("method", "CreateVm")))] == 3
+    assert m[("kvmplat_rpc_duration_seconds_count", (("code", "NOT_FOUND"), ("method", "GetVm")))] == 1
+    assert m[("kvmplat_rpc_duration_seconds_bucket", (("code", "OK"), ("le", "+Inf"), ("method", "PauseVm")))] == 1
     assert m[("kvmplat_event_watchers", ())] == 1
+    assert m[("process_resident_memory_bytes", ())] > 0  # the agent process itself
     exits = {labels: v for (name, labels), v in m.items() if name == "kvmplat_vm_exits_total"}
     assert sum(exits.values()) > 0, "the running VMs have exited to the agent at least once"
     assert types["kvmplat_rpc_duration_seconds"] == "histogram" and types["kvmplat_vm_exits"] == "counter"
