@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 DEFAULT_SOCKET = "unix:///run/kvmplat/agent.sock"
 DEFAULT_STATE_DIR = "/var/lib/kvmplat"
@@ -59,15 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (RFC 3339, UTC), level, logger, msg, and exc (a traceback) when there is one."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": self.formatTime(record),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        )
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        out = {"time": when, "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
 
 
 def _setup_logging(fmt: str, level: str) -> None:
@@ -164,7 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = asyncio.run(serve(args))
     except (ValueError, KvmplatError) as e:
-        print(f"kvmplat-agent: {e}", file=sys.stderr)
+        if args.log_format == "json":
+            log.error("kvmplat-agent: %s", e)  # the journal stays one JSON object a line
+        else:
+            print(f"kvmplat-agent: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 0

@@ -76,21 +76,21 @@ def _level(level: Level, request: PlatformRequest, accel: str, host: PpcHost) ->
     if accel == "hv":
         note = f"compat {level.name}: KVM_REG_PPC_ARCH_COMPAT = 0x{level.logical_pvr:08x} (PCR set by book3s_hv)"
         return GuestCompat(level.name, level.logical_pvr, notes=(note,))
-    if level.rank == top.rank:
-        return GuestCompat(top.name, host.pvr)
     return _pr_level(level, top, request.policy, offered, host)
 
 
 def _pr_level(level: Level, top: Level, policy: CompatPolicy, offered: str, host: PpcHost) -> GuestCompat:
-    """PR has no ARCH_COMPAT: STRICT is refused, BEST_EFFORT runs at the host level and says so."""
+    """PR has no ARCH_COMPAT: STRICT is refused at every level (even the host's own, issue 8: the guest would run
+    the raw PVR, not the architected mode a level names), BEST_EFFORT runs the host's PVR and says so."""
     reason = (
         f"book3s_pr cannot set KVM_REG_PPC_ARCH_COMPAT (the kernel answers EINVAL): the guest would see "
-        f"the host's {top.name}"
+        f"the host's {top.name} PVR 0x{host.pvr:08x}, not the architected {level.name} mode"
     )
     if policy is CompatPolicy.STRICT:
         raise PlatformRefused("compat", f"{level.name} (STRICT)", reason, offered)
     above = tuple(lv.name for lv in LEVELS if level.rank < lv.rank <= top.rank)
-    note = f"compat {level.name} (BEST_EFFORT) not applied: {reason}; visible above {level.name}: {', '.join(above)}"
+    visible = f"; visible above {level.name}: {', '.join(above)}" if above else ""
+    note = f"compat {level.name} (BEST_EFFORT) not applied: {reason}{visible}"
     return GuestCompat(top.name, host.pvr, notes=(note,), visible_above=above)
 
 
@@ -99,7 +99,7 @@ def _levels_upto(top: Level, accel: str, host: PpcHost) -> str:
         names = [lv.name for lv in LEVELS if lv.rank <= top.rank]
         where = "" if accel == "hv" else " under accel HV"
         return f"{names[0]}..{names[-1]}{where}"
-    return f"{top.name} only (the host level; book3s_pr has no ARCH_COMPAT)"
+    return f"no level under STRICT (book3s_pr has no ARCH_COMPAT); BEST_EFFORT runs the host's {top.name} PVR"
 
 
 def _raw_pvr(pvr: int, request: PlatformRequest, accel: str, host: PpcHost) -> GuestCompat:

@@ -23,6 +23,7 @@ def _cases() -> dict[str, PlatformRequest]:
         cases[f"spapr-{level}-best-effort"] = PlatformRequest(abi=Abi.SPAPR, compat=level, policy=BEST)
     cases["spapr-power8-hv"] = PlatformRequest(abi=Abi.SPAPR, compat="power8", accel=Accel.HV)
     cases["spapr-power8-pr"] = PlatformRequest(abi=Abi.SPAPR, compat="power8", accel=Accel.PR)
+    cases["spapr-pr"] = PlatformRequest(abi=Abi.SPAPR, accel=Accel.PR)
     cases["spapr-pv-kvm"] = PlatformRequest(abi=Abi.SPAPR, pv=KVM)
     cases["spapr-pv-hyperv"] = PlatformRequest(abi=Abi.SPAPR, pv=frozenset({Pv.HYPERV}))
     cases["bare-metal"] = PlatformRequest(abi=Abi.BARE_METAL)

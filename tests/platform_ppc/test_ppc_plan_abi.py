@@ -61,7 +61,7 @@ def test_abi_spapr_power8_plan_bytes_on_hv() -> None:
 def test_abi_forced_hv_and_pr_use_vm_types_1_and_2() -> None:
     """accel HV → KVM_CREATE_VM(1); PR → KVM_CREATE_VM(2); AUTO on the default flavour → 0."""
     assert ("kvm", CREATE_VM, 1) in _calls(_record("spapr-power8-hv", "power8-hv-pr"))
-    assert ("kvm", CREATE_VM, 2) in _calls(_record("spapr-power8-pr", "power8-hv-pr"))
+    assert ("kvm", CREATE_VM, 2) in _calls(_record("spapr-pr", "power8-hv-pr"))
     assert ("kvm", CREATE_VM, 0) in _calls(_record("default", "power9-pr"))
     # AUTO that must run on PR although the kernel default is HV forces type 2.
     assert ("kvm", CREATE_VM, 2) in _calls(_record("bare-metal", "power8-hv-pr"))
