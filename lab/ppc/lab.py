@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import py_compile
 import hashlib
 import json
 import os
+import py_compile
 import re
 import shutil
 import subprocess
