@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +34,23 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-CACHE = Path(os.environ.get("KVMPLAT_PPC_CACHE") or "/var/cache/kvmplat/ppc")
+
+
+def _cache_dir() -> Path:
+    """$KVMPLAT_PPC_CACHE, else /var/cache/kvmplat/ppc when it can be written, else ~/.cache/kvmplat/ppc."""
+    if os.environ.get("KVMPLAT_PPC_CACHE"):
+        return Path(os.environ["KVMPLAT_PPC_CACHE"])
+    system = Path("/var/cache/kvmplat/ppc")
+    try:
+        system.mkdir(parents=True, exist_ok=True)
+        if os.access(system, os.W_OK):
+            return system
+    except OSError:
+        pass
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kvmplat" / "ppc"
+
+
+CACHE = _cache_dir()
 MIRROR = os.environ.get("KVMPLAT_PPC_MIRROR", "http://deb.debian.org/debian")
 KERNEL_META = "linux-image-powerpc64le"
 SOURCE_PKG = "linux-source-6.1"
@@ -95,31 +112,34 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = No
 
 
 def apt_env() -> dict[str, str]:
-    """APT_CONFIG pointing at the cache's ppc64el configuration (written on first use)."""
+    """APT_CONFIG pointing at the cache's ppc64el configuration (rewritten, with fresh lists, when it changes)."""
     root = CACHE / "apt"
     conf = root / "apt.conf"
     sources = f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {MIRROR} bookworm main\n"
+    text = (
+        f'Dir::State::Lists "{root}/lists";\nDir::State::status "{root}/status";\nDir::Cache "{root}/cache";\n'
+        f'Dir::Etc::SourceList "{root}/sources.list";\nDir::Etc::SourceParts "{root}/parts";\n'
+        'APT::Architecture "ppc64el";\nAPT::Architectures { "ppc64el"; };\nAcquire::Languages "none";\n'
+    )
+    if os.geteuid() == 0:  # as root apt drops to _apt, which cannot write into the root-owned cache
+        text += 'APT::Sandbox::User "root";\n'
     listed = root / "sources.list"
-    if not conf.exists() or not listed.exists() or listed.read_text() != sources:
+    if not conf.exists() or conf.read_text() != text or not listed.exists() or listed.read_text() != sources:
+        shutil.rmtree(root / "lists", ignore_errors=True)
         for d in ("lists/partial", "cache/archives/partial", "parts"):
             (root / d).mkdir(parents=True, exist_ok=True)
         (root / "status").touch()
         listed.write_text(sources)
-        conf.write_text(
-            f'Dir::State::Lists "{root}/lists";\nDir::State::status "{root}/status";\nDir::Cache "{root}/cache";\n'
-            f'Dir::Etc::SourceList "{root}/sources.list";\nDir::Etc::SourceParts "{root}/parts";\n'
-            'APT::Architecture "ppc64el";\nAPT::Architectures { "ppc64el"; };\n'
-            'APT::Sandbox::User "root";\nAcquire::Languages "none";\n'
-        )
+        conf.write_text(text)
     return dict(os.environ, APT_CONFIG=str(conf))
 
 
 def apt_update(force: bool = False) -> None:
     """Fetches the ppc64el package lists once (or again when a download found them stale)."""
-    lists = CACHE / "apt" / "lists"
-    if force or not any(lists.glob("*Packages*")):
+    env = apt_env()  # first: a changed configuration starts from empty lists
+    if force or not any((CACHE / "apt" / "lists").glob("*Packages*")):
         progress(f"apt-get update (bookworm ppc64el lists from {MIRROR})")
-        run(["apt-get", "-q", "update"], env=apt_env())
+        run(["apt-get", "-q", "update"], env=env)
 
 
 def candidate(pkg: str) -> tuple[str, str]:
@@ -470,11 +490,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=sorted(CONFIGS), help="boot one configuration")
     args = p.parse_args(argv)
     started = time.monotonic()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        if not _try_lock(lock):
+            progress(f"waiting for another ppc-lab run using {CACHE}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run_lab(args.only, started)
+
+
+def _try_lock(lock: Any) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _run_lab(only: str | None, started: float) -> int:
+    """The lab under the cache lock: prepare, boot, check, report."""
     try:
         if shutil.which(QEMU) is None:
             raise LabError(f"{QEMU} not found: install Debian's qemu-system-ppc (make deps does)")
         apt_update()
-        configs = [c for c in CONFIGS if args.only in (None, c)]
+        configs = [c for c in CONFIGS if only in (None, c)]
         stock, stock_root = stock_kernel()
         kernels = {"stock": stock, **({"pr": pr_kernel()} if "pr" in configs else {})}
         initrd = initramfs(guest_root(), stock_root)
