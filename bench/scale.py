@@ -211,25 +211,40 @@ class Fleet:
         self.stopped_by = f"reached --count {count}"
 
     def destroy_all(self) -> int:
-        """Stops and destroys every VM (4 at a time); kills by pid the runners the agent could not destroy."""
-
-        def one(name: str) -> bool:
-            for call in (self.stub.StopVm, self.stub.DestroyVm):
-                with contextlib.suppress(grpc.RpcError):
-                    call(pb.VmRequest(name=name), timeout=30)
-            try:
-                self.stub.GetVm(pb.VmRequest(name=name), timeout=10)
-            except grpc.RpcError as e:
-                return bool(e.code() == grpc.StatusCode.NOT_FOUND)
-            return False
-
-        with cf.ThreadPoolExecutor(4) as pool:
-            done = dict(zip(self.vms, pool.map(one, self.vms), strict=True))
-        leftover = [self.vms[n] for n, ok in done.items() if not ok]
+        """Stops and destroys every VM of the agent (4 at a time), including one whose CreateVm was still in flight
+        when Ctrl-C came; kills by pid the runners the agent could not destroy. Returns how many were killed."""
+        done: dict[str, bool] = {}
+        for _ in range(3):  # an interrupted CreateVm may show up only after the first round
+            self._adopt_listed()
+            todo = [n for n in self.vms if not done.get(n)]
+            if not todo:
+                break
+            with cf.ThreadPoolExecutor(4) as pool:
+                done.update(zip(todo, pool.map(self._destroy, todo), strict=True))
+            time.sleep(0.5)
+        leftover = [self.vms[n] for n, ok in done.items() if not ok and self.vms[n] > 0]
         for pid in leftover:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return len(leftover)
+
+    def _adopt_listed(self) -> None:
+        """Adds every VM the agent lists (the agent is this run's own: all its VMs are ours)."""
+        with contextlib.suppress(grpc.RpcError):
+            for vm in self.stub.ListVms(pb.ListVmsRequest(), timeout=30).vms:
+                if vm.runner_pid or vm.spec.name not in self.vms:
+                    self.vms[vm.spec.name] = vm.runner_pid
+
+    def _destroy(self, name: str) -> bool:
+        """Stops and destroys one VM; True once the agent no longer knows it."""
+        for call in (self.stub.StopVm, self.stub.DestroyVm):
+            with contextlib.suppress(grpc.RpcError):
+                call(pb.VmRequest(name=name), timeout=30)
+        try:
+            self.stub.GetVm(pb.VmRequest(name=name), timeout=10)
+        except grpc.RpcError as e:
+            return bool(e.code() == grpc.StatusCode.NOT_FOUND)
+        return False
 
 
 def latency(stub: Any, calls: int) -> dict[str, list[float]]:
