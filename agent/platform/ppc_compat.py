@@ -2,8 +2,10 @@
 
 HV sets a level with KVM_REG_PPC_ARCH_COMPAT (up to the host's level; the kernel refuses higher values with EINVAL)
 but refuses any sregs PVR other than the host's. PR emulates any Book3S PVR through kvm_sregs.pvr but has no
-ARCH_COMPAT register (EINVAL), so a level below the host's leaves the newer instructions visible. BookE accepts only
-the host's PVR. (reference/PPC_ON_TCG.md A and D; book3s_hv.c kvmppc_set_arch_compat, set_sregs_hv.)
+ARCH_COMPAT register (EINVAL): a STRICT level is refused under PR, even the host's own (the guest would run the
+raw PVR, not the architected mode), and BEST_EFFORT runs the host's PVR with the newer instructions visible.
+BookE accepts only the host's PVR. (reference/PPC_ON_TCG.md A and D; book3s_hv.c kvmppc_set_arch_compat,
+set_sregs_hv; the real kernels agree in the PowerPC lab, issue 8.)
 """
 
 from __future__ import annotations
