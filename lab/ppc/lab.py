@@ -1,13 +1,15 @@
 """The PowerPC lab (issue 8): kvmplat's own PowerPC code against real KVM-HV and KVM-PR inside an emulated POWER9.
 
-    .venv/bin/python lab/ppc/lab.py [--only hv|pr] [--keep-logs]      (what `make ppc-lab` runs)
+    .venv/bin/python lab/ppc/lab.py [--only hv|pr]      (what `make ppc-lab` runs)
 
-Prepares, in the cache ($KVMPLAT_PPC_CACHE, default /var/cache/kvmplat/ppc), with progress on stderr:
+Prepares (ppc_prepare.py), in the cache ($KVMPLAT_PPC_CACHE, default /var/cache/kvmplat/ppc, else
+~/.cache/kvmplat/ppc), with progress on stderr:
   apt/       a private apt configuration for Debian bookworm ppc64el (the host's dpkg is never touched)
-  debs/      the ppc64el .debs fetched with `apt-get download`: the stock kernel, busybox-static, python3.11, cffi
-  root-KEY/  those packages unpacked with `dpkg-deb -x` (never installed), stdlib .pyc compiled on this host
+  debs/      the .debs from `apt-get download`: the stock kernel, linux-source-6.1, busybox-static, python3.11, cffi
+  kernel-linux-image-*/   Debian's ppc64el kernel (vmlinux, kvm.ko, kvm-hv.ko), unpacked with `dpkg-deb -x`
+  root-KEY/  the guest packages unpacked with `dpkg-deb -x` (never installed), stdlib .pyc compiled on this host
   kernel-pr-KEY/vmlinux   the KVM-PR kernel built from linux-source-6.1 with kvm-pr.config (only when absent)
-  logs/      the console of each boot
+  initrd.cpio, logs/      the initramfs (rebuilt each run: kvmplat's code is staged fresh) and each boot's console
 then boots QEMU's pseries POWER9 twice (HV: stock kernel, cap-nested-hv, radix; PR: built kernel, disable_radix).
 In each guest /init (init.sh) runs `python3.11 -m kvmplat.agent.platform.ppc_lab`: it learns the host from the real
 /dev/kvm, predicts every case with the agent's resolution, applies the plan and compares, then runs the ppc probe

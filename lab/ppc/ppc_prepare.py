@@ -35,7 +35,25 @@ def _cache_dir() -> Path:
 
 
 CACHE = _cache_dir()
-MIRROR = os.environ.get("KVMPLAT_PPC_MIRROR", "http://deb.debian.org/debian")
+
+
+def _mirror() -> str:
+    """$KVMPLAT_PPC_MIRROR, else the Debian archive this host's apt already uses, else deb.debian.org."""
+    if os.environ.get("KVMPLAT_PPC_MIRROR"):
+        return os.environ["KVMPLAT_PPC_MIRROR"]
+    apt = Path("/etc/apt")
+    for f in [apt / "sources.list", *sorted(apt.glob("sources.list.d/*.sources")), *apt.glob("sources.list.d/*.list")]:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        for uri in re.findall(r"^\s*(?:URIs:|deb(?:\s+\[[^]]*\])?)\s+(https?://\S+)", text, re.M):
+            if uri.rstrip("/").endswith("/debian"):
+                return uri.rstrip("/")
+    return "http://deb.debian.org/debian"
+
+
+MIRROR = _mirror()
 KERNEL_META = "linux-image-powerpc64le"
 SOURCE_PKG = "linux-source-6.1"
 # python3.11 and cffi (ABI mode) with only the libraries the lab's imports load; the stdlib's optional extension
