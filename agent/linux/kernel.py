@@ -12,7 +12,8 @@ __all__ = ["Kernel"]
 
 @dataclass(frozen=True)
 class Kernel:
-    """A parsed kernel: its setup header, its bytes at physical addresses, the range it needs, its 64-bit entry."""
+    """A parsed kernel: its setup header, its bytes at physical addresses, the range it needs, its entry point and
+    the boot protocol mode it is entered in (64: long mode on identity page tables; 32: protected mode, no paging)."""
 
     header: SetupHeader
     segments: tuple[Segment, ...]
@@ -20,3 +21,4 @@ class Kernel:
     end: int  # first physical address past everything it needs before it reads the e820 map
     entry: int
     description: str
+    entry_bits: int = 64

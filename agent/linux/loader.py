@@ -17,6 +17,7 @@ from kvmplat.agent.linux.layout import (
     ZERO_PAGE_ADDR,
     e820_map,
     entry_state,
+    entry_state_32,
     fixed_segments,
 )
 from kvmplat.agent.linux.mptable import MAX_VCPUS, mptable
@@ -87,7 +88,7 @@ def load_linux(kernel: bytes, initrd: bytes | None, cmdline: str, memory_size: i
     segments += [Segment(ZERO_PAGE_ADDR, params), *parsed.segments]
     return GuestImage(
         segments=tuple(segments),
-        bsp=entry_state(parsed.entry),
+        bsp=entry_state_32(parsed.entry) if parsed.entry_bits == 32 else entry_state(parsed.entry),
         ap=None,  # application processors wait for the kernel's INIT/SIPI through the in-kernel LAPIC
         description=f"{parsed.description}; {vcpus} vCPU, {memory_size // MIB} MiB",
     )

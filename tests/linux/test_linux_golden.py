@@ -38,7 +38,7 @@ def _zero_page(image: GuestImage) -> bytes:
 
 @pytest.mark.parametrize("vcpus", [1, 2])
 def test_bzimage_golden(vcpus: int) -> None:
-    """A relocatable bzImage: payload at pref_address, entry +0x200, initrd at the top of 64 MiB."""
+    """A relocatable bzImage: payload at pref_address, entered there (32-bit protocol), initrd at the top of 64 MiB."""
     image = load_linux(fake_bzimage(), INITRD, CMDLINE, 64 * MIB, vcpus)
     _check(f"bzimage-{vcpus}cpu", image)
 
@@ -59,16 +59,18 @@ def test_bzimage_semantics() -> None:
     assert cmd_ptr == 0x20000 and initrd_addr_max == 0x7FFFFFFF
     assert ramdisk_size == len(INITRD) and ramdisk_image % 4096 == 0 and ramdisk_image + ramdisk_size <= 64 * MIB
     assert (0x1000000, BZ_PAYLOAD) in {(s.gpa, s.data) for s in image.segments}
-    assert image.bsp.regs["rip"] == 0x1000200 and image.bsp.regs["rsi"] == 0x7000
-    assert image.bsp.control["efer"] & 0x500 == 0x500 and image.bsp.control["cr4"] & 0x20
-    assert image.bsp.segments["cs"].l == 1 and image.bsp.segments["cs"].selector == 0x10
+    # the 32-bit boot protocol at startup_32: protected mode, paging off, flat segments, esi -> boot_params
+    assert image.bsp.regs["rip"] == 0x1000000 and image.bsp.regs["rsi"] == 0x7000
+    assert image.bsp.control["cr0"] & 0x80000001 == 0x1 and image.bsp.control["efer"] == 0
+    cs, ds = image.bsp.segments["cs"], image.bsp.segments["ds"]
+    assert (cs.l, cs.db, cs.selector, ds.selector, cs.limit) == (0, 1, 0x10, 0x18, 0xFFFFFFFF)
     assert image.ap is None
 
 
 def test_bzimage_non_relocatable_loads_at_1mib() -> None:
     """Without relocatable_kernel the protected-mode code goes to the classic 1 MiB."""
     image = load_linux(fake_bzimage(relocatable_kernel=0), None, "", 64 * MIB, 1)
-    assert image.bsp.regs["rip"] == 0x100200
+    assert image.bsp.regs["rip"] == 0x100000
     assert struct.unpack_from("<II", _zero_page(image), 0x218) == (0, 0)
 
 
