@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kvmplat.agent.errors import KvmplatError
+from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm import Vcpu
 from kvmplat.agent.lifecycle import Event, State, next_state
 from kvmplat.agent.runner.console import ConsoleReader
@@ -245,7 +245,9 @@ class VmRunner:
 
         with self._lock:
             if self.machine is None or self.state is not State.RUNNING:
-                raise KvmplatError(f"VM {self.name!r} is {self.state.name}: its console takes input only while RUNNING")
+                raise FailedPrecondition(
+                    f"VM {self.name!r} is {self.state.name}: its console takes input only while RUNNING"
+                )
             return int(lib.kp_vm_console_input(self.machine.cvm, data, len(data)))
 
     def wait_destroyed(self) -> None:

@@ -57,11 +57,14 @@ class Agent:
         self.client = Client(self.address, timeout=30.0)
         assert self.client.wait_ready(20.0), f"agent did not answer: {self.log.read_text()[-500:]}"
 
-    def boot(self, name: str, kernel: str, cmdline: str = "", initrd: str = "", **spec: int) -> None:
-        """Creates and starts a Linux guest (1 vCPU and 16 MiB unless told otherwise)."""
+    def boot(
+        self, name: str, kernel: str, cmdline: str = "", initrd: str = "", pv: tuple[int, ...] = (pb.KVM,), **spec: int
+    ) -> None:
+        """Creates and starts a Linux guest (1 vCPU, 16 MiB and the KVM pv interface unless told otherwise)."""
         boot = pb.BootSpec(kernel=kernel, initrd=initrd, cmdline=cmdline)
         vm = pb.VmSpec(name=name, vcpus=spec.get("vcpus", 1), memory_mib=spec.get("memory_mib", 16), boot=boot)
-        vm.platform.pv.append(pb.KVM)
+        vm.platform.abi = pb.BARE_METAL
+        vm.platform.pv.extend(pv)
         self.client.create_vm(vm, start=True)
 
     def events(self, name: str) -> list[pb.Event]:
