@@ -5,6 +5,7 @@ the agent's error tree.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -14,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
-from kvmplat.agent.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from kvmplat.agent.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    KvmplatError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from kvmplat.agent.events import Bus, event_from_runner
 from kvmplat.agent.lifecycle import Event, State, next_state
 from kvmplat.agent.platforms import Platforms
@@ -27,9 +35,12 @@ __all__ = ["Controller", "VmRecord"]
 
 log = logging.getLogger("kvmplat.agent")
 LIVE = (State.CREATED, State.RUNNING, State.PAUSED)
-# A runner that died while no agent watched may have emitted events nobody saw; the agent's own CRASHED event
-# then jumps this far past the last sequence number it knew, a gap every watcher can see.
-ADOPT_SEQ_GAP = 4096
+# Sequence numbers are reserved in blocks: before the agent publishes an event beyond the block recorded in the VM's
+# state file, it durably records the next block. A runner that died while no agent watched may have emitted events
+# nobody saw; the agent's own CRASHED event then takes the number after the recorded block: above every number any
+# watcher of an earlier agent saw (no reuse), and a gap every watcher can see.
+SEQ_BLOCK = 4096
+ADOPT_SEQ_GAP = SEQ_BLOCK  # for records written before blocks were recorded: past the last known number
 
 
 @dataclass
@@ -43,8 +54,10 @@ class VmRecord:
     reason: str = ""
     pid: int = 0
     last_seq: int = 0
+    seq_reserved: int = SEQ_BLOCK
     created: float = field(default_factory=time.time)
     runner: RunnerClient | None = None
+    greeted: bool = False  # the runner answered hello: its replay reached last_seq, the newest number it used
     destroying: bool = False
 
     @property
@@ -63,6 +76,7 @@ class VmRecord:
             "state": self.state.name,
             "reason": self.reason,
             "last_seq": self.last_seq,
+            "seq_reserved": self.seq_reserved,
             "created": self.created,
         }
 
@@ -134,7 +148,7 @@ class Controller:
             }
             rec.pid = await self.template.spawn(config)
             self.vms[spec.name] = rec
-            self.store.save(rec.name, rec.to_json())
+            await asyncio.to_thread(self.store.save, rec.name, rec.to_json())  # before any event can arrive
             await self._connect(rec, since=0)
         finally:
             self._creating.discard(spec.name)
@@ -194,16 +208,27 @@ class Controller:
         hello = await rec.runner.call("hello", since=since)
         rec.pid = int(hello["pid"])
         rec.state, rec.reason = State[hello["state"]], str(hello["reason"])
+        rec.greeted = True
 
     def _on_event(self, rec: VmRecord, e: dict[str, Any]) -> None:
         if int(e["seq"]) <= rec.last_seq:
             return  # already seen (a replay after re-adoption)
         rec.last_seq = int(e["seq"])
+        if rec.last_seq > rec.seq_reserved and not rec.destroying:
+            rec.seq_reserved = rec.last_seq + SEQ_BLOCK  # recorded before any watcher sees a number past the old block
+            self._persist(rec, durable=True)
         if "state" in e and e["state"].get("to") in State.__members__:
             rec.state, rec.reason = State[e["state"]["to"]], str(e["state"].get("reason", ""))
             if rec.state is not State.DESTROYED and not rec.destroying:
-                self.store.save(rec.name, rec.to_json(), durable=False)  # the runner holds the truth
+                self._persist(rec, durable=False)  # the runner holds the truth
         self.bus.publish(event_from_runner(rec.name, e))
+
+    def _persist(self, rec: VmRecord, durable: bool) -> None:
+        """Writes the VM's record; a failed write (disk full) is logged, never allowed to end the runner's stream."""
+        try:
+            self.store.save(rec.name, rec.to_json(), durable=durable)
+        except OSError as e:
+            log.error("VM %s: cannot write its record to %s: %s", rec.name, self.store.vms, e)
 
     def _on_lost(self, rec: VmRecord) -> None:
         if self.closing or rec.destroying or self.vms.get(rec.name) is not rec:
@@ -213,7 +238,8 @@ class Controller:
             alive = _alive(rec.pid)
             how = "closed its connection" if alive else "died"
             why = f"runner (pid {rec.pid}) {how} while the VM was {rec.state.name}"
-            self._crash(rec, why, rec.last_seq + 1)
+            # before hello, an earlier agent may have shown numbers this one has not seen yet: skip its whole block
+            self._crash(rec, why, rec.last_seq + 1 if rec.greeted else rec.seq_reserved + 1)
 
     def _crash(self, rec: VmRecord, why: str, seq: int) -> None:
         """Records a CRASHED state change that the agent itself observed (the runner cannot report it)."""
@@ -223,35 +249,34 @@ class Controller:
         log.warning("VM %s crashed: %s", rec.name, why)
 
     async def adopt_all(self) -> None:
-        """Re-adopts the runners of the VMs in the state directory (after an agent restart)."""
+        """Re-adopts the runners of the VMs in the state directory (after an agent restart), all at once: a record
+        that cannot be used, or a runner that is gone or does not answer, costs only its own VM."""
+        recs = []
         for data in self.store.load_all():
-            try:
-                spec = json_format.ParseDict(data["spec"], pb.VmSpec())
-                eff = json_format.ParseDict(data.get("effective", {}), pb.EffectivePlatform())
-                rec = VmRecord(
-                    spec=spec,
-                    effective=eff,
-                    socket=data["socket"],
-                    pid=int(data.get("pid", 0)),
-                    state=State[data.get("state", "CREATED")],
-                    reason=data.get("reason", ""),
-                    created=float(data.get("created", time.time())),
-                )
-            except (KeyError, ValueError, json_format.ParseError) as e:
-                log.error("skipping VM record %s: %s", data.get("name"), e)
+            rec = _record_from(data)
+            if rec is None:
+                continue
+            if rec.name in self.vms:
+                log.error("skipping VM record %s: a record of that name was loaded already", data.get("name"))
                 continue
             self.vms[rec.name] = rec
-            try:
-                await self._connect(rec, since=0)
-                log.info("re-adopted VM %s (runner pid %d, %s)", rec.name, rec.pid, rec.state.name)
-            except (RunnerLost, OSError) as e:
-                rec.runner = None
-                if rec.state in LIVE:
-                    self._crash(
-                        rec,
-                        f"runner (pid {rec.pid}) was gone when the agent restarted ({e})",
-                        int(data.get("last_seq", 0)) + ADOPT_SEQ_GAP,
-                    )
+            recs.append(rec)
+        await asyncio.gather(*(self._adopt(rec) for rec in recs))
+
+    async def _adopt(self, rec: VmRecord) -> None:
+        try:
+            await self._connect(rec, since=0)
+            log.info("re-adopted VM %s (runner pid %d, %s)", rec.name, rec.pid, rec.state.name)
+        except RunnerLost as e:
+            if rec.runner is not None:
+                await rec.runner.close()
+            rec.runner = None
+            if rec.state in LIVE:
+                why = f"runner (pid {rec.pid}) was gone when the agent restarted ({e})"
+                self._crash(rec, why, rec.seq_reserved + 1)
+        except KvmplatError as e:  # connected, but it does not answer (stopped, stuck in an ioctl) or refuses hello
+            log.error("VM %s: its runner (pid %d) did not answer the agent: %s", rec.name, rec.pid, e)
+            rec.reason = f"runner (pid {rec.pid}) did not answer when the agent restarted: {e}"
 
     async def close(self) -> None:
         """Disconnects from the runners (they keep running for the next agent)."""
@@ -260,6 +285,29 @@ class Controller:
             if rec.runner is not None:
                 await rec.runner.close()
         await self.template.close()
+
+
+def _record_from(data: dict[str, Any]) -> VmRecord | None:
+    """A VM record from its state file's contents; None (reported) when it cannot be used."""
+    try:
+        spec = json_format.ParseDict(data["spec"], pb.VmSpec())
+        validate_name(spec.name)
+        if spec.name != data.get("name", spec.name):
+            raise ValueError(f"its name {data.get('name')!r} differs from its spec's {spec.name!r}")
+        last_seq = int(data.get("last_seq", 0))
+        return VmRecord(
+            spec=spec,
+            effective=json_format.ParseDict(data.get("effective", {}), pb.EffectivePlatform()),
+            socket=str(data["socket"]),
+            pid=int(data.get("pid", 0)),
+            state=State[data.get("state", "CREATED")],
+            reason=str(data.get("reason", "")),
+            seq_reserved=max(int(data.get("seq_reserved", 0)), last_seq + ADOPT_SEQ_GAP),
+            created=float(data.get("created", time.time())),
+        )
+    except (KeyError, ValueError, TypeError, AttributeError, json_format.ParseError, KvmplatError) as e:
+        log.error("skipping VM record %s: %s", data.get("name"), e)
+        return None
 
 
 def _alive(pid: int) -> bool:

@@ -21,6 +21,10 @@ DEFAULT_IMAGE_DIR = "/var/lib/kvmplat/images"
 HEADROOM_MIB = 1024  # kept for the host and the agent itself
 VCPUS_PER_CORE = 128  # idle vCPUs cost nothing here; a scheduler sizes hosts with --max-vcpus
 
+# gRPC message size limits: requests are small (a spec, a console write); replies can carry a long ListVms.
+MAX_RECEIVE = 4 << 20
+MAX_SEND = 16 << 20
+
 log = logging.getLogger("kvmplat.agent")
 
 
@@ -97,7 +101,7 @@ async def serve(args: argparse.Namespace) -> int:
     from kvmplat.agent.kvm import Kvm
     from kvmplat.agent.platforms import Platforms
     from kvmplat.agent.runner.client import TemplateClient
-    from kvmplat.agent.server import AgentServicer
+    from kvmplat.agent.server import AgentServicer, DecodeGuard
     from kvmplat.agent.store import Store
     from kvmplat.agent.tls import listener
     from kvmplat.agent.validate import Limits
@@ -122,8 +126,8 @@ async def serve(args: argparse.Namespace) -> int:
     )
 
     server = grpc.aio.server(
-        interceptors=lis.interceptors,
-        options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 16 << 20)],
+        interceptors=[*lis.interceptors, DecodeGuard()],  # roles first: a stranger's bytes are not even parsed for it
+        options=[("grpc.max_receive_message_length", MAX_RECEIVE), ("grpc.max_send_message_length", MAX_SEND)],
     )
     agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(controller), server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from kvmplat.agent.status import to_status
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
-__all__ = ["AgentServicer"]
+__all__ = ["AgentServicer", "DecodeGuard"]
 
 log = logging.getLogger("kvmplat.agent")
 T = TypeVar("T")
@@ -40,6 +41,88 @@ def _rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         raise AssertionError("unreachable")
 
     return metrics.instrument(wrapper)
+
+
+class _Undecodable:
+    """A request whose bytes the method's message type could not parse."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:  # DecodeError and whatever else a parser raises on hostile bytes
+            return _Undecodable(e)
+
+    return parse
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
+    """Turns requests whose bytes do not parse as the method's message into INVALID_ARGUMENT, on every service.
+
+    gRPC Python reports a request that fails to deserialize as UNKNOWN ("Unexpected DecodeError"), which reads like
+    an agent fault; a corrupt message is the caller's. The method's deserializer is wrapped so that it never raises,
+    and each behaviour refuses an undecodable request before the servicer sees it.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """The method's handler with a deserializer that never raises and behaviours that refuse what it flagged."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        name = str(handler_call_details.method)
+        wrapped: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer)}
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                streaming_in = kind.startswith("stream_")
+                wrapped[kind] = _guard(behavior, name, streaming_in)
+        return handler._replace(**wrapped)
+
+
+async def _refuse(context: Any, method: str, request: _Undecodable) -> None:
+    why = f"{method}: the request is not a valid protobuf message ({request.error})"
+    await context.abort_with_status(to_status(InvalidArgument(why)))
+
+
+def _guard(behavior: Callable[..., Any], method: str, streaming_in: bool) -> Callable[..., Any]:
+    async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for r in requests:
+            if isinstance(r, _Undecodable):
+                await _refuse(context, method, r)
+            yield r
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if streaming_in:
+                request = checked(request, context)
+            elif isinstance(request, _Undecodable):
+                await _refuse(context, method, request)
+            async for item in behavior(request, context):
+                yield item
+
+        return stream
+
+    async def call(request: Any, context: Any) -> Any:
+        if streaming_in:
+            request = checked(request, context)
+        elif isinstance(request, _Undecodable):
+            await _refuse(context, method, request)
+        result = behavior(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return call
 
 
 class AgentServicer(pbg.AgentServicer):

@@ -32,6 +32,8 @@ __all__ = [
 ENV_AGENT = "KVMPLAT_AGENT"
 DEFAULT_ADDRESS = "unix:///run/kvmplat/agent.sock"
 DEFAULT_TIMEOUT = 10.0
+# gRPC message size limits, the agent's mirrored: requests up to 4 MiB, replies up to 16 MiB.
+CHANNEL_OPTIONS = (("grpc.max_send_message_length", 4 << 20), ("grpc.max_receive_message_length", 16 << 20))
 # How long a failed call may spend asking whether the channel is connected, to tell "agent said UNAVAILABLE" from
 # "no agent there"; only failed calls pay it.
 _READY_PROBE_S = 0.2
@@ -140,7 +142,11 @@ class Client:
             target = grpc_target(self.address)
             if tls is not None and target.startswith("unix:"):
                 raise AddressError("TLS is for tcp:// addresses; a unix socket is guarded by file permissions")
-            channel = grpc.secure_channel(target, tls.credentials()) if tls else grpc.insecure_channel(target)
+            channel = (
+                grpc.secure_channel(target, tls.credentials(), options=CHANNEL_OPTIONS)
+                if tls
+                else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            )
         self._channel = channel
         self._stub = pb_grpc.AgentStub(channel)  # type: ignore[no-untyped-call]  # generated, no .pyi
 

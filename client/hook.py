@@ -37,6 +37,9 @@ from typing import IO, Any, NamedTuple
 from kvmplat.client.domain_xml import MAX_XML_BYTES, DomainXmlError, Translation, translate
 from kvmplat.v1 import agent_pb2 as pb
 
+# client.py's CHANNEL_OPTIONS, repeated: the hook does not import the Client (its start-up cost)
+CHANNEL_OPTIONS = (("grpc.max_send_message_length", 4 << 20), ("grpc.max_receive_message_length", 16 << 20))
+
 __all__ = ["CONFIG_PATH", "ENV_AGENT", "ENV_CONFIG", "ConfigError", "HookConfig", "load_config", "main"]
 
 CONFIG_PATH = "/etc/kvmplat/hook.conf"
@@ -132,9 +135,9 @@ class Agent:
         target = _target(config.agent)
         if config.agent.startswith("tcp://") and (config.tls_ca or config.tls_cert):
             creds = grpc.ssl_channel_credentials(_read(config.tls_ca), _read(config.tls_key), _read(config.tls_cert))
-            self._channel = grpc.secure_channel(target, creds)
+            self._channel = grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.insecure_channel(target)
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = agent_pb2_grpc.AgentStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = config.timeout
 

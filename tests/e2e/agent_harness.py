@@ -7,9 +7,11 @@ import contextlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -17,6 +19,7 @@ from kvmplat.client.client import Client
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
+AgentFactory = Callable[..., "AgentProc"]  # the agent_factory fixture: flags in, a running agent out
 AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 
 
@@ -105,3 +108,31 @@ def fd_targets(pid: int) -> list[str]:
         with contextlib.suppress(OSError):
             out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
     return out
+
+
+def flood_kernel(directory: Path, line: int = 400) -> Path:
+    """A tiny 64-bit ELF "kernel" (booted by the Linux loader) that writes `line`-character lines to COM1 forever."""
+    # mov $0x3f8,%dx; outer: lea msg(%rip),%rsi; inner: lodsb; test %al,%al; jz outer; out %al,%dx; jmp inner; msg
+    code = bytes.fromhex("66baf803") + b"\x48\x8d\x35" + struct.pack("<i", 8) + bytes.fromhex("ac84c074f4eeebf8")
+    code += b"f" * (line - 1) + b"\n\0"
+    load = 0x100000
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    ehdr = struct.pack("<16sHHIQQQIHHHHHH", ident, 2, 62, 1, load, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, load, load, len(code), len(code), 0x1000)
+    path = directory / "flood.elf"
+    path.write_bytes((ehdr + phdr).ljust(0x1000, b"\0") + code)
+    return path
+
+
+def kernel_spec(name: str, kernel: Path, memory_mib: int = 64) -> pb.VmSpec:
+    """A VmSpec booting `kernel` (from an --image-dir) on one vCPU."""
+    return pb.VmSpec(name=name, vcpus=1, memory_mib=memory_mib, boot=pb.BootSpec(kernel=str(kernel)))
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident set size (VmRSS) in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_harness import AgentProc
-
-AgentFactory = Callable[..., AgentProc]
+from agent_harness import AgentFactory, AgentProc
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from agent_harness import AgentProc, loop_spec
-from conftest import AgentFactory
+from agent_harness import AgentFactory, AgentProc, loop_spec
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings

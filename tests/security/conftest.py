@@ -4,42 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tls_harness import Agent, channel, free_port, make_pki, stub
+from tls_harness import TlsAgent, channel, make_pki, start_tls_agent, stub
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CA, server, operator, reader, stranger (CA-signed) and rogue (self-signed CN=operator) PEM files."""
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def tls_flags(pki: Path) -> list[str]:
-    """The agent's mutual-TLS flags for pki."""
-    cert, key, ca = (str(pki / f) for f in ("server.pem", "server.key", "ca.pem"))
-    return ["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca]
-
-
-class TlsAgent:
-    """A running mutual-TLS agent and its port."""
-
-    def __init__(self, agent: Agent, port: int, pki: Path) -> None:
-        self.agent, self.port, self.pki = agent, port, pki
-
-    def stub(self, who: str | None) -> Any:
-        """An Agent stub presenting `who`'s certificate."""
-        return stub(channel(self.port, self.pki, who))
-
-
-def start_tls_agent(pki: Path, *flags: str) -> TlsAgent:
-    """Starts an agent on a free port with mutual TLS and `flags`; waits until the operator certificate is served."""
-    port = free_port()
-    agent = Agent(f"tcp://127.0.0.1:{port}", *tls_flags(pki), *flags)
-    ta = TlsAgent(agent, port, pki)
-    agent.wait_ready(stub(channel(port, pki, "operator")))
-    return ta
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import tls_flags
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
-from tls_harness import Agent, free_port
+from tls_harness import Agent, free_port, tls_flags
 
 pytestmark = [pytest.mark.e2e]
 

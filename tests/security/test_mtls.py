@@ -10,10 +10,9 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import TlsAgent, start_tls_agent
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvmplat.v1 import agent_pb2 as pb
-from tls_harness import channel
+from tls_harness import TlsAgent, channel, start_tls_agent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 

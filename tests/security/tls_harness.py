@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from kvmplat.v1 import agent_pb2 as pb
@@ -110,3 +111,29 @@ class Agent:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def tls_flags(pki: Path) -> list[str]:
+    """The agent's mutual-TLS flags for pki."""
+    cert, key, ca = (str(pki / f) for f in ("server.pem", "server.key", "ca.pem"))
+    return ["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca]
+
+
+class TlsAgent:
+    """A running mutual-TLS agent and its port."""
+
+    def __init__(self, agent: Agent, port: int, pki: Path) -> None:
+        self.agent, self.port, self.pki = agent, port, pki
+
+    def stub(self, who: str | None) -> Any:
+        """An Agent stub presenting `who`'s certificate."""
+        return stub(channel(self.port, self.pki, who))
+
+
+def start_tls_agent(pki: Path, *flags: str) -> TlsAgent:
+    """Starts an agent on a free port with mutual TLS and `flags`; waits until the operator certificate is served."""
+    port = free_port()
+    agent = Agent(f"tcp://127.0.0.1:{port}", *tls_flags(pki), *flags)
+    ta = TlsAgent(agent, port, pki)
+    agent.wait_ready(stub(channel(port, pki, "operator")))
+    return ta
