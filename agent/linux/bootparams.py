@@ -34,6 +34,7 @@ LOADER_UNDEFINED = 0xFF  # type_of_loader for a boot loader without an assigned 
 
 HDR_START = 0x1F1
 HDR_END_MAX = 0x290
+ACPI_RSDP_OFF = 0x070  # boot_params.acpi_rsdp_addr (protocol 2.14): where the kernel finds ACPI without a scan
 E820_ENTRIES_OFF = 0x1E8
 E820_TABLE_OFF = 0x2D0
 E820_MAX = 128
@@ -147,9 +148,11 @@ def zero_page(
     cmdline_addr: int,
     initrd: tuple[int, int],
     e820: list[tuple[int, int, int]],
+    acpi_rsdp: int = 0,
 ) -> bytes:
-    """boot_params: the kernel's setup header plus what the loader decided (cmdline, initrd, e820, loader id)."""
+    """boot_params: the kernel's setup header plus what the loader decided (cmdline, initrd, e820, loader id, RSDP)."""
     page = bytearray(4096)
+    struct.pack_into("<Q", page, ACPI_RSDP_OFF, acpi_rsdp)
     page[HDR_START : HDR_START + len(hdr.raw)] = hdr.raw
     _put(page, "type_of_loader", LOADER_UNDEFINED)
     _put(page, "code32_start", code32_start)

@@ -9,6 +9,7 @@ The low 1 MiB holds the loader's own structures (Firecracker's layout, with the 
     0x09000  PML4, 0x0a000 PDPT, 0x0b000..0x0efff four page directories (2 MiB pages, identity, first 4 GiB)
     0x20000  kernel command line (at most 64 KiB)
     0x9fc00  MP floating pointer + configuration table (last KB of base memory, reserved up to 1 MiB)
+    0xe0000  ACPI RSDP and an empty RSDT (kvmplat.agent.linux.acpi: spares the kernel a scan of the BIOS area)
     0x100000 RAM for the kernel; bzImage at pref_address (16 MiB for Debian) when relocatable, else 1 MiB;
              ELF segments at their p_paddr; the initramfs at the top, under initrd_addr_max.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kvmplat.agent.boot import GuestImage, Segment
 from kvmplat.agent.errors import InvalidArgument
+from kvmplat.agent.linux.acpi import RSDP_ADDR, acpi_tables
 from kvmplat.agent.linux.bootparams import refuse, zero_page
 from kvmplat.agent.linux.bzimage import parse_bzimage
 from kvmplat.agent.linux.elf import ELF_MAGIC, parse_elf
@@ -79,12 +80,20 @@ def load_linux(kernel: bytes, initrd: bytes | None, cmdline: str, memory_size: i
         raise refuse(f"the kernel needs memory up to {parsed.end / MIB:.1f} MiB, the guest has {memory_size / MIB:g}")
     command = _cmdline(cmdline, parsed.header.cmdline_size)
     segments = [*fixed_segments(), Segment(CMDLINE_ADDR, command), Segment(MPTABLE_ADDR, mptable(MPTABLE_ADDR, vcpus))]
+    segments.append(Segment(RSDP_ADDR, acpi_tables(RSDP_ADDR)))
     ramdisk = (0, 0)
     if initrd:
         ramdisk = (_place_initrd(parsed, len(initrd), memory_size), len(initrd))
         segments.append(Segment(ramdisk[0], initrd))
     e820 = e820_map(memory_size)
-    params = zero_page(parsed.header, code32_start=parsed.start, cmdline_addr=CMDLINE_ADDR, initrd=ramdisk, e820=e820)
+    params = zero_page(
+        parsed.header,
+        code32_start=parsed.start,
+        cmdline_addr=CMDLINE_ADDR,
+        initrd=ramdisk,
+        e820=e820,
+        acpi_rsdp=RSDP_ADDR,
+    )
     segments += [Segment(ZERO_PAGE_ADDR, params), *parsed.segments]
     return GuestImage(
         segments=tuple(segments),

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
+from kvmplat.agent.linux import layout as linux_layout
 from kvmplat.agent.runner import vmrunner
 from kvmplat.agent.runner.vcpu import install_kick_handler
 from kvmplat.agent.runner.wire import decode, encode
@@ -95,6 +96,7 @@ def _unlink(path: str) -> None:
 
 def main() -> None:
     """Serves spawn requests on stdin/stdout until stdin closes."""
+    linux_layout.page_tables()  # cached here, so a Linux guest's runner inherits the loader imported and warm
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         try:
