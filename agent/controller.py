@@ -31,7 +31,7 @@ from kvmplat.agent.store import Store
 from kvmplat.agent.validate import Limits, validate_name, validate_spec
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["Controller", "VmRecord"]
+__all__ = ["Controller", "TemplatePool", "VmRecord"]
 
 log = logging.getLogger("kvmplat.agent")
 LIVE = (State.CREATED, State.RUNNING, State.PAUSED)
@@ -41,6 +41,33 @@ LIVE = (State.CREATED, State.RUNNING, State.PAUSED)
 # watcher of an earlier agent saw (no reuse), and a gap every watcher can see.
 SEQ_BLOCK = 4096
 ADOPT_SEQ_GAP = SEQ_BLOCK  # for records written before blocks were recorded: past the last known number
+
+
+class TemplatePool:
+    """Several runner templates, so that VMs start side by side: a template answers a spawn only once the new runner
+    has built its VM and listens, and one template would make every CreateVm wait for all those queued before it."""
+
+    def __init__(self, templates: list[TemplateClient]) -> None:
+        self._templates = templates
+        self._busy = [0] * len(templates)
+
+    @classmethod
+    async def start(cls, n: int) -> TemplatePool:
+        """Starts `n` templates."""
+        return cls([await TemplateClient.start() for _ in range(max(1, n))])
+
+    async def spawn(self, config: dict[str, Any]) -> int:
+        """Forks a runner from the least busy template; returns its pid once it listens."""
+        i = min(range(len(self._templates)), key=self._busy.__getitem__)
+        self._busy[i] += 1
+        try:
+            return await self._templates[i].spawn(config)
+        finally:
+            self._busy[i] -= 1
+
+    async def close(self) -> None:
+        """Ends the templates (their runners live on)."""
+        await asyncio.gather(*(t.close() for t in self._templates))
 
 
 @dataclass
@@ -59,18 +86,25 @@ class VmRecord:
     runner: RunnerClient | None = None
     greeted: bool = False  # the runner answered hello: its replay reached last_seq, the newest number it used
     destroying: bool = False
+    _fixed: dict[str, Any] = field(default_factory=dict, repr=False)  # spec and effective platform as JSON, once
 
     @property
     def name(self) -> str:
         """The VM's name."""
         return self.spec.name
 
+    def _fixed_json(self) -> dict[str, Any]:
+        if not self._fixed:  # neither changes after create; converting them was most of each record write
+            self._fixed.update(
+                spec=json_format.MessageToDict(self.spec), effective=json_format.MessageToDict(self.effective)
+            )
+        return self._fixed
+
     def to_json(self) -> dict[str, Any]:
         """The persisted form."""
         return {
             "name": self.name,
-            "spec": json_format.MessageToDict(self.spec),
-            "effective": json_format.MessageToDict(self.effective),
+            **self._fixed_json(),
             "socket": self.socket,
             "pid": self.pid,
             "state": self.state.name,
@@ -87,7 +121,7 @@ class Controller:
     def __init__(
         self,
         store: Store,
-        template: TemplateClient,
+        template: TemplatePool,
         platforms: Platforms,
         limits: Limits,
         total_memory_mib: int,
@@ -218,9 +252,12 @@ class Controller:
             rec.seq_reserved = rec.last_seq + SEQ_BLOCK  # recorded before any watcher sees a number past the old block
             self._persist(rec, durable=True)
         if "state" in e and e["state"].get("to") in State.__members__:
-            rec.state, rec.reason = State[e["state"]["to"]], str(e["state"].get("reason", ""))
-            if rec.state is not State.DESTROYED and not rec.destroying:
-                self._persist(rec, durable=False)  # the runner holds the truth
+            old, rec.state, rec.reason = rec.state, State[e["state"]["to"]], str(e["state"].get("reason", ""))
+            # the runner holds the truth; the record only has to tell a later agent whether a VM whose runner is gone
+            # was live (then CRASHED) or had ended, and why: RUNNING <-> PAUSED changes neither, so it is not written
+            toggle = {old, rec.state} == {State.RUNNING, State.PAUSED}
+            if rec.state is not State.DESTROYED and not rec.destroying and not toggle:
+                self._persist(rec, durable=False)
         self.bus.publish(event_from_runner(rec.name, e))
 
     def _persist(self, rec: VmRecord, durable: bool) -> None:

@@ -21,6 +21,7 @@ __all__ = ["register", "spec_from_args"]
 
 # Modules owned elsewhere, imported only when --xml / --from-libvirt is used (libvirt-python is heavy and optional).
 DOMAIN_XML_MODULE = "kvmplat.client.domain_xml"
+MAX_INPUT_BYTES = 4 << 20  # --spec and --xml files (domain_xml refuses above 2 MiB with its own reason)
 LIBVIRT_SOURCE_MODULE = "kvmplat.client.libvirt_source"
 
 
@@ -85,9 +86,14 @@ def spec_from_args(ctx: Context, name: str = "") -> pb.VmSpec:
 
 
 def _read_text(path: str) -> str:
-    """A text file's contents, or UsageError naming it."""
+    """A text file's contents, or UsageError naming it; read only up to MAX_INPUT_BYTES (a spec or a domain XML is
+    small: a huge file, or /dev/zero, is refused without being held in memory)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)
+        if len(data) > MAX_INPUT_BYTES:
+            raise UsageError(f"{path} is larger than {MAX_INPUT_BYTES} bytes: not a VM spec or domain XML")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
