@@ -3,6 +3,7 @@
 The same bzImage, initramfs and command line (the image's own plus `earlyprintk=serial,ttyS0,115200 nokaslr`) to the
 same first line (the decompressor's "KASLR disabled ..." or any early-console line):
   ours            CreateVm(start=True) on a real kvmplat-agent (private socket) → the first matching console event
+                  (each run split on stderr with the VM's milestones: setup, guest, console path)
   qemu microvm    process start → the line on QEMU's stdout (`-enable-kvm -cpu qemu64 -M microvm -kernel … -initrd …`)
   qemu pc         the same with `-M pc` (SeaBIOS first)
 Rounds alternate the three so host noise falls on all of them alike. The image is built first if missing
@@ -84,15 +85,28 @@ def ours_once(address: str, img: dict[str, str], run: int) -> float:
     with Client(address, timeout=30.0) as c:
         stream = c.watch_events(vm="", follow=True)  # subscribed before the VM exists: no line can be missed
         try:
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             c.create_vm(spec, start=True)
             elapsed = _first_console(stream, name, t0)
+            _where_the_time_went(c.get_vm(name).stats, wall0, elapsed)
         finally:
             stream.cancel()
             with contextlib.suppress(Exception):
                 c.stop_vm(name)
             c.destroy_vm(name)
     return elapsed
+
+
+def _where_the_time_went(stats: Any, wall0: float, elapsed: float) -> None:
+    """Splits one run with the VM's milestones: host setup (create -> vCPUs started), the guest (-> its first console
+    byte), and the console path (-> the line seen on the event stream)."""
+    if not (stats.HasField("started") and stats.HasField("first_console_byte")):
+        return
+    started = stats.started.ToNanoseconds() / 1e9
+    first = stats.first_console_byte.ToNanoseconds() / 1e9
+    host, guest = (started - wall0) * 1000, (first - started) * 1000
+    path = elapsed - host - guest
+    say(f"      ours: setup {host:.0f} ms, guest to first byte {guest:.0f} ms, console path {path:.0f} ms")
 
 
 def _first_console(stream: Iterable[Any], name: str, t0: float) -> float:
