@@ -63,10 +63,11 @@ def _boot_to_init(a: Agent, image: dict[str, str], name: str, pv: tuple[int, ...
     a.boot(name, image["kernel"], _cmdline(image, ""), image["initrd"], pv=pv, vcpus=vcpus, memory_mib=MEMORY_MIB)
     a.wait_text(name, "KVMPLAT-INIT", INIT_S)
     vm = a.wait_end(name, INIT_S)
-    assert (vm.state, vm.state_reason) == (pb.STOPPED, "guest reset"), a.console(name)[-2000:]
-    assert vm.stats.HasField("kvmplat_init")
+    console = a.console(name)  # read before the VM is destroyed: its events go with it
     a.discard(name)
-    return a.console(name)
+    assert (vm.state, vm.state_reason) == (pb.STOPPED, "guest reset"), console[-2000:]
+    assert vm.stats.HasField("kvmplat_init")
+    return console
 
 
 @pytest.mark.hardware_kvm
