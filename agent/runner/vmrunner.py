@@ -151,11 +151,17 @@ class VmRunner:
                 if s.by_reason[i]:
                     by[i] = by.get(i, 0) + int(s.by_reason[i])
         mem = self.machine.memory.size if self.machine is not None else 0
-        self._note_first_byte()
+        # under the lock: a teardown frees the C device state; if one is running, it notes the milestone itself
+        if self._lock.acquire(timeout=0.2):
+            try:
+                self._note_first_byte()
+            finally:
+                self._lock.release()
         return out | {"by_reason": by, "memory_bytes": mem, "milestones": dict(self.milestones)}
 
     def _note_first_byte(self) -> None:
-        """Copies the UART's time of the first console byte into the milestones (once it exists)."""
+        """Copies the UART's time of the first console byte into the milestones (once it exists). Called under
+        `_lock`, or on the console thread, which a teardown joins before it frees the machine."""
         from kvmplat.agent._kvmc import lib
 
         machine = self.machine
