@@ -31,7 +31,7 @@ from kvmplat.agent.store import Store
 from kvmplat.agent.validate import Limits, validate_name, validate_spec
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["Controller", "TemplatePool", "VmRecord"]
+__all__ = ["Controller", "VmRecord"]
 
 log = logging.getLogger("kvmplat.agent")
 LIVE = (State.CREATED, State.RUNNING, State.PAUSED)
@@ -41,33 +41,6 @@ LIVE = (State.CREATED, State.RUNNING, State.PAUSED)
 # watcher of an earlier agent saw (no reuse), and a gap every watcher can see.
 SEQ_BLOCK = 4096
 ADOPT_SEQ_GAP = SEQ_BLOCK  # for records written before blocks were recorded: past the last known number
-
-
-class TemplatePool:
-    """Several runner templates, so that VMs start side by side: a template answers a spawn only once the new runner
-    has built its VM and listens, and one template would make every CreateVm wait for all those queued before it."""
-
-    def __init__(self, templates: list[TemplateClient]) -> None:
-        self._templates = templates
-        self._busy = [0] * len(templates)
-
-    @classmethod
-    async def start(cls, n: int) -> TemplatePool:
-        """Starts `n` templates."""
-        return cls([await TemplateClient.start() for _ in range(max(1, n))])
-
-    async def spawn(self, config: dict[str, Any]) -> int:
-        """Forks a runner from the least busy template; returns its pid once it listens."""
-        i = min(range(len(self._templates)), key=self._busy.__getitem__)
-        self._busy[i] += 1
-        try:
-            return await self._templates[i].spawn(config)
-        finally:
-            self._busy[i] -= 1
-
-    async def close(self) -> None:
-        """Ends the templates (their runners live on)."""
-        await asyncio.gather(*(t.close() for t in self._templates))
 
 
 @dataclass
@@ -121,7 +94,7 @@ class Controller:
     def __init__(
         self,
         store: Store,
-        template: TemplatePool,
+        template: TemplateClient,
         platforms: Platforms,
         limits: Limits,
         total_memory_mib: int,

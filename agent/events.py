@@ -109,6 +109,9 @@ class Bus:
                     seen[ev.vm] = ev.seq
                     yield ev
                 if w.overflowed and w.queue.empty():
-                    raise ResourceExhausted(f"event watcher cut off: it fell {WATCH_BUFFER} events behind")
+                    raise ResourceExhausted(
+                        f"event watcher cut off: it fell {WATCH_BUFFER} events behind; watch again with since_seq "
+                        "set to the last sequence number received (events older than the ring are gone)"
+                    )
         finally:
             self._watchers.discard(w)

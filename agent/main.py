@@ -21,7 +21,6 @@ DEFAULT_IMAGE_DIR = "/var/lib/kvmplat/images"
 HEADROOM_MIB = 1024  # kept for the host and the agent itself
 VCPUS_PER_CORE = 128  # idle vCPUs cost nothing here; a scheduler sizes hosts with --max-vcpus
 
-TEMPLATES = 3  # runner templates: VMs start side by side (each template is an idle process of ~15 MB)
 # gRPC message size limits: requests are small (a spec, a console write); replies can carry a long ListVms.
 MAX_RECEIVE = 4 << 20
 MAX_SEND = 16 << 20
@@ -97,10 +96,11 @@ async def serve(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
     from kvmplat.agent import metrics, sdnotify
-    from kvmplat.agent.controller import Controller, TemplatePool
+    from kvmplat.agent.controller import Controller
     from kvmplat.agent.ioctls import Cap
     from kvmplat.agent.kvm import Kvm
     from kvmplat.agent.platforms import Platforms
+    from kvmplat.agent.runner.client import TemplateClient
     from kvmplat.agent.server import AgentServicer, DecodeGuard
     from kvmplat.agent.store import Store
     from kvmplat.agent.tls import listener
@@ -118,7 +118,7 @@ async def serve(args: argparse.Namespace) -> int:
     total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)
     total_vcpus = args.max_vcpus or VCPUS_PER_CORE * (os.cpu_count() or 1)
     limits = Limits(max_vcpus=min(per_vm_vcpus, total_vcpus), max_memory_mib=total_mem, image_dirs=image_dirs)
-    template = await TemplatePool.start(TEMPLATES)
+    template = await TemplateClient.start()
     controller = Controller(store, template, platforms, limits, total_mem, total_vcpus)
     await controller.adopt_all()
     stop_metrics = (
