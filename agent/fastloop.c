@@ -7,7 +7,8 @@
  *
  * Devices (all ports on the PC I/O space):
  *   0x3f8-0x3ff  COM1, an 8250/16550A UART: output is line-buffered to console_fd, input is queued by Python
- *                (kp_vm_console_input) and raises IRQ 4; IER reads back, THRE interrupts are raised after THR writes.
+ *                (kp_vm_console_input) and raises IRQ 4; IER reads back, THRE interrupts are raised after THR writes;
+ *                the wall-clock time of the first THR write is kept (kp_vm_first_console_ns, a VmStats milestone).
  *   0x60, 0x64   i8042 just enough for the reset line: 0xfe written to 0x64 resets the machine, status reads 0.
  *   0x80         POST code / Linux io delay port: ignored.
  *   0xf4         kvmplat exit port (as QEMU's isa-debug-exit): any write powers the guest off.
