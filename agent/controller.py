@@ -284,7 +284,8 @@ class Controller:
             if rec.state in LIVE:
                 why = f"runner (pid {rec.pid}) was gone when the agent restarted ({e})"
                 self._crash(rec, why, rec.seq_reserved + 1)
-        except KvmplatError as e:  # connected, but it does not answer (stopped, stuck in an ioctl) or refuses hello
+        except (KvmplatError, KeyError, ValueError, TypeError) as e:  # no answer (stopped, stuck in an ioctl), or
+            # an answer this agent cannot read: the VM keeps its recorded state, and events still flow if it wakes
             log.error("VM %s: its runner (pid %d) did not answer the agent: %s", rec.name, rec.pid, e)
             rec.reason = f"runner (pid {rec.pid}) did not answer when the agent restarted: {e}"
 

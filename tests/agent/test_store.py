@@ -81,3 +81,25 @@ def test_delete_removes_record_and_socket(tmp_path: Path) -> None:
     store.delete("a")
     store.delete("never-existed")
     assert store.load_all() == [] and not Path(store.socket_path("a")).exists()
+
+
+def test_records_with_unusable_fields_are_reported_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    from kvmplat.agent.controller import ADOPT_SEQ_GAP, SEQ_BLOCK, _record_from
+
+    good = {"name": "a", "spec": {"name": "a", "vcpus": 1}, "socket": "/run/a.sock"}
+    bad = [
+        {**good, "pid": []},
+        {**good, "created": "yesterday"},
+        {**good, "state": "ASLEEP"},
+        {**good, "name": "b"},  # the file names another VM than its spec
+        {**good, "spec": {"name": "../a"}, "name": "../a"},
+        {**good, "spec": {"vcpus": "many"}},
+        {k: v for k, v in good.items() if k != "socket"},
+    ]
+    with caplog.at_level(logging.ERROR, logger="kvmplat.agent"):
+        assert [_record_from(d) for d in bad] == [None] * len(bad)
+    assert len(caplog.records) == len(bad)
+    rec = _record_from({**good, "last_seq": 10, "state": "RUNNING"})
+    assert rec is not None and rec.seq_reserved == 10 + ADOPT_SEQ_GAP  # an old record: past its last known number
+    rec = _record_from({**good, "last_seq": 10, "seq_reserved": 5 * SEQ_BLOCK})
+    assert rec is not None and rec.seq_reserved == 5 * SEQ_BLOCK

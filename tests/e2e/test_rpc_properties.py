@@ -181,3 +181,26 @@ def _parses_to_a_real_request(method: str, data: bytes) -> bool:
     except Exception:
         return False
     return str(msg.name) in VMS
+
+
+@SETTINGS
+@given(data=st.binary(min_size=1, max_size=256))
+def test_garbage_to_health_and_reflection_is_invalid_argument_and_they_still_work(kept: AgentProc, data: bytes) -> None:
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    try:
+        health_pb2.HealthCheckRequest.FromString(data)
+        decodes = True
+    except Exception:
+        decodes = False
+    check = kept.channel.unary_unary("/grpc.health.v1.Health/Check")
+    reflect = kept.channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    for call in (lambda: check(data, timeout=10), lambda: list(reflect(iter([data]), timeout=10))):
+        try:
+            call()
+        except grpc.RpcError as e:
+            assert e.code() in BAD_INPUT_CODES, f"{e.code()} {e.details()}"
+            if not decodes and e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                pytest.fail(f"undecodable bytes got {e.code()}")
+    assert "kvmplat.v1.Agent" in ProtoReflectionDescriptorDatabase(kept.channel).get_services()
