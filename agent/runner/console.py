@@ -18,6 +18,7 @@ __all__ = ["ConsoleReader"]
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
 QUIET_S = 0.2
+LINE_MAX = 4096  # bytes of one console event: a longer line goes out in pieces
 
 
 class ConsoleReader:
@@ -67,4 +68,17 @@ class ConsoleReader:
         lines = (self._pending + data).split(b"\n")
         self._pending = lines.pop()  # what follows the last newline: a partial line
         for line in lines:
+            line = self._emit_long(line)
             self._emit(line.decode(errors="replace") + "\n")
+        # a guest writing without newlines must not grow the buffer (nor one event) without bound
+        self._pending = self._emit_long(self._pending)
+
+    def _emit_long(self, data: bytes) -> bytes:
+        """Hands out LINE_MAX pieces of an overlong line (cut between UTF-8 characters); returns the rest."""
+        while len(data) > LINE_MAX:
+            cut = LINE_MAX
+            while cut > LINE_MAX - 3 and data[cut] & 0xC0 == 0x80:  # not inside a character
+                cut -= 1
+            self._emit(data[:cut].decode(errors="replace"))
+            data = data[cut:]
+        return data
