@@ -152,6 +152,8 @@ class Controller:
                 "socket": rec.socket,
                 "boot": json_format.MessageToDict(spec.boot, preserving_proto_field_name=True),
                 "cpuid": cpuid,
+                # the runner checks again what it really opened: a path swapped after validation is refused
+                "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
             }
             rec.pid = await self.template.spawn(config)
             self.vms[spec.name] = rec

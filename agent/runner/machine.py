@@ -53,20 +53,26 @@ class Machine:
         self._console_w = self.console_fd = -1
 
 
-def load_image(boot: dict[str, str], memory_size: int, vcpus: int) -> GuestImage:
+def load_image(boot: dict[str, str], memory_size: int, vcpus: int, image_dirs: list[str] | None = None) -> GuestImage:
     """The GuestImage for a boot section of the configuration (built-in payload or Linux kernel)."""
     if boot.get("builtin"):
         return builtin_image(boot["builtin"], vcpus)
     from kvmplat.agent.linux import load_linux  # only Linux guests pay for the loader
 
-    kernel = _read(boot["kernel"], "spec.boot.kernel")
-    initrd = _read(boot["initrd"], "spec.boot.initrd") if boot.get("initrd") else None
+    kernel = _read(boot["kernel"], "spec.boot.kernel", image_dirs)
+    initrd = _read(boot["initrd"], "spec.boot.initrd", image_dirs) if boot.get("initrd") else None
     return load_linux(kernel, initrd, boot.get("cmdline", ""), memory_size, vcpus)
 
 
-def _read(path: str, field_name: str) -> bytes:
+def _read(path: str, field_name: str, image_dirs: list[str] | None) -> bytes:
+    """The file's bytes; with `image_dirs`, only if the file really opened lies inside one of them (the agent
+    checked the path before, but a link swapped since then would point elsewhere)."""
     try:
         with open(path, "rb") as f:
+            if image_dirs is not None:
+                opened = os.readlink(f"/proc/self/fd/{f.fileno()}")
+                if not any(os.path.commonpath([opened, d]) == d for d in image_dirs):
+                    raise InvalidArgument.field(field_name, f"{path} now leads outside the image directories")
             return f.read()
     except OSError as e:
         raise InvalidArgument.field(field_name, f"cannot read {path}: {e.strerror}") from None
@@ -75,7 +81,7 @@ def _read(path: str, field_name: str) -> bytes:
 def build_machine(config: dict[str, Any]) -> Machine:
     """Creates the VM described by `config` (vcpus, memory_mib, boot, cpuid rows); nothing runs yet."""
     memory_size = int(config["memory_mib"]) * MIB
-    image = load_image(config["boot"], memory_size, int(config["vcpus"]))
+    image = load_image(config["boot"], memory_size, int(config["vcpus"]), config.get("image_dirs"))
     kvm = Kvm()
     vm = kvm.create_vm()
     try:
