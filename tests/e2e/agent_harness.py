@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import grpc
 from kvmplat.client.client import Client
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
+from proc_util import stop_process
 
 AgentFactory = Callable[..., "AgentProc"]  # the agent_factory fixture: flags in, a running agent out
 AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
@@ -86,12 +86,7 @@ class AgentProc:
         finally:
             self.client.close()
             self.channel.close()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             self._log.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import grpc
 import pytest
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pb_grpc
+from proc_util import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOK = ROOT / "libvirt-hooks" / "qemu"
@@ -187,12 +187,7 @@ class Libvirtd:
             for name in self.virsh("list", "--name", timeout=60).stdout.split():
                 self.virsh("destroy", name, timeout=60)
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         self.log.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from kvmplat.client.client import Client
 from kvmplat.v1 import agent_pb2 as pb
+from proc_util import stop_process
 
 AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 LOAD = 0x100000  # physical and virtual: the loader's page tables map the first 4 GiB one to one
@@ -112,9 +112,4 @@ class Agent:
             for vm in self.client.list_vms():
                 self.discard(vm.spec.name)
         self.client.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)

@@ -8,7 +8,6 @@ import contextlib
 import importlib.util
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from types import ModuleType
 from kvmplat.client.client import Client, TlsFiles
 from kvmplat.client.errors import KvmplatError
 from kvmplat.v1 import agent_pb2 as pb
+from proc_util import stop_process
 
 AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 KVMPLAT = str(Path(sys.executable).parent / "kvmplat")
@@ -69,12 +69,7 @@ class Agent:
                         self.client.destroy_vm(vm.spec.name)
         finally:
             self.client.close()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import grpc
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
+from proc_util import stop_process
 
 AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 NAMES = ("server", "operator", "reader", "stranger")
@@ -104,12 +104,7 @@ class Agent:
                     with contextlib.suppress(grpc.RpcError):
                         st.DestroyVm(req, timeout=10)
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
