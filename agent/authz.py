@@ -19,13 +19,13 @@ can do more than name roles.
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 from grpc import aio
+from kvmplat.agent.interceptors import rewrap
 
 __all__ = ["READER_METHODS", "AuthzInterceptor", "Role", "load_policy", "parse_policy", "required_role"]
 
@@ -117,9 +117,6 @@ def refusal(policy: Mapping[str, Role], method: str, cn: str | None) -> str | No
     return None
 
 
-Behavior = Callable[..., Any]
-
-
 class AuthzInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
     """Refuses, with PERMISSION_DENIED, calls whose certificate's role is below what the method needs."""
 
@@ -136,29 +133,12 @@ class AuthzInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc has
         if handler is None:
             return handler
         method = str(handler_call_details.method)
-        kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-        wrapped = {k: self._guard(getattr(handler, k), method) for k in kinds if getattr(handler, k) is not None}
-        return handler._replace(**wrapped)
 
-    async def _check(self, context: aio.ServicerContext[Any, Any], method: str) -> None:
-        why = refusal(self.policy, method, _peer_cn(context))
-        if why is not None:
-            log.warning("refused: %s", why)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        async def check(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            why = refusal(self.policy, method, _peer_cn(context))
+            if why is not None:
+                log.warning("refused: %s", why)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            return request
 
-    def _guard(self, behavior: Behavior, method: str) -> Behavior:
-        if inspect.isasyncgenfunction(behavior):
-
-            async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                await self._check(context, method)
-                async for item in behavior(request, context):
-                    yield item
-
-            return stream
-
-        async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await self._check(context, method)
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
-
-        return call
+        return rewrap(handler, lambda _kind: check)

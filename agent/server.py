@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kvmplat.agent import __version__, metrics
 from kvmplat.agent.controller import Controller, VmRecord
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
+from kvmplat.agent.interceptors import Check, rewrap
 from kvmplat.agent.kvm import ExitReason
 from kvmplat.agent.lifecycle import Event, State
 from kvmplat.agent.payloads import PUBLIC_BUILTINS
@@ -81,13 +81,11 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has
         if handler is None:
             return handler
         name = str(handler_call_details.method)
-        wrapped: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer)}
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                streaming_in = kind.startswith("stream_")
-                wrapped[kind] = _guard(behavior, name, streaming_in)
-        return handler._replace(**wrapped)
+        return rewrap(
+            handler,
+            lambda kind: _decode_check(name, kind.startswith("stream_")),
+            request_deserializer=_tolerant(handler.request_deserializer),
+        )
 
 
 async def _refuse(context: Any, method: str, request: _Undecodable) -> None:
@@ -95,34 +93,23 @@ async def _refuse(context: Any, method: str, request: _Undecodable) -> None:
     await context.abort_with_status(to_status(InvalidArgument(why)))
 
 
-def _guard(behavior: Callable[..., Any], method: str, streaming_in: bool) -> Callable[..., Any]:
+def _decode_check(method: str, streaming_in: bool) -> Check:
+    """Refuses an undecodable request (each one of a request stream, as it comes)."""
+
     async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for r in requests:
             if isinstance(r, _Undecodable):
                 await _refuse(context, method, r)
             yield r
 
-    if inspect.isasyncgenfunction(behavior):
-
-        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            if streaming_in:
-                request = checked(request, context)
-            elif isinstance(request, _Undecodable):
-                await _refuse(context, method, request)
-            async for item in behavior(request, context):
-                yield item
-
-        return stream
-
-    async def call(request: Any, context: Any) -> Any:
+    async def check(request: Any, context: Any) -> Any:
         if streaming_in:
-            request = checked(request, context)
-        elif isinstance(request, _Undecodable):
+            return checked(request, context)
+        if isinstance(request, _Undecodable):
             await _refuse(context, method, request)
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
+        return request
 
-    return call
+    return check
 
 
 class AgentServicer(pbg.AgentServicer):
