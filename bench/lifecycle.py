@@ -2,15 +2,18 @@
 
 Measures create→RUNNING latency (CreateVm start=true until GetVm says RUNNING, p50/p99), create+start+stop+destroy
 cycles per second from one client and from two concurrent clients, the cost of each RPC in a cycle, and the idle
-overhead of a `loop` VM with 16 MiB of guest memory: the PSS of its runner (/proc/PID/smaps_rollup) and how much of
-that is guest memory the guest touched. Figures are printed, not asserted. Last line:
-{"create_to_running_ms": {"p50": .., "p99": ..}, "cycles_per_s": .., "cycles_per_s_2clients": .., "idle_vm_pss_mib": ..}
+overhead of a `loop` VM with 16 MiB of guest memory: the PSS of its runner (/proc/PID/smaps_rollup), how much of
+that is guest memory the guest touched, and how often its threads wake (context switches per second, summed over
+/proc/PID/task). Then how long a runner lives on after DestroyVm returns. Figures are printed, not asserted. Last line:
+{"create_to_running_ms": {"p50": .., "p99": ..}, "cycles_per_s": .., "cycles_per_s_2clients": .., "idle_vm_pss_mib": ..,
+ "idle_vm_wakeups_per_s": .., "destroy_to_exit_ms": {"p50": .., "p99": ..}}
 Targets (issue 2): p50 ≤ 20 ms, ≥ 50 cycles/s, ≤ 8 MiB PSS beyond guest memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -138,17 +141,52 @@ def smaps_pss(pid: int) -> tuple[float, float]:
     return total, guest
 
 
-def idle_pss(stub: Any, n: int, settle: float) -> list[tuple[float, float]]:
-    """(PSS, guest PSS) of `n` idle running `loop` VMs, measured together after `settle` seconds."""
+def switches(pid: int) -> int:
+    """Context switches (voluntary and not) of every thread of `pid` so far."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError), (task / "status").open() as f:
+            total += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+    return total
+
+
+def idle_pss(stub: Any, n: int, settle: float) -> tuple[list[tuple[float, float]], list[float]]:
+    """(PSS, guest PSS) of `n` idle running `loop` VMs, measured together after `settle` seconds, and each runner's
+    context switches per second over that time."""
     pids = []
     for i in range(n):
         vm = stub.CreateVm(pb.CreateVmRequest(spec=spec(f"idle{i}"), start=True), timeout=30)
         pids.append(vm.runner_pid)
+    before = [switches(pid) for pid in pids]
     time.sleep(settle)
+    rates = [(switches(pid) - b) / settle for pid, b in zip(pids, before, strict=True)]
     out = [smaps_pss(pid) for pid in pids]
     for i in range(n):
         stub.StopVm(pb.VmRequest(name=f"idle{i}"), timeout=10)
         stub.DestroyVm(pb.VmRequest(name=f"idle{i}"), timeout=10)
+    return out, rates
+
+
+def gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie counts: the runner is double-forked and its reaper may be slow)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+def destroy_to_exit(stub: Any, n: int) -> list[float]:
+    """Milliseconds from DestroyVm's return until the runner process has exited, over `n` VMs."""
+    out = []
+    for i in range(n):
+        vm = stub.CreateVm(pb.CreateVmRequest(spec=spec(f"end{i}"), start=True), timeout=30)
+        stub.StopVm(pb.VmRequest(name=f"end{i}"), timeout=10)
+        stub.DestroyVm(pb.VmRequest(name=f"end{i}"), timeout=10)
+        t0 = time.perf_counter()
+        while not gone(vm.runner_pid):
+            time.sleep(0.0005)
+        out.append((time.perf_counter() - t0) * 1e3)
     return out
 
 
@@ -179,16 +217,21 @@ def main(argv: list[str] | None = None) -> None:
         seq = cycles_per_s(address, stub, args.cycles, 1)
         two = cycles_per_s(address, stub, args.cycles, 2)
         print(f"create+start+stop+destroy cycles/s: {seq:.1f} (1 client), {two:.1f} (2 concurrent clients)")
-        pss = idle_pss(stub, args.idle, args.settle)
+        pss, rates = idle_pss(stub, args.idle, args.settle)
         total, guest = statistics.median(t for t, _ in pss), statistics.median(g for _, g in pss)
+        wakeups = statistics.median(rates)
         print(f"idle loop VM (16 MiB guest) over {len(pss)} VMs: median PSS {total:.2f} MiB, of which guest memory")
-        print(f"  touched {guest:.2f} MiB; beyond guest memory {total - guest:.2f} MiB")
+        print(f"  touched {guest:.2f} MiB; beyond guest memory {total - guest:.2f} MiB; {wakeups:.1f} wakeups/s")
+        ends = destroy_to_exit(stub, 20)
+        print(f"DestroyVm return → runner exited over {len(ends)} VMs: p50 {statistics.median(ends):.1f} ms")
     result = {
         "create_to_running_ms": {"p50": round(statistics.median(lat), 3), "p99": round(pct(lat, 0.99), 3)},
         "cycles_per_s": round(seq, 1),
         "cycles_per_s_2clients": round(two, 1),
         "idle_vm_pss_mib": round(total, 3),
         "idle_vm_guest_pss_mib": round(guest, 3),
+        "idle_vm_wakeups_per_s": round(wakeups, 1),
+        "destroy_to_exit_ms": {"p50": round(statistics.median(ends), 1), "p99": round(pct(ends, 0.99), 1)},
     }
     print(json.dumps(result))
 

@@ -1,5 +1,6 @@
-"""Linux guest tests: the `slow` marker (the real image build, run with KVMPLAT_RUN_SLOW=1) and fixtures for guests
-run under a real kvmplat-agent: tiny ELF "kernels" (guest_harness.py) and Debian's kernel from the guest image."""
+"""Linux guest tests: the `slow` marker (the real image build and its QEMU run, ~20 s; `-m "not slow"` leaves them
+out while iterating, CI runs them) and fixtures for guests run under a real kvmplat-agent: tiny ELF "kernels"
+(guest_harness.py) and Debian's kernel from the guest image."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from guest_harness import Agent, tiny_elf
 
 def pytest_configure(config: pytest.Config) -> None:
     """Declare the marker so --strict-markers accepts it."""
-    config.addinivalue_line("markers", "slow: downloads Debian packages and builds the real guest image (~10 s)")
+    config.addinivalue_line("markers", "slow: builds the real guest image, or boots it in QEMU (~10 s each)")
 
 
 @pytest.fixture(scope="module")

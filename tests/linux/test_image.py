@@ -6,7 +6,6 @@ import argparse
 import gzip
 import json
 import lzma
-import os
 import shutil
 import stat
 import struct
@@ -205,17 +204,12 @@ def _loads_both(paths: dict[str, str]) -> None:
         assert guest.bsp.regs["rip"] >= 0x1000000
 
 
-def test_cached_real_image_loads() -> None:
-    """If this machine has built the real image, the loaders accept Debian's bzImage and vmlinux."""
-    try:
-        paths = image.paths()
-    except ImageError as exc:
-        pytest.skip(f"real image not built here: {exc}")
-    _loads_both(paths)
+def test_real_image_loads(debian_image: dict[str, str]) -> None:
+    """The loaders accept the real image's Debian bzImage and vmlinux."""
+    _loads_both(debian_image)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("KVMPLAT_RUN_SLOW") != "1", reason="real image build: set KVMPLAT_RUN_SLOW=1")
 def test_real_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real thing: apt-get download (~68 MB), vmlinux extraction, initramfs; about 7-10 s here."""
     monkeypatch.setenv("KVMPLAT_IMAGE_DIR", str(tmp_path))
@@ -227,14 +221,10 @@ def test_real_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("KVMPLAT_RUN_SLOW") != "1", reason="boots the image in QEMU: set KVMPLAT_RUN_SLOW=1")
-@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="qemu-system-x86_64 not installed")
-def test_initramfs_contract_under_qemu_tcg() -> None:
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="qemu-system-x86_64 not installed (make deps)")
+def test_initramfs_contract_under_qemu_tcg(debian_image: dict[str, str]) -> None:
     """The built image reaches /init under QEMU's TCG (no KVM needed) and prints the contract; about 7 s here."""
-    try:
-        paths = image.paths()
-    except ImageError as exc:
-        pytest.skip(f"real image not built here: {exc}")
+    paths = debian_image
     cmd = ["qemu-system-x86_64", "-M", "pc", "-cpu", "max", "-smp", "2", "-m", "256", "-nographic", "-no-reboot"]
     cmd += ["-monitor", "none", "-serial", "stdio", "-kernel", paths["kernel"], "-initrd", paths["initrd"]]
     done = subprocess.run([*cmd, "-append", paths["cmdline"]], capture_output=True, text=True, timeout=300, check=False)
