@@ -15,53 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
+import agentproc
 from kvmplat.v1 import agent_pb2 as pb
-from kvmplat.v1 import agent_pb2_grpc as pbg
-
-AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
-MIB = 1 << 20
-
-
-@contextmanager
-def agent() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A kvmplat-agent on a private socket and state dir; yields (address, process)."""
-    tmp = Path(tempfile.mkdtemp(prefix="kvmplat-bench-"))
-    address = f"unix://{tmp}/agent.sock"
-    with (tmp / "agent.log").open("wb") as log:
-        proc = subprocess.Popen([AGENT, "--listen", address, "--state-dir", str(tmp / "state")], stdout=log, stderr=log)
-        try:
-            yield address, proc
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def connect(address: str, proc: subprocess.Popen[bytes]) -> Any:
-    """A stub for the agent, once it answers."""
-    stub = pbg.AgentStub(grpc.insecure_channel(address))
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=2)
-            return stub
-        except grpc.RpcError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("kvmplat-agent did not start") from None
-            time.sleep(0.05)
 
 
 def spec(name: str) -> pb.VmSpec:
@@ -106,7 +67,7 @@ def cycle(stub: Any, name: str, phases: dict[str, list[float]] | None = None) ->
 
 def cycles_per_s(address: str, stub: Any, n: int, clients: int) -> float:
     """Cycles per second over `n` cycles split between `clients` threads, each with its own channel."""
-    stubs = [stub] + [pbg.AgentStub(grpc.insecure_channel(address)) for _ in range(clients - 1)]
+    stubs = [stub] + [agentproc.stub(address) for _ in range(clients - 1)]
 
     def work(k: int) -> None:
         for i in range(n // clients):
@@ -204,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--idle", type=int, default=8, help="idle VMs measured for PSS (default 8)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds idle VMs run before PSS is read")
     args = p.parse_args(argv)
-    with agent() as (address, proc):
-        stub = connect(address, proc)
+    with agentproc.agent("bench") as (address, _, _):
+        stub = agentproc.stub(address)
         cycle(stub, "warmup")
         lat = create_to_running(stub, args.vms)
         print(f"create→RUNNING over {len(lat)} VMs: p50 {statistics.median(lat):.2f} ms, p99 {pct(lat, 0.99):.2f} ms")

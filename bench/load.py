@@ -14,39 +14,16 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
+import agentproc
 import grpc
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
 CYCLE = ("CreateVm", "StartVm", "PauseVm", "ResumeVm", "StopVm", "DestroyVm")
-
-
-def start_agent(tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """A kvmplat-agent on a private socket and state dir; returns its address once it answers."""
-    address = f"unix://{tmp}/agent.sock"
-    argv = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", address, "--state-dir", str(tmp / "s")]
-    proc = subprocess.Popen(argv, stdout=(tmp / "agent.log").open("wb"), stderr=subprocess.STDOUT)
-    stub = pbg.AgentStub(grpc.insecure_channel(address))  # type: ignore[no-untyped-call]
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=2)
-            return address, proc
-        except grpc.RpcError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"agent did not start: {(tmp / 'agent.log').read_text()[-800:]}") from None
-            time.sleep(0.05)
 
 
 # --- watchers (one process) -------------------------------------------------------------------------------------
@@ -199,8 +176,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Starts the agent and the watcher process, runs the clients, prints the figures."""
     args = parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="kvmplat-load-"))
-    address, agent = start_agent(tmp)
+    with agentproc.agent("load") as (address, _, _):
+        run(args, address)
+
+
+def run(args: argparse.Namespace, address: str) -> None:
+    """The watcher process and the clients against the agent at `address`."""
     parent, child = mp.get_context("spawn").Pipe()
     watchers = mp.get_context("spawn").Process(target=watchers_proc, args=(address, args.watchers, args.seconds, child))
     try:
@@ -213,12 +194,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if watchers.is_alive():
             watchers.kill()
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(15)
-        if os.environ.get("KVMPLAT_LOAD_KEEP"):
-            print(f"agent log kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

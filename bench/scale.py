@@ -27,23 +27,19 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import agentproc
 import grpc
 from kvmplat.v1 import agent_pb2 as pb
-from kvmplat.v1 import agent_pb2_grpc as pbg
 
-AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 KIB_PER_MIB = 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -144,41 +140,6 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             out += [int(x) for x in task.read_text().split()]
     return out
-
-
-@contextlib.contextmanager
-def agent(flags: list[str]) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    """A kvmplat-agent on a private socket and state dir; yields (address, process, temp dir)."""
-    tmp = Path(tempfile.mkdtemp(prefix="kvmplat-scale-"))
-    address = f"unix://{tmp}/agent.sock"
-    argv = [AGENT, "--listen", address, "--state-dir", str(tmp / "state"), *flags]
-    with (tmp / "agent.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)  # Ctrl-C reaches only us
-    try:
-        yield address, proc, tmp
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def connect(address: str, proc: subprocess.Popen[bytes], log: Path) -> Any:
-    """A stub for the agent, once it answers (else exits with the end of its log)."""
-    stub = pbg.AgentStub(grpc.insecure_channel(address))  # type: ignore[no-untyped-call]
-    deadline = time.monotonic() + 120  # a fresh state dir probes the host first
-    while True:
-        try:
-            stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=2)
-            return stub
-        except grpc.RpcError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"kvmplat-agent did not start: {log.read_text(errors='replace')[-800:]}") from None
-            time.sleep(0.05)
 
 
 @dataclass
@@ -334,8 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(sig, _interrupt)
     flags = ["--max-vcpus", str(max(args.count, 1)), "--log-level", "warning"]
     result: dict[str, Any] = {}
-    with agent(flags) as (address, proc, tmp):
-        stub = connect(address, proc, tmp / "agent.log")
+    with agentproc.agent("scale", tuple(flags)) as (address, proc, _):
+        stub = agentproc.stub(address)
         agent_rss0 = status_mib(proc.pid)
         fleet = Fleet(stub, args.payload, args.memory_mib)
         t0 = time.monotonic()

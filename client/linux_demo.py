@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from kvmplat.client import image as guest_image
 from kvmplat.client.client import Client, EventStream
+from kvmplat.client.demo import destroy_all
 from kvmplat.client.errors import KvmplatError
 from kvmplat.client.output import state_name
 from kvmplat.v1 import agent_pb2 as pb
@@ -185,18 +186,8 @@ def run(client: Client, say: Say = _say) -> int:
         say("interrupted")
         return 130
     finally:
-        _cleanup(client)
+        destroy_all(client)
     say(_why(vm, hardware))
     _milestones(vm, say)
     reached = "kvmplat_init" if hardware else "linux_banner"
     return 0 if vm.stats.HasField(reached) else 1
-
-
-def _cleanup(client: Client) -> None:
-    """No VM of the demo outlives it."""
-    with contextlib.suppress(KvmplatError):
-        for vm in client.list_vms():
-            with contextlib.suppress(KvmplatError):
-                if vm.state in (pb.RUNNING, pb.PAUSED):
-                    client.stop_vm(vm.spec.name)
-                client.destroy_vm(vm.spec.name)

@@ -21,6 +21,14 @@ from proc_util import stop_process
 
 AgentFactory = Callable[..., "AgentProc"]  # the agent_factory fixture: flags in, a running agent out
 AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
+# What a bad request may get: the caller's fault, named; never UNKNOWN or INTERNAL.
+BAD_INPUT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class AgentProc:

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from agent_harness import AgentFactory, AgentProc, loop_spec
+from agent_harness import BAD_INPUT_CODES, AgentFactory, AgentProc, loop_spec
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
@@ -21,13 +21,6 @@ from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 
-BAD_INPUT_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 VERBS = {Event.START: "StartVm", Event.PAUSE: "PauseVm", Event.RESUME: "ResumeVm", Event.STOP: "StopVm"}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from agent_harness import AgentProc, loop_spec
+from agent_harness import BAD_INPUT_CODES, AgentProc, loop_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kvmplat.agent.lifecycle import TRANSITIONS, Event, State
@@ -18,13 +18,6 @@ from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 
-BAD_INPUT_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 VMS = {"keep-created": State.CREATED, "keep-running": State.RUNNING}
 VERB_EVENTS = {"StartVm": Event.START, "PauseVm": Event.PAUSE, "ResumeVm": Event.RESUME, "StopVm": Event.STOP}
 VERB_EVENTS["DestroyVm"] = Event.DESTROY
