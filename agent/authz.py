@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 from grpc import aio
-from kvmplat.agent.interceptors import rewrap
+from kvmplat.agent.interceptors import HandlerWrapper, rewrap
 
 __all__ = ["READER_METHODS", "AuthzInterceptor", "Role", "load_policy", "parse_policy", "required_role"]
 
@@ -117,22 +117,14 @@ def refusal(policy: Mapping[str, Role], method: str, cn: str | None) -> str | No
     return None
 
 
-class AuthzInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
+class AuthzInterceptor(HandlerWrapper):
     """Refuses, with PERMISSION_DENIED, calls whose certificate's role is below what the method needs."""
 
     def __init__(self, policy: Mapping[str, Role]) -> None:
         self.policy = dict(policy)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """The method's handler with every behaviour wrapped in the role check."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = str(handler_call_details.method)
 
         async def check(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             why = refusal(self.policy, method, _peer_cn(context))

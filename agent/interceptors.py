@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from grpc import aio
 
-__all__ = ["KINDS", "Check", "guarded", "rewrap"]
+__all__ = ["KINDS", "Check", "HandlerWrapper", "guarded", "rewrap"]
 
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
@@ -44,3 +45,22 @@ def rewrap(handler: grpc.RpcMethodHandler, check_for: Callable[[str], Check], **
         if behavior is not None:
             fields[kind] = guarded(behavior, check_for(kind))
     return handler._replace(**fields)
+
+
+class HandlerWrapper(aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
+    """An interceptor that hands each method's handler, with the method's full name, to `wrap`."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """The method's handler as `wrap` makes it (None, for an unknown method, stays None)."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return self.wrap(handler, str(handler_call_details.method))
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """The handler to run for `method` instead of `handler`."""
+        raise NotImplementedError

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kvmplat.agent import __version__, metrics
 from kvmplat.agent.controller import Controller, VmRecord
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
-from kvmplat.agent.interceptors import Check, rewrap
+from kvmplat.agent.interceptors import Check, HandlerWrapper, rewrap
 from kvmplat.agent.kvm import ExitReason
 from kvmplat.agent.lifecycle import Event, State
 from kvmplat.agent.payloads import PUBLIC_BUILTINS
@@ -63,7 +63,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
+class DecodeGuard(HandlerWrapper):
     """Turns requests whose bytes do not parse as the method's message into INVALID_ARGUMENT, on every service.
 
     gRPC Python reports a request that fails to deserialize as UNKNOWN ("Unexpected DecodeError"), which reads like
@@ -71,19 +71,11 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has
     and each behaviour refuses an undecodable request before the servicer sees it.
     """
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """The method's handler with a deserializer that never raises and behaviours that refuse what it flagged."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        name = str(handler_call_details.method)
         return rewrap(
             handler,
-            lambda kind: _decode_check(name, kind.startswith("stream_")),
+            lambda kind: _decode_check(method, kind.startswith("stream_")),
             request_deserializer=_tolerant(handler.request_deserializer),
         )
 
