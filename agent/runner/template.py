@@ -59,8 +59,7 @@ def _runner_main(config: dict[str, Any], ready_fd: int) -> None:
         os.close(ready_fd)
         runner.serve(listener)
         runner.wait_destroyed()
-        listener.close()
-        _unlink(config["socket"])
+        listener.close()  # its path is the agent's to remove: by now a new VM of the same name may listen there
     except KvmplatError as e:
         os.write(ready_fd, encode({"ok": False, "error": {"kind": type(e).__name__, "message": str(e)}}))
         code = 1

@@ -58,7 +58,7 @@ class VmRunner:
         self.console = ConsoleReader(self.machine.console_fd, self.machine.cvm, self._on_console)
         self._done = threading.Event()
         self._closer: threading.Thread | None = None
-        self._address = ""  # the listener's path, once serve() runs
+        self._listener: socket.socket | None = None  # once serve() runs
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
@@ -188,19 +188,21 @@ class VmRunner:
     def serve(self, listener: socket.socket) -> None:
         """Accepts agent connections until destroyed; a new connection replaces the old one.
 
-        The accept blocks without a timeout (an idle runner never wakes); a destroy ends it by connecting once.
+        The accept blocks without a timeout (an idle runner never wakes); a destroy ends it by shutting the listener
+        down, which does not depend on the socket's path (the agent unlinks that once the destroy is answered).
         """
-        self._address = listener.getsockname()
+        self._listener = listener
         while True:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                if self._done.is_set():
+                    return
+                raise
             if self._done.is_set():
                 conn.close()
                 return
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-
-    def _wake_serve(self) -> None:
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(self._address)
 
     def _connection(self, conn: socket.socket) -> None:
         out: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=OUTBOUND_MAX)
@@ -219,7 +221,9 @@ class VmRunner:
                     _put(out, self._answer(msg, forward))
                     if msg.get("op") == "destroy":
                         self._done.set()
-                        self._wake_serve()
+                        if self._listener is not None:
+                            with contextlib.suppress(OSError):
+                                self._listener.shutdown(socket.SHUT_RDWR)  # wakes serve()'s accept
                         break
         except (OSError, ValueError):
             pass  # the agent went away; events wait in the ring for the next hello

@@ -114,6 +114,23 @@ def test_destroy_frees_everything(agent: AgentProc, end: str) -> None:
     assert agent.list_vms().vms == []
 
 
+def test_a_vm_recreated_at_once_keeps_its_socket(agent: AgentProc) -> None:
+    """The old runner, ending after its destroy, must not remove the socket the new runner of the same name made:
+    without it a restarted agent could not re-adopt the new VM."""
+    for _ in range(5):
+        old = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("again"), start=True), timeout=30)
+        agent.stub.StopVm(pb.VmRequest(name="again"), timeout=10)
+        agent.stub.DestroyVm(pb.VmRequest(name="again"), timeout=10)
+        new = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("again"), start=True), timeout=30)
+        wait_gone(old.runner_pid)
+        time.sleep(0.1)
+        assert (agent.state_dir / "run" / "again.sock").exists()
+        assert agent.get("again").runner_pid == new.runner_pid
+        agent.stub.StopVm(pb.VmRequest(name="again"), timeout=10)
+        agent.stub.DestroyVm(pb.VmRequest(name="again"), timeout=10)
+        wait_gone(new.runner_pid)
+
+
 @pytest.mark.parametrize("vcpus", [1, 2, 4])
 def test_probe_prints_a_line_per_vcpu_and_powers_off(agent: AgentProc, vcpus: int) -> None:
     spec = loop_spec("probe", vcpus=vcpus, builtin="probe")
