@@ -26,6 +26,7 @@ from kvmplat.agent.errors import (
 from kvmplat.agent.events import Bus, event_from_runner
 from kvmplat.agent.lifecycle import Event, State, next_state
 from kvmplat.agent.platforms import Platforms
+from kvmplat.agent.recordwriter import RecordWriter
 from kvmplat.agent.runner.client import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.store import Store
 from kvmplat.agent.validate import Limits, validate_name, validate_spec
@@ -101,6 +102,7 @@ class Controller:
         total_vcpus: int,
     ) -> None:
         self.store, self.template, self.platforms, self.limits = store, template, platforms, limits
+        self.records = RecordWriter(store)
         self.total_memory_mib, self.total_vcpus = total_memory_mib, total_vcpus
         self.bus = Bus()
         self.vms: dict[str, VmRecord] = {}
@@ -157,7 +159,8 @@ class Controller:
             }
             rec.pid = await self.template.spawn(config)
             self.vms[spec.name] = rec
-            await asyncio.to_thread(self.store.save, rec.name, rec.to_json())  # before any event can arrive
+            # durable, and waited for, before any event can arrive
+            await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
             await self._connect(rec, since=0)
         finally:
             self._creating.discard(spec.name)
@@ -182,7 +185,8 @@ class Controller:
                 await rec.runner.call("destroy")
             await rec.runner.close()
         del self.vms[name]
-        self.store.delete(name)
+        self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
+        self.records.delete(name)
         self.bus.forget(name)
 
     async def stats(self, rec: VmRecord) -> dict[str, Any]:
@@ -236,11 +240,12 @@ class Controller:
         self.bus.publish(event_from_runner(rec.name, e))
 
     def _persist(self, rec: VmRecord, durable: bool) -> None:
-        """Writes the VM's record; a failed write (disk full) is logged, never allowed to end the runner's stream."""
-        try:
-            self.store.save(rec.name, rec.to_json(), durable=durable)
-        except OSError as e:
-            log.error("VM %s: cannot write its record to %s: %s", rec.name, self.store.vms, e)
+        """Queues the VM's record for writing; a durable write is waited for (it is rare: a new block of sequence
+        numbers). A failed write (disk full) is logged by the writer, never allowed to end the runner's stream."""
+        done = self.records.save(rec.name, rec.to_json(), durable=durable)
+        if durable:
+            with contextlib.suppress(OSError):
+                done.result()
 
     def _on_lost(self, rec: VmRecord) -> None:
         if self.closing or rec.destroying or self.vms.get(rec.name) is not rec:
@@ -298,6 +303,7 @@ class Controller:
             if rec.runner is not None:
                 await rec.runner.close()
         await self.template.close()
+        await asyncio.to_thread(self.records.close)
 
 
 def _record_from(data: dict[str, Any]) -> VmRecord | None:

@@ -51,10 +51,13 @@ class Store:
         finally:
             os.close(dfd)
 
-    def delete(self, name: str) -> None:
-        """Forgets a VM."""
-        for p in (self.vms / f"{name}.json", Path(self.socket_path(name))):
-            p.unlink(missing_ok=True)
+    def delete_record(self, name: str) -> None:
+        """Forgets a VM's record."""
+        (self.vms / f"{name}.json").unlink(missing_ok=True)
+
+    def unlink_socket(self, name: str) -> None:
+        """Removes the socket path of VM `name`'s runner (once it is destroyed, before the name can be reused)."""
+        Path(self.socket_path(name)).unlink(missing_ok=True)
 
     def load_all(self) -> list[dict[str, Any]]:
         """Every readable record; a corrupt or half-written one is reported and skipped."""

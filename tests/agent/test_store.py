@@ -78,8 +78,10 @@ def test_delete_removes_record_and_socket(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
     store.save("a", record("a"))
     Path(store.socket_path("a")).write_text("")
-    store.delete("a")
-    store.delete("never-existed")
+    store.delete_record("a")
+    store.unlink_socket("a")
+    store.delete_record("never-existed")
+    store.unlink_socket("never-existed")
     assert store.load_all() == [] and not Path(store.socket_path("a")).exists()
 
 
