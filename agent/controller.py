@@ -244,7 +244,7 @@ class Controller:
         numbers). A failed write (disk full) is logged by the writer, never allowed to end the runner's stream."""
         done = self.records.save(rec.name, rec.to_json(), durable=durable)
         if durable:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(Exception):  # the writer has logged it
                 done.result()
 
     def _on_lost(self, rec: VmRecord) -> None:

@@ -34,7 +34,7 @@ class _Pending:
 
 
 class RecordWriter:
-    """Writes and removes VM records through `store` on a thread of its own."""
+    """Writes and removes VM records through `store` on `threads` threads of its own."""
 
     def __init__(self, store: Store, threads: int = 4) -> None:
         self.store = store
@@ -86,7 +86,7 @@ class RecordWriter:
                     self.store.delete_record(name)
                 else:
                     self.store.save(name, job.record, durable=job.durable)
-            except OSError as e:
+            except Exception as e:  # OSError (disk full, ...); anything else must not end this thread either
                 log.error("VM %s: cannot write its record to %s: %s", name, self.store.vms, e)
                 for f in job.futures:
                     f.set_exception(e)
@@ -98,7 +98,7 @@ class RecordWriter:
                 self._cv.notify_all()
 
     def close(self) -> None:
-        """Writes what is queued, then ends the thread."""
+        """Writes what is queued, then ends the threads."""
         with self._cv:
             self._closing = True
             self._cv.notify_all()
