@@ -24,7 +24,8 @@ AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 def agent(prefix: str, flags: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     """A kvmplat-agent, yielded as (address, process, temp dir) once it answers; stopped and cleaned up after.
 
-    It runs in a session of its own, so a Ctrl-C reaches only the benchmark, which then stops it. With
+    It runs in a session of its own, so a Ctrl-C reaches only the benchmark, which then stops it. Every VM still
+    there is destroyed first: runners outlive their agent by design, and no later agent would adopt these. With
     KVMPLAT_BENCH_KEEP set the temp dir (and the agent's log in it) is kept."""
     tmp = Path(tempfile.mkdtemp(prefix=f"kvmplat-{prefix}-"))
     address = f"unix://{tmp}/agent.sock"
@@ -35,6 +36,8 @@ def agent(prefix: str, flags: tuple[str, ...] = ()) -> Iterator[tuple[str, subpr
         _wait_ready(address, proc, tmp / "agent.log")
         yield address, proc, tmp
     finally:
+        if proc.poll() is None:
+            destroy_all(address)
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         try:
@@ -51,6 +54,17 @@ def agent(prefix: str, flags: tuple[str, ...] = ()) -> Iterator[tuple[str, subpr
 def stub(address: str) -> Any:
     """A blocking stub on a channel of its own."""
     return pbg.AgentStub(grpc.insecure_channel(address))  # type: ignore[no-untyped-call]
+
+
+def destroy_all(address: str) -> None:
+    """Stops and destroys every VM of the agent at `address` (best effort: each call is bounded)."""
+    agent = stub(address)
+    with contextlib.suppress(grpc.RpcError):
+        for vm in agent.ListVms(pb.ListVmsRequest(), timeout=30).vms:
+            with contextlib.suppress(grpc.RpcError):
+                if vm.state in (pb.RUNNING, pb.PAUSED):
+                    agent.StopVm(pb.VmRequest(name=vm.spec.name), timeout=10)
+                agent.DestroyVm(pb.VmRequest(name=vm.spec.name), timeout=10)
 
 
 def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
