@@ -14,6 +14,10 @@ import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvmplat.agent.controller import Controller
 
 DEFAULT_SOCKET = "unix:///run/kvmplat/agent.sock"
 DEFAULT_STATE_DIR = "/var/lib/kvmplat"
@@ -92,54 +96,25 @@ def _host_memory_mib() -> int:
 
 async def serve(args: argparse.Namespace) -> int:
     """Runs the agent until SIGTERM or SIGINT."""
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
+    from grpc_health.v1 import health_pb2
     from kvmplat.agent import metrics, sdnotify
-    from kvmplat.agent.controller import Controller
-    from kvmplat.agent.ioctls import Cap
-    from kvmplat.agent.kvm import Kvm
-    from kvmplat.agent.platforms import Platforms
-    from kvmplat.agent.runner.client import TemplateClient
-    from kvmplat.agent.server import AgentServicer, DecodeGuard
-    from kvmplat.agent.store import Store
     from kvmplat.agent.tls import listener
-    from kvmplat.agent.validate import Limits
-    from kvmplat.v1 import agent_pb2, agent_pb2_grpc
 
     lis = listener(args)
-    store = Store(args.state_dir)
     if lis.insecure:
         log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls the VMs", args.listen)
-    with Kvm() as kvm:
-        platforms = Platforms(kvm, args.state_dir)
-        per_vm_vcpus = min(kvm.check_extension(Cap.MAX_VCPUS) or kvm.check_extension(Cap.NR_VCPUS) or 1, 254)
-    image_dirs = tuple(args.image_dir or [os.environ.get("KVMPLAT_IMAGE_DIR") or DEFAULT_IMAGE_DIR])
-    total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)
-    total_vcpus = args.max_vcpus or VCPUS_PER_CORE * (os.cpu_count() or 1)
-    limits = Limits(max_vcpus=min(per_vm_vcpus, total_vcpus), max_memory_mib=total_mem, image_dirs=image_dirs)
-    template = await TemplateClient.start()
-    controller = Controller(store, template, platforms, limits, total_mem, total_vcpus)
+    controller = await _controller(args)
     await controller.adopt_all()
     stop_metrics = (
         metrics.serve(args.metrics_listen, controller, asyncio.get_running_loop()) if args.metrics_listen else None
     )
-
-    server = grpc.aio.server(
-        interceptors=[*lis.interceptors, DecodeGuard()],  # roles first: a stranger's bytes are not even parsed for it
-        options=[("grpc.max_receive_message_length", MAX_RECEIVE), ("grpc.max_send_message_length", MAX_SEND)],
-    )
-    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(controller), server)  # type: ignore[no-untyped-call]
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
-    reflection.enable_server_reflection([service, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    server, health_servicer, service = _grpc_server(lis.interceptors, controller)
     lis.add_port(server)  # a unix socket is created 0600: only its owner may drive VMs
     await server.start()
     lis.secure_socket()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, platforms.describe())
+    log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, controller.platforms.describe())
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -157,6 +132,49 @@ async def serve(args: argparse.Namespace) -> int:
     if lis.socket_path and os.path.exists(lis.socket_path):
         os.unlink(lis.socket_path)
     return 0
+
+
+async def _controller(args: argparse.Namespace) -> Controller:
+    """The controller with this host's platforms, limits (flags, else the machine's size) and runner template."""
+    from kvmplat.agent.controller import Controller
+    from kvmplat.agent.ioctls import Cap
+    from kvmplat.agent.kvm import Kvm
+    from kvmplat.agent.platforms import Platforms
+    from kvmplat.agent.runner.client import TemplateClient
+    from kvmplat.agent.store import Store
+    from kvmplat.agent.validate import Limits
+
+    store = Store(args.state_dir)
+    with Kvm() as kvm:
+        platforms = Platforms(kvm, args.state_dir)
+        per_vm_vcpus = min(kvm.check_extension(Cap.MAX_VCPUS) or kvm.check_extension(Cap.NR_VCPUS) or 1, 254)
+    image_dirs = tuple(args.image_dir or [os.environ.get("KVMPLAT_IMAGE_DIR") or DEFAULT_IMAGE_DIR])
+    total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)
+    total_vcpus = args.max_vcpus or VCPUS_PER_CORE * (os.cpu_count() or 1)
+    limits = Limits(max_vcpus=min(per_vm_vcpus, total_vcpus), max_memory_mib=total_mem, image_dirs=image_dirs)
+    template = await TemplateClient.start()
+    return Controller(store, template, platforms, limits, total_mem, total_vcpus)
+
+
+def _grpc_server(interceptors: list[Any], controller: Controller) -> tuple[Any, Any, str]:
+    """The gRPC server (not yet listening) with the Agent, health and reflection services; returns it, the health
+    servicer and the Agent service's full name."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+    from kvmplat.agent.server import AgentServicer, DecodeGuard
+    from kvmplat.v1 import agent_pb2, agent_pb2_grpc
+
+    server = grpc.aio.server(
+        interceptors=[*interceptors, DecodeGuard()],  # roles first: a stranger's bytes are not even parsed for it
+        options=[("grpc.max_receive_message_length", MAX_RECEIVE), ("grpc.max_send_message_length", MAX_SEND)],
+    )
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(controller), server)  # type: ignore[no-untyped-call]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+    reflection.enable_server_reflection([service, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return server, health_servicer, service
 
 
 def main(argv: list[str] | None = None) -> None:
