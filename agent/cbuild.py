@@ -146,6 +146,7 @@ typedef struct kp_vm kp_vm;
 kp_vm *kp_vm_new(int vm_fd, int console_fd, int irqchip, unsigned long req_kvm_run, unsigned long req_irq_line);
 void kp_vm_free(kp_vm *vm);
 int kp_vm_flush_console(kp_vm *vm);
+int kp_vm_console_idle(kp_vm *vm, int wake_fd);
 uint64_t kp_vm_first_console_ns(kp_vm *vm);
 int kp_vm_console_input(kp_vm *vm, const uint8_t *data, size_t len);
 int kp_run(kp_vm *vm, int vcpu_fd, struct kvm_run *run, struct kp_vcpu_stats *stats);

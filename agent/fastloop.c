@@ -6,7 +6,8 @@
  * through Python would cost more than the exit itself.
  *
  * Devices (all ports on the PC I/O space):
- *   0x3f8-0x3ff  COM1, an 8250/16550A UART: output is line-buffered to console_fd, input is queued by Python
+ *   0x3f8-0x3ff  COM1, an 8250/16550A UART: output is line-buffered to console_fd (an idle reader is signalled
+ *                at the next byte, kp_vm_console_idle, so it can sleep without polling), input is queued by Python
  *                (kp_vm_console_input) and raises IRQ 4; IER reads back, THRE interrupts are raised after THR writes;
  *                the wall-clock time of the first THR write is kept (kp_vm_first_console_ns, a VmStats milestone).
  *   0x60, 0x64   i8042 just enough for the reset line: 0xfe written to 0x64 resets the machine, status reads 0.
@@ -88,6 +89,7 @@ struct kp_vm {
     unsigned long req_kvm_run, req_irq_line;
     struct kp_uart uart;
     uint64_t first_console_ns; /* CLOCK_REALTIME of the guest's first THR write (0: none yet), a stats milestone */
+    int reader_wake_fd;        /* an eventfd to signal at the next THR write, or -1: the reader polls */
 };
 
 int kp_ioctl_ptr(int fd, unsigned long req, void *arg)
@@ -110,6 +112,7 @@ kp_vm *kp_vm_new(int vm_fd, int console_fd, int irqchip, unsigned long req_kvm_r
     pthread_mutex_init(&vm->lock, NULL);
     vm->vm_fd = vm_fd;
     vm->console_fd = console_fd;
+    vm->reader_wake_fd = -1;
     vm->irqchip = irqchip;
     vm->req_kvm_run = req_kvm_run;
     vm->req_irq_line = req_irq_line;
@@ -154,10 +157,26 @@ uint64_t kp_vm_first_console_ns(kp_vm *vm)
     return ns;
 }
 
+/* The console reader goes idle: returns 1 (and flushes) if a partial line is buffered, else 0 after arranging that the
+ * next THR write signals wake_fd, so the reader can block without polling for partial lines. */
+int kp_vm_console_idle(kp_vm *vm, int wake_fd)
+{
+    pthread_mutex_lock(&vm->lock);
+    int had = vm->uart.line_len > 0;
+    if (had)
+        uart_flush_locked(vm);
+    else
+        vm->reader_wake_fd = wake_fd;
+    pthread_mutex_unlock(&vm->lock);
+    return had;
+}
+
+/* Also ends an idle arrangement: the reader is awake, and a stopped reader's eventfd is never written again. */
 int kp_vm_flush_console(kp_vm *vm)
 {
     pthread_mutex_lock(&vm->lock);
     int had = vm->uart.line_len > 0;
+    vm->reader_wake_fd = -1;
     uart_flush_locked(vm);
     pthread_mutex_unlock(&vm->lock);
     return had;
@@ -207,6 +226,13 @@ static void uart_out(kp_vm *vm, unsigned reg, uint8_t v, struct kp_vcpu_stats *s
         }
         u->line[u->line_len++] = v;
         st->console_bytes++;
+        if (vm->reader_wake_fd >= 0) { /* the reader is idle: a partial line must reach it after its quiet time */
+            uint64_t one = 1;
+            if (write(vm->reader_wake_fd, &one, sizeof one) < 0) {
+                /* EAGAIN: a wake is pending already */
+            }
+            vm->reader_wake_fd = -1;
+        }
         if (v == '\n' || u->line_len == UART_LINE_MAX)
             uart_flush_locked(vm);
         if (u->ier & UART_IER_THRI) {

@@ -69,3 +69,29 @@ def test_console_refuses_input_once_stopped(guest_agent: Agent) -> None:
     with pytest.raises(FailedPrecondition, match="STOPPED"):
         guest_agent.client.write_console("echo2", b"x")
     guest_agent.discard("echo2")
+
+
+def _switches(pid: int) -> int:
+    """Context switches so far of every thread of process `pid`."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text().splitlines()
+        total += sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+    return total
+
+
+def test_an_idle_console_sleeps_and_still_delivers_a_later_prompt(guest_agent: Agent) -> None:
+    """Once quiet, the runner stops waking up (the echo guest halts until input); a partial line written later
+    (a prompt, no newline) still comes out after the quiet time, because the UART signals the idle reader."""
+    spec = pb.VmSpec(name="echo3", vcpus=1, memory_mib=16, boot=pb.BootSpec(builtin="echo"))
+    pid = guest_agent.client.create_vm(spec, start=True).runner_pid
+    guest_agent.wait_text("echo3", "kvmplat-echo: ready", WAIT_S)
+    time.sleep(0.5)  # past the quiet time: the reader is idle
+    before = _switches(pid)
+    time.sleep(2.0)
+    woke = _switches(pid) - before
+    assert woke <= 3, f"the runner woke {woke} times in 2 s while its guest was quiet (a reader polling: ~10)"
+    guest_agent.client.write_console("echo3", b"prompt> ")
+    guest_agent.wait_text("echo3", "prompt> ", WAIT_S)
+    assert guest_agent.console("echo3").endswith("ready\nprompt> ")
+    guest_agent.discard("echo3")
