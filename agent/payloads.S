@@ -22,6 +22,21 @@
 .globl kp_entry_outloop
 .globl kp_entry_echo
 
+# The master 8259 in the usual way (ICW1 edge/cascade/ICW4, vectors from 0x08, slave on IR2, 8086 mode), then the
+# interrupt mask: a payload unmasks only the lines it serves.
+.macro MASTER_PIC_INIT mask
+    movb $0x11, %al
+    outb %al, $0x20
+    movb $0x08, %al
+    outb %al, $0x21
+    movb $0x04, %al
+    outb %al, $0x21
+    movb $0x01, %al
+    outb %al, $0x21
+    movb $\mask, %al
+    outb %al, $0x21
+.endm
+
 kp_payload_blob:
 
 # Common start: flat real-mode segments and a private stack. bx holds this vCPU's index, put there by the runner
@@ -124,16 +139,7 @@ loop_main:
     jnz p_park
     movw $(loop_tick - kp_payload_blob + LOAD), 0x20
     movw $0, 0x22
-    movb $0x11, %al
-    outb %al, $0x20
-    movb $0x08, %al
-    outb %al, $0x21
-    movb $0x04, %al
-    outb %al, $0x21
-    movb $0x01, %al
-    outb %al, $0x21
-    movb $0xfe, %al
-    outb %al, $0x21
+    MASTER_PIC_INIT 0xfe
     movb $0x11, %al
     outb %al, $0xa0
     movb $0x70, %al
@@ -197,16 +203,7 @@ echo_main:
     jnz p_park
     movw $(echo_irq - kp_payload_blob + LOAD), 0x30
     movw $0, 0x32
-    movb $0x11, %al
-    outb %al, $0x20
-    movb $0x08, %al
-    outb %al, $0x21
-    movb $0x04, %al
-    outb %al, $0x21
-    movb $0x01, %al
-    outb %al, $0x21
-    movb $0xef, %al
-    outb %al, $0x21
+    MASTER_PIC_INIT 0xef
     movw $0x3f9, %dx
     movb $0x01, %al
     outb %al, %dx
