@@ -89,7 +89,7 @@ struct kp_vm {
     unsigned long req_kvm_run, req_irq_line;
     struct kp_uart uart;
     uint64_t first_console_ns; /* CLOCK_REALTIME of the guest's first THR write (0: none yet), a stats milestone */
-    int reader_wake_fd;        /* an eventfd to signal at the next THR write, or -1: the reader polls */
+    int reader_wake_fd;        /* the idle console reader's eventfd, signalled at the next THR write; -1: it is awake */
 };
 
 int kp_ioctl_ptr(int fd, unsigned long req, void *arg)
