@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from kvmplat.client.client import Client
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
@@ -37,7 +38,8 @@ def agent(prefix: str, flags: tuple[str, ...] = ()) -> Iterator[tuple[str, subpr
         yield address, proc, tmp
     finally:
         if proc.poll() is None:
-            destroy_all(address)
+            with Client(address, timeout=30) as client:
+                client.destroy_all()
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         try:
@@ -54,17 +56,6 @@ def agent(prefix: str, flags: tuple[str, ...] = ()) -> Iterator[tuple[str, subpr
 def stub(address: str) -> Any:
     """A blocking stub on a channel of its own."""
     return pbg.AgentStub(grpc.insecure_channel(address))  # type: ignore[no-untyped-call]
-
-
-def destroy_all(address: str) -> None:
-    """Stops and destroys every VM of the agent at `address` (best effort: each call is bounded)."""
-    agent = stub(address)
-    with contextlib.suppress(grpc.RpcError):
-        for vm in agent.ListVms(pb.ListVmsRequest(), timeout=30).vms:
-            with contextlib.suppress(grpc.RpcError):
-                if vm.state in (pb.RUNNING, pb.PAUSED):
-                    agent.StopVm(pb.VmRequest(name=vm.spec.name), timeout=10)
-                agent.DestroyVm(pb.VmRequest(name=vm.spec.name), timeout=10)
 
 
 def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:

@@ -5,6 +5,7 @@ module on every domain start (see reference/GRPC.md §3.2).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -229,6 +230,16 @@ class Client:
         """Every VM on the agent (ListVms)."""
         reply = self._call(self._stub.ListVms, pb.ListVmsRequest(), pb.ListVmsResponse)
         return list(reply.vms)
+
+    def destroy_all(self) -> None:
+        """Stops (when needed) and destroys every VM on the agent, best effort: a VM that refuses is left as it is."""
+        with contextlib.suppress(KvmplatError):
+            for vm in self.list_vms():
+                if vm.state in (pb.RUNNING, pb.PAUSED):
+                    with contextlib.suppress(KvmplatError):
+                        self.stop_vm(vm.spec.name)
+                with contextlib.suppress(KvmplatError):
+                    self.destroy_vm(vm.spec.name)
 
     def write_console(self, name: str, data: bytes) -> None:
         """Types `data` at the VM's serial console (WriteConsole)."""

@@ -26,7 +26,7 @@ from kvmplat.client.client import Client, EventStream
 from kvmplat.client.errors import KvmplatError
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["LINUX_DEMO_MODULE", "StateBoard", "agent_command", "destroy_all", "embedded_agent", "register", "run_demo"]
+__all__ = ["LINUX_DEMO_MODULE", "StateBoard", "agent_command", "embedded_agent", "register", "run_demo"]
 
 LINUX_DEMO_MODULE = "kvmplat.client.linux_demo"
 _AGENT_START_S = 15.0
@@ -184,17 +184,7 @@ def run_demo(client: Client, say: Callable[[str], None]) -> None:
     finally:
         stream.cancel()
         printer.join(timeout=2.0)
-        destroy_all(client)
-
-
-def destroy_all(client: Client) -> None:
-    """Best effort: no VM of the demo (its agent is the demo's own) outlives it."""
-    with contextlib.suppress(KvmplatError):
-        for vm in client.list_vms():
-            with contextlib.suppress(KvmplatError):
-                if vm.state in (pb.RUNNING, pb.PAUSED):
-                    client.stop_vm(vm.spec.name)
-                client.destroy_vm(vm.spec.name)
+        client.destroy_all()  # no VM of the demo (its agent is the demo's own) outlives it
 
 
 def _demo(ctx: Context) -> int:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 from kvmplat.client import image as guest_image
 from kvmplat.client.client import Client, EventStream
-from kvmplat.client.demo import destroy_all
 from kvmplat.client.errors import KvmplatError
 from kvmplat.client.output import state_name
 from kvmplat.v1 import agent_pb2 as pb
@@ -186,7 +185,7 @@ def run(client: Client, say: Say = _say) -> int:
         say("interrupted")
         return 130
     finally:
-        destroy_all(client)
+        client.destroy_all()  # no VM of the demo outlives it
     say(_why(vm, hardware))
     _milestones(vm, say)
     reached = "kvmplat_init" if hardware else "linux_banner"

@@ -76,21 +76,11 @@ class AgentProc:
             time.sleep(0.02)
         return vm
 
-    def destroy_all(self) -> None:
-        """Stops (when needed) and destroys every VM."""
-        for vm in self.list_vms().vms:
-            req = pb.VmRequest(name=vm.spec.name)
-            if vm.state in (pb.RUNNING, pb.PAUSED):
-                with contextlib.suppress(grpc.RpcError):
-                    self.stub.StopVm(req, timeout=10)
-            with contextlib.suppress(grpc.RpcError):
-                self.stub.DestroyVm(req, timeout=10)
-
     def close(self) -> None:
         """Destroys every VM, stops the agent and removes its files."""
         try:
             if self.proc.poll() is None:
-                self.destroy_all()
+                self.client.destroy_all()
         finally:
             self.client.close()
             self.channel.close()

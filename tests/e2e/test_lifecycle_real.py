@@ -114,6 +114,19 @@ def test_destroy_frees_everything(agent: AgentProc, end: str) -> None:
     assert agent.list_vms().vms == []
 
 
+def test_client_destroy_all_ends_vms_in_every_state(agent: AgentProc) -> None:
+    pids = [
+        agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec(n), start=n != "c"), timeout=30).runner_pid
+        for n in ("c", "r", "p", "s")
+    ]
+    agent.stub.PauseVm(pb.VmRequest(name="p"), timeout=10)
+    agent.stub.StopVm(pb.VmRequest(name="s"), timeout=10)
+    agent.client.destroy_all()
+    assert agent.list_vms().vms == []
+    for pid in pids:
+        wait_gone(pid)
+
+
 def test_a_vm_recreated_at_once_keeps_its_socket(agent: AgentProc) -> None:
     """The old runner, ending after its destroy, must not remove the socket the new runner of the same name made:
     without it a restarted agent could not re-adopt the new VM."""
