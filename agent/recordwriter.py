@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kvmplat.agent.store import Store
@@ -30,7 +30,7 @@ log = logging.getLogger("kvmplat.agent.store")
 class _Pending:
     record: dict[str, Any] | None  # None: remove the record
     durable: bool
-    futures: list[Future[None]] = field(default_factory=list)
+    futures: list[Future[None]]  # every caller whose write this one is
 
 
 class RecordWriter:
