@@ -355,6 +355,10 @@ int kp_run(kp_vm *vm, int vcpu_fd, struct kvm_run *run, struct kp_vcpu_stats *st
                 st->by_reason[EXIT_INTR]++;
                 return KP_EXIT_EINTR;
             }
+            /* EAGAIN: an AP that sat in wait-for-SIPI was woken (INIT/SIPI); hardware KVM returns to userspace
+             * once and expects KVM_RUN again, as QEMU does (X86_LAB.md). kvm_pvm never gets here. */
+            if (e == EAGAIN)
+                continue;
             return -e;
         }
         uint32_t reason = run->exit_reason;

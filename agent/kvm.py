@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import mmap
 import os
 from types import TracebackType
@@ -288,8 +289,15 @@ class Vcpu(_Fd):
         self.run_struct: Any = ffi.cast("struct kvm_run *", self._run_buf)
 
     def run(self) -> ExitReason | int:
-        """KVM_RUN once; returns the exit reason (KvmError with errno EINTR when kicked)."""
-        self._ioctl("KVM_RUN")
+        """KVM_RUN until an exit; returns the exit reason (KvmError with errno EINTR when kicked). EAGAIN is run
+        again: hardware KVM returns it once for a vCPU woken from wait-for-SIPI, as the fast loop knows too."""
+        while True:
+            try:
+                self._ioctl("KVM_RUN")
+                break
+            except KvmError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
         reason = int(self.run_struct.exit_reason)
         return ExitReason(reason) if reason in ExitReason._value2member_map_ else reason
 

@@ -2,8 +2,10 @@
 
 KVM_GET_SUPPORTED_CPUID is not the truth on every host (THIS_HOST.md section 4: kvm_pvm shows guests features it
 does not list and ignores some cleared bits), so two tiny real-mode guests execute CPUID for every leaf a level
-feature lives in: one under the full supported table, one under a table with every level feature, the hypervisor
-bit and the 0x4000_0000 leaves removed. Each guest runs ~40 instructions and stops on `hlt` (no irqchip, so HLT
+feature lives in: one under the full supported table with the hypervisor bit set (as a VMM sets it: real KVM never
+lists CPUID.1:ECX[31] in KVM_GET_SUPPORTED_CPUID, X86_LAB.md), one under a table with every level feature, the
+hypervisor bit and the 0x4000_0000 leaves removed. The bit is hideable when the first guest sees it and the second
+does not. Each guest runs ~40 instructions and stops on `hlt` (no irqchip, so HLT
 exits to userspace). The result is cached as JSON, keyed by kernel release, CPU model and accelerator.
 """
 
@@ -21,14 +23,14 @@ from kvmplat.agent.errors import HostError, KvmError
 from kvmplat.agent.ioctls import Cap
 from kvmplat.agent.kvm import ExitReason, Kvm
 from kvmplat.agent.platform.levels import X86_FEATURES, CpuidBit
-from kvmplat.agent.platform.x86 import HV_BIT, REG_INDEX, masked_table
+from kvmplat.agent.platform.x86 import HV_BIT, REG_INDEX, masked_table, with_bit
 from kvmplat.agent.platform.x86host import FeatureTruth, Row, X86Host
 
 __all__ = ["X86Host", "accel_name", "guest_cpuid", "load_or_probe", "probe_host"]
 
 KVM_SIGNATURE = (0x4B4D564B, 0x564B4D56, 0x0000004D)  # "KVMKVMKVM\0\0\0"
 CODE_ADDR, OUT_ADDR, MEM_SIZE = 0x1000, 0x2000, 0x10000
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the hypervisor bit measured set vs cleared (1 read it from the supported table)
 Leaf = tuple[int, int]
 View = dict[Leaf, tuple[int, int, int, int]]
 
@@ -101,12 +103,14 @@ def accel_name(sys_module: str = "/sys/module") -> str:
 
 
 def probe_host(kvm: Kvm) -> X86Host:
-    """Measures the host's truth with two probe guests (full table, everything hideable cleared)."""
+    """Measures the host's truth with two probe guests (full table with the hypervisor bit set, everything hideable
+    cleared)."""
     t0 = time.perf_counter()
     full = kvm.get_supported_cpuid()
     leaves = sorted({(b.leaf, b.subleaf) for b in (*X86_FEATURES, HV_BIT)} | {(0x40000000, 0)})
+    shown = with_bit(full, HV_BIT, True)  # the VMM's job: real KVM never lists it (kvm_pvm does)
     masked = [r for r in masked_table(full, [*X86_FEATURES, HV_BIT]) if not 0x40000000 <= r[0] < 0x50000000]
-    seen, hidden = guest_cpuid(kvm, full, leaves), guest_cpuid(kvm, masked, leaves)
+    seen, hidden = guest_cpuid(kvm, shown, leaves), guest_cpuid(kvm, masked, leaves)
     claimed = _row_view(full)
     feats = tuple(
         FeatureTruth(b.name, b.level, _has(claimed, b), _has(seen, b), not _has(hidden, b)) for b in X86_FEATURES

@@ -18,7 +18,7 @@ from kvmplat.agent.platform.levels import (
 from kvmplat.agent.platform.model import EffectivePlatform, Pv
 from kvmplat.agent.platform.x86host import Row, X86Host
 
-__all__ = ["HV_BIT", "LM_BIT", "cpuid_table", "for_vcpu", "hidden_features", "masked_table"]
+__all__ = ["HV_BIT", "LM_BIT", "cpuid_table", "for_vcpu", "hidden_features", "masked_table", "with_bit"]
 
 REG_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 HV_BIT = CpuidBit(1, 0, "ecx", 31, "hypervisor", "", "Intel SDM vol. 2A table 3-10 (reserved for hypervisors)")
@@ -66,7 +66,8 @@ def _xsave_consistent(rows: list[Row], hidden: set[str]) -> list[Row]:
     return out
 
 
-def _with_bit(rows: list[Row], bit: CpuidBit, on: bool) -> list[Row]:
+def with_bit(rows: list[Row], bit: CpuidBit, on: bool) -> list[Row]:
+    """`rows` with `bit` set (`on`) or cleared (matching subleaf, or any where the subleaf is not significant)."""
     out = []
     for fn, idx, flags, *regs in rows:
         if fn == bit.leaf and (idx == bit.subleaf or not flags & FLAG_SIGNIFICANT_INDEX):
@@ -97,7 +98,7 @@ def cpuid_table(effective: EffectivePlatform, host: X86Host) -> list[Row]:
     names = {b.name for b in hide}
     deps = [d for name in sorted(names) for d in X86_DEPENDENTS.get(name, ())]
     rows = _xsave_consistent(masked_table(rows, hide + deps), names)
-    rows = _with_bit(rows, HV_BIT, bool(effective.pv))
+    rows = with_bit(rows, HV_BIT, bool(effective.pv))
     return sorted(rows + _pv_leaves(effective, host))
 
 
