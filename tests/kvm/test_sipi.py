@@ -89,7 +89,7 @@ def _with_ap_waiting(runner: Callable[[Vm], Runner]) -> tuple[object, object]:
 def _catch(fn: Callable[[Vcpu], object], vcpu: Vcpu) -> object:
     try:
         out = fn(vcpu)
-    except Exception as e:  # noqa: BLE001 - the failure is the result the test reports
+    except Exception as e:  # the failure is the result the test reports
         return e
     return out, int(vcpu.run_struct.io.port), _io_byte(vcpu)
 
