@@ -155,6 +155,8 @@ echo KVMPLAT-INIT
 echo "nproc=$(nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo)"
 grep -m1 '^flags' /proc/cpuinfo
 dmesg | grep -i hypervisor || echo 'hypervisor: none reported by the kernel'
+# kvmplat.poweroff on the cmdline: power off through kvmplat's exit port (0xf4) instead of rebooting
+grep -q kvmplat.poweroff /proc/cmdline && mknod /dev/port c 1 4 && echo -n x | dd of=/dev/port bs=1 seek=244 2>/dev/null
 reboot -f
 """
 
