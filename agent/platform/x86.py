@@ -24,6 +24,7 @@ REG_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 HV_BIT = CpuidBit(1, 0, "ecx", 31, "hypervisor", "", "Intel SDM vol. 2A table 3-10 (reserved for hypervisors)")
 LM_BIT = next(b for b in X86_FEATURES if b.name == "lm")
 PV_BASE, PV_END, PV_KVM_MOVED = 0x40000000, 0x50000000, 0x40000100
+HYPERV_VENDOR = (0x7263694D, 0x666F736F, 0x76482074)  # "Microsoft Hv": what Linux and Windows check (TLFS 2.4)
 FLAG_SIGNIFICANT_INDEX = 1
 XSAVE_LEGACY_SIZE = 576  # legacy FXSAVE area (512) + XSAVE header (64)
 
@@ -80,7 +81,11 @@ def _pv_leaves(effective: EffectivePlatform, host: X86Host) -> list[Row]:
     """Hyper-V leaves at 0x4000_0000 and KVM's (moved to 0x4000_0100 beside Hyper-V) as the pv set asks."""
     rows: list[Row] = []
     if Pv.HYPERV in effective.pv:
-        rows += [r for r in host.hv_supported if PV_BASE <= r[0] < PV_END]
+        for fn, idx, flags, a, b, c, d in host.hv_supported:
+            if fn == PV_BASE:  # KVM lists its own vendor ("Linux KVM Hv"); guests look for Hyper-V's, as QEMU sets
+                b, c, d = HYPERV_VENDOR
+            if PV_BASE <= fn < PV_END:
+                rows.append((fn, idx, flags, a, b, c, d))
     if Pv.KVM in effective.pv:
         base = PV_KVM_MOVED if Pv.HYPERV in effective.pv else PV_BASE
         for fn, idx, flags, a, b, c, d in host.supported:
