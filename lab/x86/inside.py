@@ -106,7 +106,6 @@ def demo() -> dict[str, Any]:
 def guest_views() -> dict[str, Any]:
     """guest_view.verify_all against the lab's agent."""
     from guest_view import verify_all
-
     from kvmplat.client.client import Client
 
     t0 = time.monotonic()
@@ -127,7 +126,15 @@ def linux() -> dict[str, Any]:
     }
     failed = [t for t, v in outcomes.items() if v != "PASSED"]
     tail = out.strip().splitlines()[-25:] if rc else out.strip().splitlines()[-2:]
-    return {"ok": rc == 0, "rc": rc, **fields, "tests": outcomes, "failed": failed, "seconds": round(secs, 1), "tail": tail}
+    return {
+        "ok": rc == 0,
+        "rc": rc,
+        **fields,
+        "tests": outcomes,
+        "failed": failed,
+        "seconds": round(secs, 1),
+        "tail": tail,
+    }
 
 
 def boot() -> dict[str, Any]:
@@ -146,7 +153,11 @@ def main() -> int:
     t0 = time.monotonic()
     agent = start_agent()
     note(f"agent answering after {time.monotonic() - t0:.1f} s")
-    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [("caps", caps), ("demo", demo), ("guest_view", guest_views)]
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("caps", caps),
+        ("demo", demo),
+        ("guest_view", guest_views),
+    ]
     try:
         for key, step in steps:
             _step(key, step, skip)

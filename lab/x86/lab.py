@@ -37,7 +37,9 @@ def qemu_command(img: dict[str, str], initrd: Path, skip: str) -> list[str]:
     """QEMU's TCG q35 with every CPU feature it emulates (svm, npt, all of x86-64-v3), the host's / over 9p."""
     binds = ":".join(shared_paths(img))
     images = str(Path(img["kernel"]).parents[1])
-    append = f"console=ttyS0 quiet loglevel=1 panic=-1 kvmplat.repo={REPO} kvmplat.binds={binds} kvmplat.images={images}"
+    append = (
+        f"console=ttyS0 quiet loglevel=1 panic=-1 kvmplat.repo={REPO} kvmplat.binds={binds} kvmplat.images={images}"
+    )
     if skip:
         append += f" kvmplat.skip={skip}"
     cmd = [QEMU, "-accel", "tcg", "-M", "q35", "-cpu", "max", "-smp", "2", "-m", "4096", "-nographic", "-no-reboot"]
@@ -65,9 +67,10 @@ def _stream(cmd: list[str], log: Path) -> str:
     """QEMU's console, written to `log` and its lab lines echoed as progress; LabError on the deadline."""
     deadline = time.monotonic() + BOOT_TIMEOUT
     out, pending = [], b""
-    with log.open("wb") as f, subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    ) as proc:
+    with (
+        log.open("wb") as f,
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc,
+    ):
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         while True:
