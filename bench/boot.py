@@ -1,4 +1,4 @@
-"""Benchmark: time from start to a Linux guest's first console line, kvmplat beside QEMU, in one run.
+"""Benchmark: time from start to a Linux guest's first console line (or its /init), kvmplat beside QEMU, in one run.
 
 The same bzImage, initramfs and command line (the image's own plus `earlyprintk=serial,ttyS0,115200 nokaslr`) to the
 same first line (the decompressor's "KASLR disabled ..." or any early-console line):
@@ -7,7 +7,10 @@ same first line (the decompressor's "KASLR disabled ..." or any early-console li
   qemu microvm    process start → the line on QEMU's stdout (`-enable-kvm -cpu qemu64 -M microvm -kernel … -initrd …`)
   qemu pc         the same with `-M pc` (SeaBIOS first)
 Rounds alternate the three so host noise falls on all of them alike. The image is built first if missing
-(kvmplat image build). Last line: {"ours_ms": .., "qemu_microvm_ms": .., "qemu_pc_ms": .., "ratio_vs_qemu_microvm": ..}
+(kvmplat image build). `--until init` times the image's /init instead (its `KVMPLAT-INIT` line, the image's own
+command line only): that needs hardware KVM, e.g. inside the x86 lab (lab/x86/inside.py runs
+`--until init --machines microvm`). `--machines` picks the QEMU machines (default microvm,pc).
+Last line: {"ours_ms": .., "qemu_microvm_ms": .., "qemu_pc_ms": .., "ratio_vs_qemu_microvm": ..}
 (medians). Goal: ratio ≤ 1.0.
 """
 
@@ -31,10 +34,15 @@ from typing import Any
 
 FIRST_LINE = re.compile(rb"KASLR disabled|Decompressing|early console")
 EXTRA_CMDLINE = "earlyprintk=serial,ttyS0,115200 nokaslr"
+TARGETS = {  # --until: (what the console must show, what the image's command line gets)
+    "first-line": (FIRST_LINE, EXTRA_CMDLINE),
+    "init": (re.compile(rb"KVMPLAT-INIT"), ""),
+}
 MEMORY_MIB = 256
 TIMEOUT_S = 60.0
 QEMU = "qemu-system-x86_64"
 ENDED = (4, 5)  # VmState STOPPED, CRASHED: the guest ended before its first line
+TARGET = TARGETS["first-line"]  # set by --until
 
 
 def say(text: str) -> None:
@@ -79,7 +87,7 @@ def ours_once(address: str, img: dict[str, str], run: int) -> float:
     from kvmplat.v1 import agent_pb2 as pb
 
     name = f"boot{run}"
-    cmdline = f"{img['cmdline']} {EXTRA_CMDLINE}"
+    cmdline = f"{img['cmdline']} {TARGET[1]}".strip()
     spec = pb.VmSpec(name=name, vcpus=1, memory_mib=MEMORY_MIB, platform=pb.PlatformSpec(pv=[pb.KVM]))
     spec.boot.CopyFrom(pb.BootSpec(kernel=img["kernel"], initrd=img["initrd"], cmdline=cmdline))
     with Client(address, timeout=30.0) as c:
@@ -113,7 +121,7 @@ def _first_console(stream: Iterable[Any], name: str, t0: float) -> float:
     """Reads events until `name` prints the first line; its time in ms since t0."""
     for ev in stream:
         kind = ev.WhichOneof("kind")
-        if ev.vm == name and kind == "console" and FIRST_LINE.search(ev.console.text.encode()):
+        if ev.vm == name and kind == "console" and TARGET[0].search(ev.console.text.encode()):
             return (time.monotonic() - t0) * 1000
         if ev.vm == name and kind == "state" and ev.state.to in ENDED:
             break
@@ -126,7 +134,7 @@ def qemu_once(machine: str, img: dict[str, str]) -> float:
     """Milliseconds from QEMU's process start to the first matching line on its serial console."""
     cmd = [QEMU, "-enable-kvm", "-cpu", "qemu64", "-M", machine, "-m", str(MEMORY_MIB), "-nodefaults", "-no-reboot"]
     cmd += ["-display", "none", "-monitor", "none", "-serial", "stdio", "-kernel", img["kernel"]]
-    cmd += ["-initrd", img["initrd"], "-append", f"{img['cmdline']} {EXTRA_CMDLINE}"]
+    cmd += ["-initrd", img["initrd"], "-append", f"{img['cmdline']} {TARGET[1]}".strip()]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
@@ -148,7 +156,7 @@ def _wait_output(proc: subprocess.Popen[bytes], t0: float) -> float:
         if not chunk:
             break
         seen = seen[-4096:] + chunk
-        if FIRST_LINE.search(seen):
+        if TARGET[0].search(seen):
             return (time.monotonic() - t0) * 1000
     raise SystemExit(f"qemu: no first console line (exit {proc.poll()}): {seen[-200:]!r}")
 
@@ -168,25 +176,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    ap.add_argument("--until", choices=sorted(TARGETS), default="first-line", help="what to time (default first-line)")
+    ap.add_argument("--machines", default="microvm,pc", help="QEMU machines beside kvmplat (default microvm,pc)")
     args = ap.parse_args(argv)
+    global TARGET
+    TARGET = TARGETS[args.until]
     if shutil.which(QEMU) is None:
         raise SystemExit(f"{QEMU} is missing (Debian package qemu-system-x86)")
     img = image()
     tmp = Path(tempfile.mkdtemp(prefix="kvmplat-bench-boot-"))
     try:
         with agent(tmp) as address:
-            times = rounds(
-                args.runs,
-                {
-                    "ours": lambda i: ours_once(address, img, i),
-                    "qemu_microvm": lambda _i: qemu_once("microvm", img),
-                    "qemu_pc": lambda _i: qemu_once("pc", img),
-                },
-            )
+            contenders: dict[str, Callable[[int], float]] = {"ours": lambda i: ours_once(address, img, i)}
+            for m in filter(None, args.machines.split(",")):
+                contenders[f"qemu_{m}"] = lambda _i, m=m: qemu_once(m, img)  # type: ignore[misc]
+            times = rounds(args.runs, contenders)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {f"{k}_ms": round(statistics.median(v), 1) for k, v in times.items()}
-    med["ratio_vs_qemu_microvm"] = round(med["ours_ms"] / med["qemu_microvm_ms"], 3)
+    if "qemu_microvm_ms" in med:
+        med["ratio_vs_qemu_microvm"] = round(med["ours_ms"] / med["qemu_microvm_ms"], 3)
     if not args.json:
         for k, v in times.items():
             print(f"{k:<16} median {statistics.median(v):8.0f} ms  runs {', '.join(f'{x:.0f}' for x in v)}")
