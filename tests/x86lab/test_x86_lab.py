@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lab" / "x86"))
-import guest_view as gv  # noqa: E402
-import lab  # noqa: E402
-from kvmplat.v1 import agent_pb2 as pb  # noqa: E402
+import guest_view as gv
+from kvmplat.v1 import agent_pb2 as pb
 
-KVM_ROW = (0x40000000, 0, 0, 0x40000001, *gv.KVM_SIG)
+import lab
 
 
 def _view(hv_bit: bool, base: tuple[int, ...] = (0, 0, 0, 0)) -> dict[tuple[int, int], tuple[int, int, int, int]]:
@@ -51,7 +50,7 @@ def test_console_markers_and_the_report() -> None:
         "boot": {"ours_ms": 900.0, "qemu_microvm_ms": 1000.0, "ratio_vs_qemu_microvm": 0.9},
     }
     text = "noise\nKVMPLAT-LAB-BEGIN kernel=x uptime=1.5\n" + "\n".join(json.dumps({k: v}) for k, v in steps.items())
-    parsed = lab.parse_console(text + "\nKVMPLAT-LAB-NOTE hi\nKVMPLAT-LAB-END rc=0 uptime=11.5\n{\"late\": 1}\n")
+    parsed = lab.parse_console(text + '\nKVMPLAT-LAB-NOTE hi\nKVMPLAT-LAB-END rc=0 uptime=11.5\n{"late": 1}\n')
     assert parsed["steps"] == steps and parsed["lab_seconds"] == 10.0 and parsed["notes"] == ["KVMPLAT-LAB-NOTE hi"]
     r = lab.report(parsed["steps"], 0.0)
     assert r["boot_ratio_vs_qemu_microvm"] == 0.9 and r["demo"] is True and all(r["linux"].values())
