@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,17 +52,24 @@ def note(text: str) -> None:
     print(f"KVMPLAT-LAB-NOTE {text}", flush=True)
 
 
-def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int, str, float]:
-    """(exit status, stdout+stderr, seconds) of a command; 124 on timeout."""
+def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None, echo: str = "") -> tuple[int, str, float]:
+    """(exit status, stdout+stderr, seconds) of a command; 124 on timeout. Output lines matching `echo` are shown
+    as notes while it runs."""
     t0 = time.monotonic()
-    try:
-        done = subprocess.run(
-            cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return 124, out, time.monotonic() - t0
-    return done.returncode, done.stdout + done.stderr, time.monotonic() - t0
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        for line in proc.stdout:
+            lines.append(line)
+            if echo and re.search(echo, line):
+                note(line.rstrip()[:300])
+        timer.cancel()
+        rc = proc.wait()
+    return (124 if rc == -9 else rc), "".join(lines), time.monotonic() - t0
 
 
 def start_agent() -> subprocess.Popen[bytes]:
@@ -118,7 +126,7 @@ def linux() -> dict[str, Any]:
     """The hardware-KVM tests under pytest with KVMPLAT_REQUIRE_KVM=1; the report fields from their outcomes."""
     env = dict(os.environ, KVMPLAT_REQUIRE_KVM="1")
     cmd = [str(BIN / "python"), "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rA", *LINUX_TESTS]
-    rc, out, secs = run(cmd, 900, env)
+    rc, out, secs = run(cmd, 900, env, echo=r"PASSED|FAILED|ERROR|SKIPPED")
     outcomes = {m[1]: m[2] for m in re.finditer(r"::(\S+) (PASSED|FAILED|ERROR|SKIPPED)", out)}
     fields = {
         field: all(any(k in t and v == "PASSED" for t, v in outcomes.items()) for k in keys)
@@ -140,7 +148,7 @@ def linux() -> dict[str, Any]:
 def boot() -> dict[str, Any]:
     """bench/boot.py to KVMPLAT-INIT, kvmplat vs QEMU microvm on this /dev/kvm."""
     cmd = [str(BIN / "python"), "bench/boot.py", "--until", "init", "--machines", "microvm", "--runs", "3", "--json"]
-    rc, out, secs = run(cmd, 600)
+    rc, out, secs = run(cmd, 600, echo=r"^round ")
     lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
     result = json.loads(lines[-1]) if rc == 0 and lines else {}
     return {"ok": bool(result), "rc": rc, **result, "seconds": round(secs, 1), "tail": out.strip().splitlines()[-6:]}
