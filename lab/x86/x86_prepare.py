@@ -1,6 +1,6 @@
 """Preparing the x86 lab (lab.py): the Linux guest image (Debian's amd64 kernel and busybox-static, fetched with
-`apt-get download` by kvmplat's own image builder), the KVM and virtio-9p modules out of the same kernel package, and
-the lab's initramfs; cached in CACHE with progress on stderr."""
+`apt-get download` by kvmplat's own image builder into CACHE/image), the KVM and virtio-9p modules out of the same
+kernel package, and the lab's initramfs; cached in CACHE with progress on stderr."""
 
 from __future__ import annotations
 
@@ -69,17 +69,27 @@ def key_of(*parts: str) -> str:
 
 
 def image_dir() -> Path:
-    """Where the Linux guest image lives: $KVMPLAT_IMAGE_DIR, else kvmplat's default when it can be written, else
-    ~/.cache/kvmplat/images (the rule tests/linux/conftest.py follows, so `make test` and the lab share one build)."""
+    """The lab's own Linux guest image, CACHE/image: the default image directory is shared by every checkout on the
+    machine, and one with another /init would rebuild it under the lab's feet."""
+    return CACHE / "image"
+
+
+def _seed_debs() -> None:
+    """Copies the .debs kvmplat's default image directory already has, so the lab downloads nothing twice."""
     from kvmplat.client import image
 
-    if os.environ.get("KVMPLAT_IMAGE_DIR"):
-        return Path(os.environ["KVMPLAT_IMAGE_DIR"])
-    root = image.image_dir()
-    if (root / "image.json").exists():
-        return root
-    parent = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
-    return root if os.access(parent, os.W_OK) else Path.home() / ".cache" / "kvmplat" / "images"
+    mine = image_dir() / "debs"
+    mine.mkdir(parents=True, exist_ok=True)
+    for other in (Path(image.DEFAULT_IMAGE_DIR), Path.home() / ".cache" / "kvmplat" / "images"):
+        _copy_debs(other / "debs", mine)
+
+
+def _copy_debs(src: Path, mine: Path) -> None:
+    for deb in src.glob("*.deb"):
+        if not (mine / deb.name).exists():
+            progress(f"reusing {deb}")
+            shutil.copyfile(deb, mine / f".{deb.name}.tmp")
+            os.replace(mine / f".{deb.name}.tmp", mine / deb.name)
 
 
 def guest_image() -> dict[str, str]:
@@ -92,6 +102,7 @@ def guest_image() -> dict[str, str]:
     except image.ImageError:
         progress(f"building the Linux guest image in {image_dir()} (kvmplat image build)")
     try:
+        _seed_debs()
         return image.build(lambda m: progress(f"image: {m}"))
     except image.ImageError as e:
         raise LabError(f"could not build the Linux guest image: {e}") from e
