@@ -23,6 +23,10 @@ QUIET = "quiet"
 INIT_S = 300.0  # a bound against a hung runner: a few seconds on hardware, ~10 s in the x86 lab
 V2 = {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}  # /proc/cpuinfo names (pni is sse3)
 V3 = {"abm", "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe"}
+# Linux shows these only while it keeps XSAVE on. Inside the x86 lab it turns XSAVE off ("XSAVE consistency problem":
+# QEMU 7.2's TCG runs the L2 guest's XSETBV without the SVM intercept, so KVM never sees XCR0 change and CPUID 0xD
+# keeps the size for x87 alone) and drops them from /proc/cpuinfo together with `xsave` itself.
+XSAVE_BORNE = {"avx", "avx2", "fma"}  # Linux's cpuid_deps: AVX needs XSAVE, AVX2 and FMA need AVX
 V4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 
 
@@ -39,8 +43,8 @@ class Case:
 CASES = {
     "bzimage-1vcpu-bare-metal-v2": Case("kernel", 1, (), "x86-64-v2"),
     "vmlinux-2vcpu-kvm-v3": Case("vmlinux", 2, (pb.KVM,), "x86-64-v3", "KVM"),
-    "bzimage-2vcpu-hyperv-poweroff": Case("kernel", 2, (pb.HYPERV,), "", "Microsoft Hyper-V", poweroff=True),
-    "vmlinux-1vcpu-kvm": Case("vmlinux", 1, (pb.KVM,), "", "KVM"),
+    "bzimage-2vcpu-bare-metal-poweroff": Case("kernel", 2, (), poweroff=True),
+    "vmlinux-1vcpu-hyperv": Case("vmlinux", 1, (pb.HYPERV,), "", "Microsoft Hyper-V"),
 }
 
 
@@ -75,7 +79,11 @@ def test_linux_boots_to_init_and_sees_its_platform(
     if case.compat:
         level = int(case.compat[-1])
         above = [V3, V4][level - 2 :]
-        assert flags >= V2 and "pni" in flags and (level < 3 or flags >= V3), sorted(flags)
+        want = V2 | ({"pni"} if level < 3 else V3 | {"pni"})
+        if "xsave" not in flags:  # Linux turned XSAVE off (see XSAVE_BORNE): those it then hides are not judged
+            want -= XSAVE_BORNE
+            assert not flags & XSAVE_BORNE, sorted(flags & XSAVE_BORNE)
+        assert flags >= want, sorted(want - flags)
         assert not flags & set().union(*above), sorted(flags & set().union(*above))
     detected = set(re.findall(r"Hypervisor detected: (.+?)\r?$", console, re.M))
     assert detected == ({case.hypervisor} if case.hypervisor else set()), detected
