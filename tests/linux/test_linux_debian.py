@@ -4,12 +4,10 @@ On this kind of host (kvm_pvm: every guest instruction emulated, reference/THIS_
 decompressor's first console line in seconds and the ELF vmlinux the "Linux version" banner in about half a minute;
 the kernel then stops at the first instruction KVM's emulator lacks, which must end the VM CRASHED with that reason,
 never leave it hanging. Where the host has hardware KVM (vmx or svm) the same image boots to its /init, which
-reports what the guest sees; those tests skip elsewhere with conftest.HARDWARE_KVM_SKIP_REASON.
+reports what the guest sees: test_linux_hardware.py (the x86 lab runs it on kvm-amd).
 """
 
 from __future__ import annotations
-
-import re
 
 import pytest
 from guest_harness import Agent
@@ -22,7 +20,7 @@ FIRST_LINE = r"KASLR disabled|Decompressing|early console"
 MEMORY_MIB = 256
 # Bounds against a hung runner, not speed checks: on a busy 2-core kvm_pvm host the banner takes 25-60 s and the
 # emulation failure comes 50 s later.
-FIRST_LINE_S, BANNER_S, END_S, INIT_S = 120.0, 400.0, 600.0, 300.0
+FIRST_LINE_S, BANNER_S, END_S = 120.0, 400.0, 600.0
 
 
 def _cmdline(image: dict[str, str], extra: str = EARLY) -> str:
@@ -56,35 +54,3 @@ def test_vmlinux_reaches_the_banner_then_ends(debian_agent: Agent, debian_image:
     else:  # hardware KVM: /init ran and rebooted (reboot=t makes that a triple fault)
         assert (vm.state, vm.state_reason) == (pb.STOPPED, "guest reset")
     a.discard("elf")
-
-
-def _boot_to_init(a: Agent, image: dict[str, str], name: str, pv: tuple[int, ...], vcpus: int = 1) -> str:
-    """Boots the bzImage to its /init and returns the console once the guest has rebooted."""
-    a.boot(name, image["kernel"], _cmdline(image, ""), image["initrd"], pv=pv, vcpus=vcpus, memory_mib=MEMORY_MIB)
-    a.wait_text(name, "KVMPLAT-INIT", INIT_S)
-    vm = a.wait_end(name, INIT_S)
-    console = a.console(name)  # read before the VM is destroyed: its events go with it
-    a.discard(name)
-    assert (vm.state, vm.state_reason) == (pb.STOPPED, "guest reset"), console[-2000:]
-    assert vm.stats.HasField("kvmplat_init")
-    return console
-
-
-@pytest.mark.hardware_kvm
-def test_boots_to_init_and_sees_two_vcpus(debian_agent: Agent, debian_image: dict[str, str]) -> None:
-    console = _boot_to_init(debian_agent, debian_image, "init2", (pb.KVM,), vcpus=2)
-    assert re.search(r"^nproc=2\r?$", console, re.M), console[-2000:]
-
-
-@pytest.mark.hardware_kvm
-def test_bare_metal_guest_sees_no_hypervisor(debian_agent: Agent, debian_image: dict[str, str]) -> None:
-    console = _boot_to_init(debian_agent, debian_image, "bare", ())
-    flags = re.search(r"^flags\s*:(.*)$", console, re.M)
-    assert flags and "hypervisor" not in flags.group(1).split(), console[-2000:]
-    assert "Hypervisor detected" not in console
-
-
-@pytest.mark.hardware_kvm
-def test_pv_kvm_guest_sees_kvm(debian_agent: Agent, debian_image: dict[str, str]) -> None:
-    console = _boot_to_init(debian_agent, debian_image, "pvkvm", (pb.KVM,))
-    assert "Hypervisor detected: KVM" in console
