@@ -36,8 +36,8 @@ LINUX_TESTS = ("tests/linux/test_linux_hardware.py", "tests/kvm/test_sipi.py")
 LINUX_FIELDS = {
     "init_1vcpu": ("bzimage-1vcpu", "vmlinux-1vcpu"),
     "init_2vcpu": ("bzimage-2vcpu", "vmlinux-2vcpu"),
-    "cpuinfo_matches": ("bzimage-1vcpu-bare-metal-v2", "vmlinux-2vcpu-kvm-v3", "vmlinux-1vcpu-hyperv"),
-    "hypervisor_line_matches": ("bzimage-1vcpu-bare-metal-v2", "vmlinux-2vcpu-kvm-v3", "vmlinux-1vcpu-hyperv"),
+    "cpuinfo_matches": ("bzimage-1vcpu-bare-metal-v2", "vmlinux-2vcpu-kvm-v3", "vmlinux-1vcpu-hyperv-poweroff"),
+    "hypervisor_line_matches": ("bzimage-1vcpu-bare-metal-v2", "vmlinux-2vcpu-kvm-v3", "vmlinux-1vcpu-hyperv-poweroff"),
 }
 sys.path.insert(0, str(HERE))
 
