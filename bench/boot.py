@@ -39,7 +39,8 @@ TARGETS = {  # --until: (what the console must show, what the image's command li
     "init": (re.compile(rb"KVMPLAT-INIT"), "quiet"),  # a kernel log costs an exit per byte, in both contenders
 }
 MEMORY_MIB = 256
-TIMEOUT_S = 60.0
+TIMEOUT_S = 180.0  # a bound against a hung guest: to /init inside the x86 lab takes 35-60 s
+AGENT_START_S = 120.0  # the agent's start-up (imports, probe guests) takes ~25 s inside the x86 lab's TCG
 QEMU = "qemu-system-x86_64"
 ENDED = (4, 5)  # VmState STOPPED, CRASHED: the guest ended before its first line
 TARGET = TARGETS["first-line"]  # set by --until
@@ -72,7 +73,7 @@ def agent(tmp: Path) -> Iterator[str]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         with Client(address, timeout=30.0) as c:
-            if not c.wait_ready(30.0):
+            if not c.wait_ready(AGENT_START_S):
                 raise SystemExit(f"the agent did not answer: {(tmp / 'agent.log').read_text()[-300:]}")
             c.capabilities()
         yield address
