@@ -1,6 +1,6 @@
 """kvmplat.client: the client library and the `kvmplat` CLI.
 
-`Client` (kvmplat.client.client) wraps the Agent stubs; errors are in kvmplat.client.errors; spec files in
+`Client` (kvmplat.client.agent) wraps the Agent stubs; errors are in kvmplat.client.errors; spec files in
 kvmplat.client.specfile. Nothing is imported here eagerly, so `import kvmplat.client.specfile` (or the libvirt hook)
 does not pay for grpc until it asks for `Client`.
 """
@@ -11,17 +11,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kvmplat.client.client import Client, TlsFiles
+    from kvmplat.client.agent import Client, TlsFiles
     from kvmplat.client.errors import KvmplatError
-    from kvmplat.client.placement import place
+    from kvmplat.client.scheduling.ask_agents import place
 
 __all__ = ["Client", "KvmplatError", "TlsFiles", "place"]
 
 _LAZY = {
-    "Client": "kvmplat.client.client",
-    "TlsFiles": "kvmplat.client.client",
+    "Client": "kvmplat.client.agent",
+    "TlsFiles": "kvmplat.client.agent",
     "KvmplatError": "kvmplat.client.errors",
-    "place": "kvmplat.client.placement",
+    "place": "kvmplat.client.scheduling.ask_agents",
 }
 
 

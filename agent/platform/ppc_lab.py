@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from kvmplat.agent import kvmabi
+from kvmplat.agent.kvm import ffi as kvmabi
 
 __all__ = ["DEFAULT_CASES", "LAB_FILES", "lab_main", "stage"]
 
@@ -124,7 +124,7 @@ def _result_json(r: Any) -> dict[str, Any]:
 
 def run_payload(kvm: Any, host: Any) -> dict[str, Any]:
     """Runs the built-in payload on the host's default flavour (PAPR on) and reports console and MMIO exit."""
-    from kvmplat.agent.ioctls import Cap
+    from kvmplat.agent.kvm.ioctls import Cap
     from kvmplat.agent.platform.ppc_payload import PROBE_MAGIC, PROBE_MMIO, run_probe
 
     if not host.default_accel:
@@ -181,7 +181,7 @@ def _open(simulate: str | None) -> tuple[Any, Any, Any]:
     if simulate:
         sim = sim_fds(PpcHost.from_file(simulate))
         return None, sim, learn_ppc_host(sim, name="simulated", source=simulate)
-    from kvmplat.agent.kvm import Kvm
+    from kvmplat.agent.kvm.fds import Kvm
 
     kvm = Kvm()
     fds = KvmFds(kvm)

@@ -10,12 +10,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmplat.agent._kvmc import ffi, lib
-from kvmplat.agent.boot import CpuState, GuestImage
 from kvmplat.agent.errors import HostError, InvalidArgument
-from kvmplat.agent.ioctls import REQUESTS
-from kvmplat.agent.kvm import GuestMemory, Kvm, MpState, Vcpu, Vm
-from kvmplat.agent.payloads import builtin_image
+from kvmplat.agent.guest.builtin import builtin_image
+from kvmplat.agent.guest.image import CpuState, GuestImage
+from kvmplat.agent.kvm._kvmc import ffi, lib
+from kvmplat.agent.kvm.fds import GuestMemory, Kvm, MpState, Vcpu, Vm
+from kvmplat.agent.kvm.ioctls import REQUESTS
 from kvmplat.agent.platform.x86 import for_vcpu
 
 __all__ = ["Machine", "build_machine", "load_image"]

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
-from kvmplat.agent.kvm import Vcpu
-from kvmplat.agent.lifecycle import Event, State, next_state
-from kvmplat.agent.runner.console import ConsoleReader
+from kvmplat.agent.kvm.fds import Vcpu
+from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
 from kvmplat.agent.runner.eventlog import EventLog
 from kvmplat.agent.runner.exits import Outcome, Verdict
@@ -163,7 +163,7 @@ class VmRunner:
     def _note_first_byte(self) -> None:
         """Copies the UART's time of the first console byte into the milestones (once it exists). Called under
         `_lock`, or on the console thread, which a teardown joins before it frees the machine."""
-        from kvmplat.agent._kvmc import lib
+        from kvmplat.agent.kvm._kvmc import lib
 
         machine = self.machine
         if "first_console_byte" not in self.milestones and machine is not None and machine.cvm is not None:
@@ -260,7 +260,7 @@ class VmRunner:
         raise KvmplatError(f"unknown runner op {op!r}")
 
     def _console_input(self, data: bytes) -> int:
-        from kvmplat.agent._kvmc import lib
+        from kvmplat.agent.kvm._kvmc import lib
 
         with self._lock:
             if self.machine is None or self.state is not State.RUNNING:

@@ -77,9 +77,9 @@ def _missing() -> str:
 def _agent_missing() -> str:
     """Why the real agent cannot be started, or ""."""
     try:
-        import kvmplat.agent.main  # noqa: F401
+        import kvmplat.agent.api.main  # noqa: F401
     except ImportError:
-        return "the kvmplat agent (kvmplat.agent.main) has not landed yet"
+        return "the kvmplat agent (kvmplat.agent.api.main) has not landed yet"
     return "" if AGENT.exists() else f"{AGENT} is not installed"
 
 

@@ -1,4 +1,4 @@
-"""The cffi struct layouts (agent/cbuild.py) against the installed kernel's <linux/kvm.h>, compiled with gcc."""
+"""The cffi struct layouts (agent/kvm/cbuild.py) against the installed kernel's <linux/kvm.h>, compiled with gcc."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from kvmplat.agent._kvmc import ffi
+from kvmplat.agent.kvm._kvmc import ffi
 
 # (struct, member path or "" for sizeof)
 CHECKS = [

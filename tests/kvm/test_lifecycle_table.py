@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 from kvmplat.agent.errors import FailedPrecondition
-from kvmplat.agent.lifecycle import TRANSITIONS, Event, IllegalTransition, State, allowed_events, next_state
+from kvmplat.agent.registry.lifecycle import TRANSITIONS, Event, IllegalTransition, State, allowed_events, next_state
 
 EXPECTED = {
     (State.CREATED, Event.START): State.RUNNING,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
-from kvmplat.client.labels import PREFIX, format_nfd, labels_from_caps, write_nfd_file
+from kvmplat.client.scheduling.labels import PREFIX, format_nfd, labels_from_caps, write_nfd_file
 from kvmplat.v1 import agent_pb2 as pb
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "labels"
