@@ -203,7 +203,7 @@ class Client:
         return self._call(self._stub.CreateVm, pb.CreateVmRequest(spec=spec, start=start), pb.Vm)
 
     def start_vm(self, name: str) -> pb.Vm:
-        """Starts a CREATED VM (StartVm)."""
+        """Starts a CREATED VM, or boots a STOPPED one again from its spec (StartVm)."""
         return self._call(self._stub.StartVm, pb.VmRequest(name=name), pb.Vm)
 
     def pause_vm(self, name: str) -> pb.Vm:
@@ -215,12 +215,12 @@ class Client:
         return self._call(self._stub.ResumeVm, pb.VmRequest(name=name), pb.Vm)
 
     def stop_vm(self, name: str) -> pb.Vm:
-        """Stops a VM for good (StopVm)."""
+        """Stops a VM: its guest ends; `start_vm` boots it again (StopVm)."""
         return self._call(self._stub.StopVm, pb.VmRequest(name=name), pb.Vm)
 
-    def destroy_vm(self, name: str) -> None:
-        """Frees a VM and everything it held (DestroyVm)."""
-        self._call(self._stub.DestroyVm, pb.VmRequest(name=name), pb.DestroyVmResponse)
+    def destroy_vm(self, name: str, force: bool = False) -> None:
+        """Frees a VM and everything it held; `force` stops a RUNNING or PAUSED VM first (DestroyVm)."""
+        self._call(self._stub.DestroyVm, pb.VmRequest(name=name, force=force), pb.DestroyVmResponse)
 
     def get_vm(self, name: str) -> pb.Vm:
         """One VM by name (GetVm)."""

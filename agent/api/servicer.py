@@ -152,7 +152,7 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def DestroyVm(self, request: pb.VmRequest, context: Any) -> pb.DestroyVmResponse:
-        await self.c.destroy(request.name)
+        await self.c.destroy(request.name, force=request.force)
         return pb.DestroyVmResponse()
 
     @_rpc

@@ -49,8 +49,10 @@ class VmRunner:
     def __init__(self, config: dict[str, Any]) -> None:
         self.name: str = config["name"]
         self.log = EventLog(int(config.get("first_seq", 1)))
-        self.state = State.CREATED
-        self.reason = "created"
+        # a restart (STOPPED --start--> RUNNING) is a new runner that takes over the stopped VM's state
+        restart = bool(config.get("restart", False))
+        self.state = State.STOPPED if restart else State.CREATED
+        self.reason = "stopped; booting again" if restart else "created"
         self._lock = threading.RLock()
         self._exits: queue.Queue[tuple[int, Outcome]] = queue.Queue()
         self.machine: Machine | None = build_machine(config)
@@ -62,15 +64,17 @@ class VmRunner:
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
-        self.log.emit(
-            "state", {"from": "", "to": State.CREATED.name, "reason": f"created ({self.machine.image.description})"}
-        )
+        if not restart:
+            created = f"created ({self.machine.image.description})"
+            self.log.emit("state", {"from": "", "to": State.CREATED.name, "reason": created})
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def request(self, event: Event) -> State:
         """Applies a caller's request (start, pause, resume, stop) through the transition table."""
         with self._lock:
             new = next_state(self.name, self.state, event)
+            if self.machine is None:  # torn down: a restart is a new runner's job (the agent spawns one)
+                raise FailedPrecondition(f"VM {self.name!r} is {self.state.name}: this runner has no guest left")
             if new in _MODE_AFTER:
                 for t in self.threads:
                     t.set_mode(_MODE_AFTER[new])

@@ -41,6 +41,8 @@ def register(commands: Commands) -> None:
     for verb, help_text in _VERBS.items():
         p = commands.add(verb, _lifecycle, help_text)
         p.add_argument("name", metavar="NAME")
+        if verb == "destroy":
+            p.add_argument("--force", action="store_true", help="stop a RUNNING or PAUSED VM first (one call)")
         commands.add_json(p)
     commands.add_json(commands.add("list", _list, "every VM on the agent"))
     p = commands.add("show", _show, "one VM in full")
@@ -54,11 +56,11 @@ def register(commands: Commands) -> None:
 
 
 _VERBS = {
-    "start": "start a CREATED VM",
+    "start": "start a CREATED VM, or boot a STOPPED one again",
     "pause": "pause a RUNNING VM",
     "resume": "resume a PAUSED VM",
-    "stop": "stop a VM for good",
-    "destroy": "free a VM and everything it held",
+    "stop": "stop a VM (start boots it again)",
+    "destroy": "free a STOPPED, CRASHED or CREATED VM and everything it held (--force: a running one too)",
 }
 
 
@@ -153,7 +155,7 @@ def _create(ctx: Context) -> int:
 def _lifecycle(ctx: Context) -> int:
     client, name, verb = ctx.client(), ctx.args.name, ctx.args.command
     if verb == "destroy":
-        client.destroy_vm(name)
+        client.destroy_vm(name, force=ctx.args.force)
         ctx.print(output.to_json(pb.DestroyVmResponse()) if ctx.args.json else f"{name}: destroyed")
         return EXIT_OK
     action = {"start": client.start_vm, "pause": client.pause_vm, "resume": client.resume_vm, "stop": client.stop_vm}

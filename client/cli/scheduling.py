@@ -20,7 +20,10 @@ def _labels(ctx: Context) -> int:
 
     labels = labels_from_caps(ctx.client().capabilities())
     if ctx.args.nfd_file:
-        write_nfd_file(ctx.args.nfd_file, format_nfd(labels, ctx.address()))
+        try:
+            write_nfd_file(ctx.args.nfd_file, format_nfd(labels, ctx.address()))
+        except OSError as e:
+            raise UsageError(f"--nfd-file {ctx.args.nfd_file}: cannot write it: {e.strerror or e}") from None
     if ctx.args.json:
         ctx.print(json.dumps(labels, indent=2))
     elif not ctx.args.nfd_file:

@@ -359,10 +359,12 @@ class CreateVmRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., start: _Optional[bool] = ...) -> None: ...
 
 class VmRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DestroyVmResponse(_message.Message):
     __slots__ = ()
