@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import grpc
-from kvmplat.client.errors import KvmplatError, from_rpc_error
+from kvmplat.client.errors import AddressError, KvmplatError, from_rpc_error
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pb_grpc
 
@@ -40,10 +40,6 @@ CHANNEL_OPTIONS = (("grpc.max_send_message_length", 4 << 20), ("grpc.max_receive
 _READY_PROBE_S = 0.2
 
 T = TypeVar("T")
-
-
-class AddressError(ValueError):
-    """An agent address in none of the accepted forms (unix:///path, unix:path, tcp://host:port)."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,11 @@ comments; a missing default file means all defaults:
     tls_key = /etc/kvmplat/hook.key
     on_unreachable = fail-closed              # or fail-open
     timeout = 5                               # seconds per agent call
+    scope = kvm                               # or opted-in, all: which domains the hook judges (hook_scope)
+
+Domains out of scope pass untouched: exit 0, nothing printed, no agent call. For a domain in scope, `prepare`
+reports the translation's warnings (what kvmplat does not apply: disks, NICs, ...) on stderr and to the journal
+(syslog, ident kvmplat-hook), whether or not the platform is admitted.
 
 Start-up cost matters (libvirt waits for the hook at every domain start), so grpc is imported only when the agent
 is called, and nothing beyond grpc and the generated stubs (no grpc_status, health or reflection).
@@ -34,7 +39,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import IO, Any, NamedTuple
 
-from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainXmlError, Translation, translate
+from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainXmlError, Translation, parse_document, translate_root
+from kvmplat.client.libvirt.hook_scope import SCOPES, host_kvm_arches, in_scope
 from kvmplat.v1 import agent_pb2 as pb
 
 # client.py's CHANNEL_OPTIONS, repeated: the hook does not import the Client (its start-up cost)
@@ -62,6 +68,7 @@ class HookConfig(NamedTuple):
     tls_key: str = ""
     on_unreachable: str = "fail-closed"
     timeout: float = 5.0
+    scope: str = "kvm"
 
 
 def _parse_config(text: str, path: str) -> HookConfig:
@@ -76,6 +83,8 @@ def _parse_config(text: str, path: str) -> HookConfig:
         values[key] = value
     if values.get("on_unreachable", "fail-closed") not in ("fail-closed", "fail-open"):
         raise ConfigError(f"{path}: on_unreachable must be fail-closed or fail-open")
+    if values.get("scope", "kvm") not in SCOPES:
+        raise ConfigError(f"{path}: scope must be one of {', '.join(SCOPES)}")
     try:
         values["timeout"] = float(values.get("timeout", 5.0))
     except ValueError:
@@ -158,11 +167,26 @@ class Agent:
 class _Run:
     """One hook invocation: the domain's name, the configuration and where to write."""
 
-    def __init__(self, name: str, stderr: IO[str], agent_factory: Callable[[HookConfig], Agent]) -> None:
+    def __init__(
+        self,
+        name: str,
+        stderr: IO[str],
+        agent_factory: Callable[[HookConfig], Agent],
+        journal: Callable[[str], None] | None = None,
+    ) -> None:
         self.name = name
         self.config = HookConfig()
         self.stderr = stderr
         self.agent_factory = agent_factory
+        self.journal = journal
+
+    def warn(self, warnings: tuple[str, ...]) -> None:
+        """The translation's warnings, one line each, on stderr and in the journal (for the administrator)."""
+        for w in warnings:
+            line = f"domain {self.name!r}: warning: {' '.join(w.split())}"
+            self.say(line)
+            if self.journal is not None:
+                self.journal(line)
 
     def say(self, text: str) -> None:
         """One line on stderr, whitespace collapsed: libvirt shows the hook's stderr as the error's tail."""
@@ -197,6 +221,7 @@ def _describe(t: Translation) -> str:
 
 
 def _prepare(run: _Run, t: Translation) -> int:
+    run.warn(t.warnings)
     try:
         run.call("CheckPlatform", pb.CheckPlatformRequest(spec=t.spec))
     except AgentError as e:
@@ -264,13 +289,17 @@ def _read_stdin(stdin: IO[bytes]) -> bytes | None:
     return None
 
 
-def _translation(data: bytes | None) -> Translation:
+def _translation(data: bytes | None, scope: str) -> Translation | None:
+    """The domain's translation, or None when it is not in the hook's `scope`."""
     if data is None:
         raise DomainXmlError(f"domain XML is larger than {MAX_XML_BYTES} bytes")
     try:
-        return translate(data.decode("utf-8"))
+        root = parse_document(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise DomainXmlError("domain XML is not UTF-8") from None
+    if not in_scope(root, scope, host_kvm_arches()):
+        return None
+    return translate_root(root)
 
 
 def main(
@@ -280,8 +309,10 @@ def main(
     stderr: IO[str],
     env: Mapping[str, str],
     agent_factory: Callable[[HookConfig], Agent] = Agent,
+    journal: Callable[[str], None] | None = None,
 ) -> int:
-    """Runs the hook for argv = [NAME, OPERATION, SUB-OPERATION, EXTRA] (program name excluded); returns the status."""
+    """Runs the hook for argv = [NAME, OPERATION, SUB-OPERATION, EXTRA] (program name excluded); returns the status.
+    `journal` receives the lines meant for the system log (translation warnings)."""
     del stdout  # the hook never rewrites the XML libvirt passes through
     if len(argv) < 2:
         stderr.write("usage: qemu NAME OPERATION [SUB-OPERATION [EXTRA]] < domain.xml (run by libvirtd)\n")
@@ -292,15 +323,15 @@ def main(
     if action is None:
         return 0
     blocking = op in _BLOCKING
-    run = _Run(argv[0], stderr, agent_factory)
+    run = _Run(argv[0], stderr, agent_factory, journal)
     try:
-        t = _translation(data)
-    except DomainXmlError as e:
-        return run.refuse(f"cannot read its domain XML: {e}") if op == ("prepare", "begin") else 0
-    if action[1] and not t.opt_in:
-        return 0
-    try:
-        run.config = load_config(env)
+        run.config = load_config(env)  # first: the scope decides whether this domain is ours at all
+        try:
+            t = _translation(data, run.config.scope)
+        except DomainXmlError as e:
+            return run.refuse(f"cannot read its domain XML: {e}") if op == ("prepare", "begin") else 0
+        if t is None or (action[1] and not t.opt_in):
+            return 0
         return action[0](run, t)
     except (ConfigError, OSError) as e:
         return run.refuse(f"hook configuration: {e}") if blocking else 0
@@ -310,8 +341,19 @@ def entry() -> None:
     """Process entry: runs `main` on the process's argv, stdin and environment, then exits at once."""
     import sys
 
-    status = main(sys.argv[1:], sys.stdin.buffer, sys.stdout, sys.stderr, os.environ)
+    status = main(sys.argv[1:], sys.stdin.buffer, sys.stdout, sys.stderr, os.environ, journal=_syslog)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skips interpreter teardown (module GC, grpc's shutdown): libvirt waits on this process at every start.
     os._exit(status)
+
+
+def _syslog(line: str) -> None:
+    """One line to the system log (the journal on systemd hosts), as kvmplat-hook; never fails the hook."""
+    import syslog
+
+    try:
+        syslog.openlog("kvmplat-hook", 0, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_WARNING, line)
+    except OSError:
+        pass
