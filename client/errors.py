@@ -14,9 +14,10 @@
     └── AddressError         a bad agent address or TLS file, found before any call (client side; a ValueError too)
 
 Everything except `Unreachable` and `AddressError` is the agent's answer (the CLI exits 1); those two are the
-caller's or the connection's problem (the CLI exits 2). `from_rpc_error` is the one place that turns a `grpc.RpcError` into one of these, through
-`ERRORS_BY_CODE`. grpc_status (and googleapis-common-protos) is imported only when an error carries rich details,
-so a short-lived caller such as the libvirt hook pays nothing for it on the happy path.
+caller's or the connection's problem (the CLI exits 2). `from_rpc_error` is the one place that turns a
+`grpc.RpcError` into one of these, through `ERRORS_BY_CODE`. grpc_status (and googleapis-common-protos) is imported
+only when an error carries rich details, so a short-lived caller such as the libvirt hook pays nothing for it on the
+happy path.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 
-__all__ = ["InUse", "LOCK_NAME", "StateLock", "check_socket_free"]
+__all__ = ["LOCK_NAME", "InUse", "StateLock", "check_socket_free"]
 
 LOCK_NAME = "agent.lock"
 

@@ -105,7 +105,7 @@ async def serve(args: argparse.Namespace) -> int:
         if lis.socket_path:
             check_socket_free(lis.socket_path)  # before anything could unlink a live agent's socket
         if lis.insecure:
-            log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls the VMs", args.listen)
+            log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls VMs", args.listen)
         controller = await _controller(args)
         try:
             return await _serve(args, lis, controller)
@@ -131,7 +131,8 @@ async def _serve(args: argparse.Namespace, lis: Any, controller: Controller) -> 
         lis.secure_socket()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, controller.platforms.describe())
+        where = controller.platforms.describe()
+        log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, where)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
