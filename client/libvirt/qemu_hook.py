@@ -26,8 +26,8 @@ comments; a missing default file means all defaults:
     scope = kvm                               # or opted-in, all: which domains the hook judges (hook_scope)
 
 Domains out of scope pass untouched: exit 0, nothing printed, no agent call. For a domain in scope, `prepare`
-reports the translation's warnings (what kvmplat does not apply: disks, NICs, ...) on stderr and to the journal
-(syslog, ident kvmplat-hook), whether or not the platform is admitted.
+reports the translation's warnings (what kvmplat does not apply: disks, NICs, ...) to the journal (syslog, ident
+kvmplat-hook) and, when the domain is admitted, on stderr (a refusal keeps stderr to its one line).
 
 Start-up cost matters (libvirt waits for the hook at every domain start), so grpc is imported only when the agent
 is called, and nothing beyond grpc and the generated stubs (no grpc_status, health or reflection).
@@ -180,11 +180,13 @@ class _Run:
         self.agent_factory = agent_factory
         self.journal = journal
 
-    def warn(self, warnings: tuple[str, ...]) -> None:
-        """The translation's warnings, one line each, on stderr and in the journal (for the administrator)."""
+    def warn(self, warnings: tuple[str, ...], stderr: bool) -> None:
+        """The translation's warnings, one line each, in the journal and (`stderr`) on stderr, for the
+        administrator; a refusal keeps stderr to its one line, which libvirt shows as the start's error."""
         for w in warnings:
             line = f"domain {self.name!r}: warning: {' '.join(w.split())}"
-            self.say(line)
+            if stderr:
+                self.say(line)
             if self.journal is not None:
                 self.journal(line)
 
@@ -221,13 +223,14 @@ def _describe(t: Translation) -> str:
 
 
 def _prepare(run: _Run, t: Translation) -> int:
-    run.warn(t.warnings)
     try:
         run.call("CheckPlatform", pb.CheckPlatformRequest(spec=t.spec))
     except AgentError as e:
+        run.warn(t.warnings, stderr=False)
         if e.code in _UNREACHABLE:
             return run.unreachable(e, "start")
         return run.refuse(f"{_describe(t)}: {e.message}")
+    run.warn(t.warnings, stderr=True)
     return 0
 
 

@@ -47,13 +47,27 @@ class FakeAgent:
         pass
 
 
-def run(argv: list[str], xml: str | bytes, agent: FakeAgent, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def run(
+    argv: list[str],
+    xml: str | bytes,
+    agent: FakeAgent,
+    env: dict[str, str] | None = None,
+    journal: list[str] | None = None,
+) -> tuple[int, str, str]:
     """main() on in-memory streams; returns (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     data = xml.encode() if isinstance(xml, str) else xml
     env = {"KVMPLAT_HOOK_CONFIG": "", **(env or {})}
-    status = main(argv, io.BytesIO(data), out, err, env, agent_factory=agent)  # type: ignore[arg-type]
+    sink = journal.append if journal is not None else None
+    status = main(argv, io.BytesIO(data), out, err, env, agent_factory=agent, journal=sink)  # type: ignore[arg-type]
     return status, out.getvalue(), err.getvalue()
+
+
+def conf(tmp_path: Path, text: str) -> dict[str, str]:
+    """The environment pointing the hook at a hook.conf holding `text`."""
+    path = tmp_path / "hook.conf"
+    path.write_text(text)
+    return {"KVMPLAT_HOOK_CONFIG": str(path)}
 
 
 PREPARE = ["web1", "prepare", "begin", "-"]
@@ -63,18 +77,27 @@ PREPARE = ["web1", "prepare", "begin", "-"]
 def no_system_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the machine's /etc/kvmplat/hook.conf."""
     monkeypatch.setattr("kvmplat.client.libvirt.qemu_hook.CONFIG_PATH", "/nonexistent/kvmplat-hook.conf")
+    # the scope's "arches this host's KVM runs", pinned: the tests mean an x86_64 host wherever they run
+    monkeypatch.setattr("kvmplat.client.libvirt.qemu_hook.host_kvm_arches", lambda: ("x86_64", "i686"))
 
 
 def test_prepare_admits_a_possible_platform() -> None:
     agent = FakeAgent()
-    assert run(PREPARE, X86, agent) == (0, "", "")
+    status, out, err = run(PREPARE, X86, agent)
+    assert (status, out) == (0, "")
+    # issue 18: the administrator sees what kvmplat will not apply, even when the platform is admitted
+    assert err.splitlines() == [
+        "kvmplat: domain 'web1': warning: os/type machine 'pc': kvmplat runs its own minimal PC, not QEMU's chipset",
+        "kvmplat: domain 'web1': warning: no os/kernel and no kvmplat:boot: kvmplat cannot boot from disks or firmware",
+    ]
     method, request = agent.calls[0]
     assert method == "CheckPlatform" and request.spec.name == "web1" and list(request.spec.platform.pv) == []
 
 
-def test_prepare_refuses_with_one_line_naming_the_platform() -> None:
+def test_prepare_refuses_with_one_line_naming_the_platform(tmp_path: Path) -> None:
     refusal = AgentError("FAILED_PRECONDITION", "platform.abi SPAPR cannot be honoured: this host is x86_64")
-    status, out, err = run(["p9guest", "prepare", "begin", "-"], PPC, FakeAgent({"CheckPlatform": refusal}))
+    env = conf(tmp_path, "scope = all\n")  # a ppc64le domain is not an x86_64 host's business under scope = kvm
+    status, out, err = run(["p9guest", "prepare", "begin", "-"], PPC, FakeAgent({"CheckPlatform": refusal}), env)
     assert status == 1 and out == ""
     assert err.count("\n") == 1
     assert "p9guest" in err and "ppc64le pseries, compat power9" in err and "SPAPR cannot be honoured" in err
