@@ -1,7 +1,8 @@
 """`kvmplat-agent`: the per-host daemon. Serves kvmplat.v1.Agent (plus gRPC health and reflection) on a unix
 socket or TCP, keeps its VMs' records in --state-dir, and re-adopts their runners when it restarts.
 
-Exit codes: 0 after SIGTERM/SIGINT, 2 for bad flags or a host that cannot run VMs (the reason on stderr).
+Exit codes: 0 after SIGTERM/SIGINT, 2 for bad flags, a host that cannot run VMs, a state directory or socket another
+live agent holds, or an OS error such as a busy port (the reason on stderr, one line, no traceback).
 """
 
 from __future__ import annotations

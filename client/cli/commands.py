@@ -34,7 +34,13 @@ def register(commands: Commands) -> None:
     _add_spec_source(p, libvirt=False)
     commands.add_json(p)
     p = commands.add("create", _create, "create a VM from a spec")
-    p.add_argument("name", metavar="NAME", help="VM name (overrides the spec's)")
+    p.add_argument(
+        "name",
+        metavar="NAME",
+        nargs="?",
+        default="",
+        help="VM name (default: the spec's or the XML's; needed with --from-libvirt, where it names the domain)",
+    )
     _add_spec_source(p, libvirt=True)
     p.add_argument("--start", action="store_true", help="start it at once")
     commands.add_json(p)
@@ -146,7 +152,11 @@ def _check(ctx: Context) -> int:
 
 
 def _create(ctx: Context) -> int:
+    if ctx.args.from_libvirt is not None and not ctx.args.name:
+        raise UsageError("create --from-libvirt needs NAME: the libvirt domain to translate")
     spec = spec_from_args(ctx, ctx.args.name)
+    if not spec.name:
+        raise UsageError("the VM needs a name: give NAME, or a name in the spec")
     vm = ctx.client().create_vm(spec, start=ctx.args.start)
     ctx.print(output.to_json(vm) if ctx.args.json else output.format_vm_line(vm))
     return EXIT_OK
@@ -189,4 +199,10 @@ def _events(ctx: Context) -> int:
             ctx.print(output.to_json(event, one_line=True) if a.json else output.format_event(event))
     finally:
         stream.cancel()
+    if a.follow and a.name:  # a followed stream of one VM ends only when the agent forgets it: say so
+        end = f"{a.name} destroyed"
+        if a.json:
+            ctx.warn(f"{end}: end of its events")  # stdout stays one JSON object a line
+        else:
+            ctx.print(end)
     return EXIT_OK

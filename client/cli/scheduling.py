@@ -79,6 +79,11 @@ def register(commands: Commands) -> None:
     p.add_argument("--nfd-file", metavar="PATH", help="write node-feature-discovery's local features file atomically")
     p.add_argument("--json", action="store_true", help="print the labels as one JSON object")
     p = commands.add("place", _place, "choose the agent with most room that can run a spec; explain the others")
-    p.add_argument("--spec", required=True, metavar="FILE", help="VmSpec JSON (or YAML) file")
+    p.add_argument("--spec", required=True, metavar="FILE", help="VmSpec as protobuf JSON (as for create)")
     p.add_argument("--agents", required=True, metavar="A,B,C", help="agent addresses, comma-separated")
-    p.add_argument("--json", action="store_true", help='print {"chosen", "rejected", "candidates"} as JSON')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"chosen", "rejected": [{"agent", "reason"}], "candidates": [{"agent", "memoryFreeMib", '
+        '"vcpusFree"}]} (protobuf JSON style)',
+    )

@@ -32,8 +32,8 @@ class Offer:
     vcpus_free: int
 
     def to_json(self) -> dict[str, Any]:
-        """The offer as a JSON object."""
-        return {"agent": self.agent, "memory_free_mib": self.memory_free_mib, "vcpus_free": self.vcpus_free}
+        """The offer as a JSON object in protobuf JSON's style (camelCase; a uint64 such as the memory a string)."""
+        return {"agent": self.agent, "memoryFreeMib": str(self.memory_free_mib), "vcpusFree": self.vcpus_free}
 
 
 @dataclass(frozen=True)
