@@ -52,8 +52,11 @@ class Listener:
                     server.add_insecure_port(self.target)
                 else:
                     server.add_secure_port(self.target, self.credentials)
-            except RuntimeError as e:  # grpc's "Failed to bind": the port is taken or the address is not ours
-                raise ValueError(f"--listen tcp://{self.target}: cannot listen there ({e})") from None
+            except RuntimeError:  # grpc's "Failed to bind" (its core logged the errno a line above)
+                raise ValueError(
+                    f"--listen tcp://{self.target}: cannot listen there (the port is in use, or the address is not "
+                    "this host's)"
+                ) from None
             return
         os.makedirs(os.path.dirname(self.socket_path) or ".", mode=0o755, exist_ok=True)
         if os.path.exists(self.socket_path):

@@ -315,8 +315,25 @@ def main(
     journal: Callable[[str], None] | None = None,
 ) -> int:
     """Runs the hook for argv = [NAME, OPERATION, SUB-OPERATION, EXTRA] (program name excluded); returns the status.
-    `journal` receives the lines meant for the system log (translation warnings)."""
+    `journal` receives the lines meant for the system log (translation warnings). Nothing escapes as a traceback:
+    an unexpected error is one line, and refuses the start where libvirt honours the status (fail closed)."""
     del stdout  # the hook never rewrites the XML libvirt passes through
+    try:
+        return _main(argv, stdin, stderr, env, agent_factory, journal)
+    except Exception as e:  # a bug or a broken environment: libvirt shows stderr's line as the start's error
+        op = (argv[1], argv[2] if len(argv) > 2 else "-") if len(argv) > 1 else ("", "")
+        stderr.write(f"kvmplat: hook failed: {type(e).__name__}: {' '.join(str(e).split())}\n")
+        return 1 if op in _BLOCKING else 0
+
+
+def _main(
+    argv: list[str],
+    stdin: IO[bytes],
+    stderr: IO[str],
+    env: Mapping[str, str],
+    agent_factory: Callable[[HookConfig], Agent],
+    journal: Callable[[str], None] | None,
+) -> int:
     if len(argv) < 2:
         stderr.write("usage: qemu NAME OPERATION [SUB-OPERATION [EXTRA]] < domain.xml (run by libvirtd)\n")
         return 2

@@ -104,3 +104,18 @@ def test_in_scope_is_a_pure_function_of_the_document() -> None:
 def test_host_kvm_arches_by_machine() -> None:
     assert host_kvm_arches("x86_64") == KVM_ARCHES["x86_64"] and "ppc64le" in host_kvm_arches("ppc64le")
     assert host_kvm_arches("aarch64") == ()
+
+
+@pytest.mark.parametrize(("op", "status"), [(PREPARE, 1), (["web1", "stopped", "end", "-"], 0)])
+def test_an_unexpected_error_is_one_line_never_a_traceback(op: list[str], status: int) -> None:
+    """Issue 18: no traceback from the hook; a blocking operation fails closed."""
+
+    def broken(config: object) -> FakeAgent:
+        raise RuntimeError("grpc exploded\nwith a second line")
+
+    xml = OPT_IN.replace("loop1", "web1")
+    code, out, err = run(op, xml, broken)  # type: ignore[arg-type]
+    assert (code, out) == (
+        status,
+        "",
+    ) and err == "kvmplat: hook failed: RuntimeError: grpc exploded with a second line\n"
