@@ -4,8 +4,8 @@ Field names may be snake_case or camelCase (as json_format accepts). Enum values
 JSON: case-insensitive, with or without the enum's prefix (`BARE_METAL`, `abi_bare_metal`, `kvm`, `PV_KVM`,
 `best_effort`), and a repeated enum field takes one value without brackets (`"pv": "kvm"`); `normalise` rewrites
 them to their canonical names before json_format parses the result, and refuses an unknown field or value with a
-message that names it and what is allowed; json_format's own errors are shown as `field.path: why`. No policy here: whether the host can
-give the platform is the agent's call (CheckPlatform).
+message that names it and what is allowed; json_format's own errors are shown as `field.path: why`. No policy
+here: whether the host can give the platform is the agent's call (CheckPlatform).
 """
 
 from __future__ import annotations
