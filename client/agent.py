@@ -221,9 +221,11 @@ class Client:
             self._stub.GetCapabilities, pb.GetCapabilitiesRequest(refresh=refresh), pb.Capabilities, timeout
         )
 
-    def check_platform(self, spec: pb.VmSpec) -> pb.EffectivePlatform:
-        """The effective platform the agent would give `spec`, or the refusal as an error (CheckPlatform)."""
-        reply = self._call(self._stub.CheckPlatform, pb.CheckPlatformRequest(spec=spec), pb.CheckPlatformResponse)
+    def check_platform(self, spec: pb.VmSpec, platform_only: bool = False) -> pb.EffectivePlatform:
+        """A dry run of `create_vm(spec)`: the effective platform, or the refusal create_vm would give, as an error;
+        `platform_only` resolves spec.platform alone (CheckPlatform)."""
+        request = pb.CheckPlatformRequest(spec=spec, platform_only=platform_only)
+        reply = self._call(self._stub.CheckPlatform, request, pb.CheckPlatformResponse)
         return reply.effective_platform
 
     def create_vm(self, spec: pb.VmSpec, start: bool = False) -> pb.Vm:

@@ -125,7 +125,7 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def CheckPlatform(self, request: pb.CheckPlatformRequest, context: Any) -> pb.CheckPlatformResponse:
-        return pb.CheckPlatformResponse(effective_platform=self.c.check(request.spec))
+        return pb.CheckPlatformResponse(effective_platform=self.c.check(request.spec, request.platform_only))
 
     @_rpc
     async def CreateVm(self, request: pb.CreateVmRequest, context: Any) -> pb.Vm:

@@ -125,9 +125,12 @@ class Controller:
             raise ResourceExhausted(f"spec.vcpus {spec.vcpus} exceeds what is left: {left} vCPUs")
 
     # --- requests ----------------------------------------------------------------------------------------------
-    def check(self, spec: pb.VmSpec) -> pb.EffectivePlatform:
+    def check(self, spec: pb.VmSpec, platform_only: bool = False) -> pb.EffectivePlatform:
         """A dry run of `create`: the effective platform the spec would get, or the refusal `create` would give now
-        (the same checks, in the same order, by the same code; only a VM of the same name is not a refusal)."""
+        (the same checks, in the same order, by the same code; only a VM of the same name is not a refusal).
+        `platform_only`: the platform's resolution alone, for a guest kvmplat will not run."""
+        if platform_only:
+            return self.platforms.resolve(spec.platform)[0]
         return self._admit(spec)[0]
 
     def _admit(self, spec: pb.VmSpec) -> tuple[pb.EffectivePlatform, list[list[int]]]:

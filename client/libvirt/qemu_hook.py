@@ -3,8 +3,10 @@
 Contract (libvirt's hook protocol, https://libvirt.org/hooks.html), run by libvirtd as
 `/etc/libvirt/hooks/qemu NAME OPERATION SUB-OPERATION EXTRA` with the full domain XML on stdin:
 
-    prepare begin   translate the XML, CheckPlatform: exit 0 possible; exit 1 + one line on stderr otherwise
-                    (libvirt aborts the start and shows that line). Unreadable XML is refused the same way.
+    prepare begin   translate the XML, CheckPlatform (opted-in domains: the full dry run of CreateVm, so what
+                    would fail at `start` fails here; others: the platform only): exit 0 possible; exit 1 + one
+                    line on stderr otherwise (libvirt aborts the start and shows that line). Unreadable XML is
+                    refused the same way.
     start begin     domains with <kvmplat:vm run="yes">: CreateVm on the agent (failure aborts the start)
     started begin   those domains: StartVm
     stopped end     those domains: DestroyVm (stopping first if needed); exit status is ignored by libvirt
@@ -224,7 +226,9 @@ def _describe(t: Translation) -> str:
 
 def _prepare(run: _Run, t: Translation) -> int:
     try:
-        run.call("CheckPlatform", pb.CheckPlatformRequest(spec=t.spec))
+        # a domain kvmplat will run (opted in) gets the full dry run of CreateVm, boot source and all; the others are
+        # run by QEMU, so only their platform is kvmplat's business
+        run.call("CheckPlatform", pb.CheckPlatformRequest(spec=t.spec, platform_only=not t.opt_in))
     except AgentError as e:
         run.warn(t.warnings, stderr=False)
         if e.code in _UNREACHABLE:

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from agent_harness import AgentFactory, AgentProc, loop_spec
+from kvmplat.client.errors import KvmplatError
 from kvmplat.client.scheduling.labels import labels_from_caps
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -75,6 +76,10 @@ def test_check_refuses_what_create_refuses_with_the_same_reason(agent_factory: A
         created = refusal(lambda s=spec: agent.stub.CreateVm(pb.CreateVmRequest(spec=s), timeout=10))
         assert checked == created, why
     assert agent.list_vms().vms == []
+    # a guest kvmplat will not run (the hook's non-opted-in domains) is judged on its platform alone
+    assert agent.client.check_platform(pb.VmSpec(name="disk boot"), platform_only=True).accel
+    with pytest.raises(KvmplatError, match="compat"):
+        agent.client.check_platform(bad_specs(images)["platform"], platform_only=True)
 
 
 def test_check_refuses_what_is_left_no_longer_fits(agent_factory: AgentFactory) -> None:

@@ -119,3 +119,12 @@ def test_an_unexpected_error_is_one_line_never_a_traceback(op: list[str], status
         status,
         "",
     ) and err == "kvmplat: hook failed: RuntimeError: grpc exploded with a second line\n"
+
+
+def test_prepare_asks_the_full_dry_run_only_for_domains_kvmplat_runs() -> None:
+    """An opted-in domain is created at `start`: its boot source and room are checked at `prepare`. A domain QEMU
+    runs (booting from its disk) is judged on its platform only, or every such domain would be refused."""
+    agent = FakeAgent()
+    run(PREPARE, X86, agent)
+    run(["loop1", "prepare", "begin", "-"], OPT_IN, agent)
+    assert [(m, r.platform_only) for m, r in agent.calls] == [("CheckPlatform", True), ("CheckPlatform", False)]

@@ -109,7 +109,7 @@ class AgentServicer:
     def CheckPlatform(self, request, context):
         """A dry run of CreateVm: the effective platform the spec would get, or the refusal CreateVm would give (limits,
         boot source, image paths, name, platform, what the host has left), as a gRPC error. Nothing is created; a VM of
-        the same name existing already is not a refusal.
+        the same name existing already is not a refusal. With `platform_only`, the platform alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
