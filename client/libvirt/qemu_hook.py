@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any, NamedTuple
 
 from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainXmlError, Translation, parse_document, translate_root
-from kvmplat.client.libvirt.hook_scope import SCOPES, host_kvm_arches, in_scope
+from kvmplat.client.libvirt.hook_scope import SCOPES, in_scope
 from kvmplat.v1 import agent_pb2 as pb
 
 # client.py's CHANNEL_OPTIONS, repeated: the hook does not import the Client (its start-up cost)
@@ -304,7 +304,7 @@ def _translation(data: bytes | None, scope: str) -> Translation | None:
         root = parse_document(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise DomainXmlError("domain XML is not UTF-8") from None
-    if not in_scope(root, scope, host_kvm_arches()):
+    if not in_scope(root, scope):
         return None
     return translate_root(root)
 
