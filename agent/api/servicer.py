@@ -176,6 +176,27 @@ class AgentServicer(pbg.AgentServicer):
         await self.c.write_console(request.name, request.data)
         return pb.WriteConsoleResponse()
 
+    @metrics.instrument_stream
+    async def SnapshotVm(self, request: pb.VmRequest, context: Any) -> AsyncIterator[pb.SnapshotChunk]:
+        try:
+            async for data in self.c.snapshot(request.name):
+                yield pb.SnapshotChunk(data=data)
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
+    @_rpc
+    async def RestoreVm(self, request: AsyncIterator[pb.RestoreVmRequest], context: Any) -> pb.Vm:
+        first = await anext(aiter(request), None)
+        if first is None:
+            raise InvalidArgument("RestoreVm: the stream was empty (the first message names the VM)")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield first.data
+            async for r in request:
+                yield r.data
+
+        return await self._vm(await self.c.restore(first.name, first.paused, chunks()))
+
     def _vm_base(self, rec: VmRecord) -> pb.Vm:
         created = Timestamp()
         created.FromNanoseconds(int(rec.created * 1e9))

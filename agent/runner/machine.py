@@ -81,7 +81,10 @@ def _read(path: str, field_name: str, image_dirs: list[str] | None) -> bytes:
 def build_machine(config: dict[str, Any]) -> Machine:
     """Creates the VM described by `config` (vcpus, memory_mib, boot, cpuid rows); nothing runs yet."""
     memory_size = int(config["memory_mib"]) * MIB
-    image = load_image(config["boot"], memory_size, int(config["vcpus"]), config.get("image_dirs"))
+    if config.get("incoming"):  # memory and CPU state come from a snapshot or a migration, not from a boot image
+        image = GuestImage(segments=(), bsp=CpuState(), ap=None, description=str(config["incoming"]))
+    else:
+        image = load_image(config["boot"], memory_size, int(config["vcpus"]), config.get("image_dirs"))
     kvm = Kvm()
     vm = kvm.create_vm()
     try:
