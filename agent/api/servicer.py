@@ -197,6 +197,28 @@ class AgentServicer(pbg.AgentServicer):
 
         return await self._vm(await self.c.restore(first.name, first.paused, chunks()))
 
+    @metrics.instrument_stream
+    async def MigrateVm(self, request: pb.MigrateVmRequest, context: Any) -> AsyncIterator[pb.MigrationProgress]:
+        try:
+            async for progress in self.c.migrate(request.name, request.target):
+                yield progress
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
+    async def ReceiveVm(
+        self, request: AsyncIterator[pb.MigrationPacket], context: Any
+    ) -> AsyncIterator[pb.MigrationReply]:
+        try:
+            async for step in self.c.receive(request):
+                if step == "accepted":
+                    yield pb.MigrationReply(accepted=True)
+                elif step == "prepared":
+                    yield pb.MigrationReply(prepared=True)
+                else:
+                    yield pb.MigrationReply(committed=await self._vm(step))
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
     def _vm_base(self, rec: VmRecord) -> pb.Vm:
         created = Timestamp()
         created.FromNanoseconds(int(rec.created * 1e9))

@@ -13,15 +13,15 @@ from kvmplat.agent.errors import KvmError
 from kvmplat.agent.kvm._kvmc import ffi
 
 __all__ = [
+    "IOAPIC",
     "KVM_CLOCK_REALTIME",
     "KVM_MEM_LOG_DIRTY_PAGES",
     "MSR_BATCH",
     "PIC_MASTER",
     "PIC_SLAVE",
-    "IOAPIC",
+    "KvmState",
     "VcpuState",
     "VmState",
-    "KvmState",
     "as_bytes",
 ]
 

@@ -27,6 +27,7 @@ from kvmplat.agent.errors import (
 from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
 from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.registry.peer import PeerTls
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
@@ -112,6 +113,8 @@ class Controller:
         self.creating: set[str] = set()  # names being created or arriving: taken
         self.incoming: dict[str, VmRecord] = {}  # VMs arriving (restore, migration): not listed, but they hold memory
         self.seq_block = SEQ_BLOCK
+        self.peer_tls: PeerTls | None = None  # this agent's certificate, key and CA, for dialling migration targets
+        self.address = ""  # where this agent listens (named in migration events)
 
     # --- resources ---------------------------------------------------------------------------------------------
     def used(self) -> tuple[int, int]:
@@ -233,6 +236,18 @@ class Controller:
         from kvmplat.agent.registry import snapops
 
         return await snapops.restore(self, name, paused, chunks)
+
+    def migrate(self, name: str, target: str) -> AsyncIterator[pb.MigrationProgress]:
+        """Moves a RUNNING VM live to the agent at `target` (MigrateVm)."""
+        from kvmplat.agent.registry import migration
+
+        return migration.migrate(self, name, target)
+
+    def receive(self, packets: AsyncIterator[pb.MigrationPacket]) -> AsyncIterator[Any]:
+        """The target's side of a migration (ReceiveVm): "accepted", "prepared", then the VmRecord."""
+        from kvmplat.agent.registry import migration
+
+        return migration.receive(self, packets)
 
     def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[pb.Event]:
         """Events of one VM (or all), resumable after `since`."""

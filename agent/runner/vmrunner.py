@@ -20,11 +20,11 @@ from typing import Any
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm.fds import Vcpu
 from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.runner import moveops
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
 from kvmplat.agent.runner.eventlog import EventLog
 from kvmplat.agent.runner.exits import Outcome, Verdict
-from kvmplat.agent.runner import moveops
 from kvmplat.agent.runner.machine import Machine, build_machine
 from kvmplat.agent.runner.panic import PANIC_GRACE_S, PanicWatch
 from kvmplat.agent.runner.vcpu import Mode, VcpuThread

@@ -42,7 +42,7 @@ MSR_IA32_TSC = 0x10
 MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
 MSR_KVM_WALL_CLOCK_NEW = 0x4B564D00
 # real mode at 0x1000: mov byte [0x8000], 1; mov byte [0x9000], 1; out 0xf4, al
-WRITER = bytes.fromhex("c606008001" "c606009001" "e6f4")
+WRITER = bytes.fromhex("c606008001c606009001e6f4")
 
 
 @pytest.mark.skipif(not shutil.which("gcc") or not Path("/usr/include/linux/kvm.h").exists(), reason="needs gcc")
