@@ -218,6 +218,7 @@ extern const uint32_t kp_entry_probe;
 extern const uint32_t kp_entry_loop;
 extern const uint32_t kp_entry_outloop;
 extern const uint32_t kp_entry_echo;
+extern const uint32_t kp_entry_dirty;
 """
 
 CDEF = X86_STRUCTS + PPC_STRUCTS + FASTLOOP_API

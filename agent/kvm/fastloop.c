@@ -51,6 +51,7 @@ extern const uint32_t kp_entry_probe;
 extern const uint32_t kp_entry_loop;
 extern const uint32_t kp_entry_outloop;
 extern const uint32_t kp_entry_echo;
+extern const uint32_t kp_entry_dirty;
 
 #define EXIT_IO 2
 #define EXIT_MMIO 6

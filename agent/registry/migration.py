@@ -173,7 +173,7 @@ def _peer_error(s: _Source, e: BaseException) -> KvmplatError:
         return e
     if isinstance(e, grpc.RpcError):
         return PeerError.of(e, s.target)
-    return Unavailable(f"migration to {s.target} failed: {e}")
+    return Unavailable(f"migration to {s.target} failed: {e or type(e).__name__}")
 
 
 async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.MigrationProgress]:
@@ -205,12 +205,14 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
         await c.destroy(name)
         total = time.monotonic() - s.t0
         yield s.progress("done", downtime_ms=int(downtime * 1000), total_ms=int(total * 1000), target=target)
-    except (grpc.RpcError, KvmplatError, OSError, asyncio.CancelledError) as e:
+    except BaseException as e:  # any failure (the target's, the network's, ours, a cancelled call) resumes at home
         if began and not committed:
             with contextlib.suppress(KvmplatError):
                 await asyncio.shield(s.runner("migrate_abort", why=str(_peer_error(s, e))))
         if s.call is not None:
             s.call.cancel()
+        if not isinstance(e, Exception):
+            raise
         raise _peer_error(s, e) from None
     finally:
         rec.moving = ""

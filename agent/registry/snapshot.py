@@ -130,7 +130,7 @@ def read_snapshot(f: IO[bytes]) -> Snapshot:
     if version != FORMAT_VERSION:
         raise _bad(f"format version {version}; this agent reads version {FORMAT_VERSION}")
     order: list[int] = []
-    parts: dict[int, dict[str, Any]] = {}
+    parts: dict[int, bytes] = {}
     pages: list[tuple[int, int]] = []
     for kind, offset, length in _sections(f, h):
         if order and kind < order[-1]:
@@ -141,9 +141,10 @@ def read_snapshot(f: IO[bytes]) -> Snapshot:
             continue
         if length > MAX_JSON or kind in parts:
             raise _bad("a header or state section is repeated or too large")
-        parts[kind] = _json(_read_exact(f, length, h, "a header or state section"), "header or state")
+        parts[kind] = _read_exact(f, length, h, "a header or state section")  # decoded once the hash matched
     if HEADER not in parts or STATE not in parts:
         raise _bad("it lacks its header or state section")
-    if parts[HEADER].get("format") != FORMAT_VERSION:
+    header = _json(parts[HEADER], "header")
+    if header.get("format") != FORMAT_VERSION:
         raise _bad("its header's format does not match its version")
-    return Snapshot(parts[HEADER], parts[STATE], pages)
+    return Snapshot(header, _json(parts[STATE], "state"), pages)

@@ -56,7 +56,7 @@ class Machine:
 def load_image(boot: dict[str, str], memory_size: int, vcpus: int, image_dirs: list[str] | None = None) -> GuestImage:
     """The GuestImage for a boot section of the configuration (built-in payload or Linux kernel)."""
     if boot.get("builtin"):
-        return builtin_image(boot["builtin"], vcpus)
+        return builtin_image(boot["builtin"], vcpus, memory_size)
     from kvmplat.agent.linux import load_linux  # only Linux guests pay for the loader
 
     kernel = _read(boot["kernel"], "spec.boot.kernel", image_dirs)

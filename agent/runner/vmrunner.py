@@ -245,6 +245,11 @@ class VmRunner:
         except (OSError, ValueError):
             pass  # the agent went away; events wait in the ring for the next hello
         finally:
+            if self.incoming:  # its agent went away before it arrived: nobody will ever claim it, so it goes
+                self._done.set()
+                if self._listener is not None:
+                    with contextlib.suppress(OSError):
+                        self._listener.shutdown(socket.SHUT_RDWR)
             if self.log.listener is forward:
                 self.log.attach(None, 0)
             out.put(None)
