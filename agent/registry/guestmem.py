@@ -27,6 +27,19 @@ def count_bits(bitmap: bytes) -> int:
     return int(lib.kp_count_bits(ffi.from_buffer("uint64_t[]", bitmap), words)) if words else 0
 
 
+def _set_bits(bits: bytearray, first: int, end: int) -> None:
+    """Sets bits [first, end) of a little-endian bitmap."""
+    while first < end and first % 8:
+        bits[first // 8] |= 1 << (first % 8)
+        first += 1
+    whole = (end - first) // 8
+    bits[first // 8 : first // 8 + whole] = b"\xff" * whole
+    first += whole * 8
+    while first < end:
+        bits[first // 8] |= 1 << (first % 8)
+        first += 1
+
+
 class GuestMapping:
     """Guest memory of a runner, mapped shared; `writable` for an incoming VM."""
 
@@ -41,17 +54,36 @@ class GuestMapping:
                 raise HostError(f"the VM's memory at {path} is not {size} bytes")
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             self._map: mmap.mmap | None = mmap.mmap(mfd, size, flags=mmap.MAP_SHARED, prot=prot)
-        finally:
+        except BaseException:
             os.close(mfd)
+            raise
+        self._fd = mfd
         self.size = size
         self.pages = size // PAGE
         self._ptr: Any = ffi.from_buffer("uint8_t[]", self._map, require_writable=writable)
         self.pages_sent = 0
         self.zero_pages = 0
 
+    def present(self) -> bytes:
+        """A bitmap of the pages the guest ever touched (the memfd's data extents): reading a hole would allocate it,
+        and it is all zeros anyway."""
+        bits = bytearray((self.pages + 63) // 64 * 8)
+        off = 0
+        while off < self.size:
+            try:
+                start = os.lseek(self._fd, off, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after `off`
+                break
+            end = os.lseek(self._fd, start, os.SEEK_HOLE)
+            _set_bits(bits, start // PAGE, -(-end // PAGE))
+            off = end
+        return bytes(bits)
+
     def pack(self, dirty: bytes | None = None, cap: int = CHUNK) -> Iterator[bytes]:
-        """Packed records of the pages marked in `dirty` (every page when None), `cap` bytes at most each."""
-        bitmap = ffi.from_buffer("uint64_t[]", dirty) if dirty is not None else ffi.NULL
+        """Packed records of the pages marked in `dirty` (every page ever touched when None), `cap` bytes at most
+        each."""
+        dirty = self.present() if dirty is None else dirty
+        bitmap = ffi.from_buffer("uint64_t[]", dirty)
         out = ffi.new(f"uint8_t[{cap}]")
         nxt = ffi.new("uint64_t *", 0)
         counts = ffi.new("uint64_t[2]")
@@ -75,6 +107,7 @@ class GuestMapping:
             ffi.release(self._ptr)
             self._map.close()
             self._map = None
+            os.close(self._fd)
 
     def __enter__(self) -> GuestMapping:
         return self
