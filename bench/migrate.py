@@ -53,11 +53,11 @@ def ours(mib: int, dirtying: bool, src: str, dst: str) -> tuple[float, float]:
 
 def multiboot_dirtier() -> bytes:
     """A multiboot kernel (loaded at 1 MiB) that writes a counter into every page from 2 MiB up, forever."""
-    code = bytes.fromhex("89de8b5e08c1e30a81c300001000" "31c9")  # esi=mbi; ebx=1MiB+mem_upper KiB; ecx=0
+    code = bytes.fromhex("89de8b5e08c1e30a81c30000100031c9")  # esi=mbi; ebx=1MiB+mem_upper KiB; ecx=0
     rnd = len(code)
-    code += bytes.fromhex("41" "bf00002000")  # round: inc ecx; edi=2 MiB
+    code += bytes.fromhex("41bf00002000")  # round: inc ecx; edi=2 MiB
     page = len(code)
-    code += bytes.fromhex("890f" "81c700100000" "39df")  # page: [edi]=ecx; edi+=4096; cmp edi, ebx
+    code += bytes.fromhex("890f81c70010000039df")  # page: [edi]=ecx; edi+=4096; cmp edi, ebx
     code += bytes([0x72, (page - (len(code) + 2)) & 0xFF])  # jb page
     code += bytes([0xEB, (rnd - (len(code) + 2)) & 0xFF])  # jmp round
     load, hdr_len = 0x100000, 32
