@@ -108,6 +108,8 @@ async def serve(args: argparse.Namespace) -> int:
         if lis.insecure:
             log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls VMs", args.listen)
         controller = await _controller(args)
+        controller.address = args.listen
+        controller.peer_tls = _peer_tls(args)
         try:
             return await _serve(args, lis, controller)
         finally:
@@ -150,6 +152,16 @@ async def _serve(args: argparse.Namespace, lis: Any, controller: Controller) -> 
         if stop_metrics:
             stop_metrics()
     return 0
+
+
+def _peer_tls(args: argparse.Namespace) -> Any:
+    """This agent's TLS files, read once, for dialling migration targets (None without TLS)."""
+    from kvmplat.agent.registry.peer import PeerTls
+
+    if not (args.tls_cert and args.tls_key and args.tls_client_ca):
+        return None
+    with open(args.tls_cert, "rb") as c, open(args.tls_key, "rb") as k, open(args.tls_client_ca, "rb") as a:
+        return PeerTls(cert=c.read(), key=k.read(), ca=a.read())
 
 
 async def _controller(args: argparse.Namespace) -> Controller:
