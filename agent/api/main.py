@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The agent's flags (documented in README.md)."""
     from kvmplat.agent import __version__
     from kvmplat.agent.api.tls import add_flags
+    from kvmplat.agent.registry import placement
 
     p = argparse.ArgumentParser(prog="kvmplat-agent", description="kvmplat per-host agent")
     p.add_argument(
@@ -63,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics (default: off)")
+    placement.add_flags(p)
     p.add_argument("--version", action="version", version=f"kvmplat-agent {__version__}")
     return p.parse_args(argv)
 
@@ -103,8 +105,19 @@ async def serve(args: argparse.Namespace) -> int:
     lis = listener(args)
     if lis.insecure:
         log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls the VMs", args.listen)
+    from kvmplat.agent.registry.placement import config_from_args
+
+    placement = config_from_args(args)
     controller = await _controller(args)
     await controller.adopt_all()
+    if placement is not None:  # after re-adoption: the allocations are reconciled with the VMs held
+        from kvmplat.agent.api.placement import join
+
+        try:
+            await join(controller, placement, args.state_dir)
+        except BaseException:
+            await controller.close()  # the runners keep running for the next start
+            raise
     stop_metrics = (
         metrics.serve(args.metrics_listen, controller, asyncio.get_running_loop()) if args.metrics_listen else None
     )
@@ -127,6 +140,8 @@ async def serve(args: argparse.Namespace) -> int:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=2.0)
     await controller.close()
+    if controller.claims is not None:
+        controller.claims.close()
     if stop_metrics:
         stop_metrics()
     if lis.socket_path and os.path.exists(lis.socket_path):

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid as uuidlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from kvmplat.agent.errors import (
 from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
 from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.registry.placement import Claims, consumer_of
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
@@ -107,13 +109,16 @@ class Controller:
         self.bus = Bus()
         self.vms: dict[str, VmRecord] = {}
         self.closing = False
-        self._creating: set[str] = set()
+        self._creating: dict[str, pb.VmSpec] = {}
+        self.claims: Claims | None = None  # with Placement: every VM's resources are claimed there too
 
     # --- resources ---------------------------------------------------------------------------------------------
     def used(self) -> tuple[int, int]:
-        """Memory (MiB) and vCPUs held by VMs that still have a guest."""
-        live = [r for r in self.vms.values() if r.state in LIVE]
-        return sum(r.spec.memory_mib for r in live), sum(r.spec.vcpus for r in live)
+        """Memory (MiB) and vCPUs held by VMs that still have a guest, or are being created. With Placement every
+        VM holds its claim until it is destroyed (a STOPPED VM may start again), so every VM counts."""
+        live = [r.spec for r in self.vms.values() if r.state in LIVE or self.claims is not None]
+        live += self._creating.values()
+        return sum(s.memory_mib for s in live), sum(s.vcpus for s in live)
 
     def _reserve(self, spec: pb.VmSpec) -> None:
         mem, cpus = self.used()
@@ -144,8 +149,10 @@ class Controller:
             raise AlreadyExists(f"a VM named {spec.name!r} exists already")
         effective, cpuid = self.platforms.resolve(spec.platform)
         self._reserve(spec)
-        self._creating.add(spec.name)
+        spec = self._with_uuid(spec)
+        self._creating[spec.name] = spec
         try:
+            await self._claim(spec)
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
             config = {
                 "name": spec.name,
@@ -157,13 +164,13 @@ class Controller:
                 # the runner checks again what it really opened: a path swapped after validation is refused
                 "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
             }
-            rec.pid = await self.template.spawn(config)
+            rec.pid = await self._spawn(spec, config)
             self.vms[spec.name] = rec
             # durable, and waited for, before any event can arrive
             await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
             await self._connect(rec, since=0)
         finally:
-            self._creating.discard(spec.name)
+            self._creating.pop(spec.name, None)
         return await self.act(spec.name, Event.START) if start else rec
 
     async def act(self, name: str, event: Event) -> VmRecord:
@@ -188,6 +195,32 @@ class Controller:
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
         self.records.delete(name)
         self.bus.forget(name)
+        if self.claims is not None:
+            await self.claims.release(consumer_of(rec.spec.uuid, name, rec.created), name)
+
+    # --- placement claims ----------------------------------------------------------------------------------------
+    def _with_uuid(self, spec: pb.VmSpec) -> pb.VmSpec:
+        """The spec with its UUID (a new one when empty); AlreadyExists when another VM here has it."""
+        if not spec.uuid:
+            spec = _copy(spec)
+            spec.uuid = str(uuidlib.uuid4())
+        held = [s.uuid for s in (*(r.spec for r in self.vms.values()), *self._creating.values())]
+        if spec.uuid in held:
+            raise AlreadyExists(f"spec.uuid {spec.uuid} belongs to another VM on this agent")
+        return spec
+
+    async def _claim(self, spec: pb.VmSpec) -> None:
+        if self.claims is not None:
+            await self.claims.claim(spec.uuid, spec.name, {"VCPU": spec.vcpus, "MEMORY_MB": spec.memory_mib})
+
+    async def _spawn(self, spec: pb.VmSpec, config: dict[str, Any]) -> int:
+        """Starts the runner; a runner that cannot start gives its claim back."""
+        try:
+            return await self.template.spawn(config)
+        except BaseException:
+            if self.claims is not None:
+                await self.claims.release(spec.uuid, spec.name)
+            raise
 
     async def stats(self, rec: VmRecord) -> dict[str, Any]:
         """The runner's counters (empty when it is gone)."""
@@ -327,6 +360,12 @@ def _record_from(data: dict[str, Any]) -> VmRecord | None:
     except (KeyError, ValueError, TypeError, AttributeError, json_format.ParseError, KvmplatError) as e:
         log.error("skipping VM record %s: %s", data.get("name"), e)
         return None
+
+
+def _copy(spec: pb.VmSpec) -> pb.VmSpec:
+    out = pb.VmSpec()
+    out.CopyFrom(spec)
+    return out
 
 
 def _alive(pid: int) -> bool:
