@@ -5,12 +5,14 @@ stops it and removes its files. Requests carry `X-Auth-Token: admin` (noauth2's 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -35,10 +37,8 @@ HEADERS = {"X-Auth-Token": "admin", "OpenStack-API-Version": "placement 1.39", "
 
 def placement_unavailable() -> str:
     """Why a Placement cannot be started here ("" when it can)."""
-    try:
-        import placement.deploy  # noqa: F401
-    except ImportError as e:
-        return f"openstack-placement is not installed ({e})"
+    if importlib.util.find_spec("placement") is None:
+        return "openstack-placement is not installed (a pyproject dependency: run make all)"
     return "" if os.path.exists(MANAGE) else f"no {MANAGE}"
 
 
@@ -98,3 +98,61 @@ class PlacementService:
         if self.proc.stdout:
             self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PlacedAgent:
+    """A kvmplat-agent registered with Placement at `url`, advertising its own `address`; its state dir survives
+    a kill, so it can be started again (re-adoption and reconciliation)."""
+
+    def __init__(self, address: str, state_dir: Path, url: str, *flags: str, netns: str = "", tls: Any = None) -> None:
+        from kvmplat.client.agent import Client
+
+        self.address, self.state_dir, self.netns = address, state_dir, netns
+        self.argv = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", address]
+        self.argv += ["--state-dir", str(state_dir), "--placement-url", url, "--advertise", address, *flags]
+        self.client = Client(address, timeout=30, tls=tls)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir.parent / f"{state_dir.name}.log"
+        self.start()
+
+    def start(self, *extra: str) -> None:
+        """Starts the agent (with `extra` flags this time) and waits until it answers."""
+        from kvmplat.client.errors import KvmplatError
+
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([*prefix, *self.argv, *extra], stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.client.capabilities()
+                return
+            except KvmplatError:
+                assert self.proc.poll() is None, f"agent exited: {self.log_path.read_text()[-800:]}"
+                assert time.monotonic() < deadline, "agent did not answer within 30 s"
+                time.sleep(0.05)
+
+    def provider_uuid(self) -> str:
+        """The provider UUID the agent keeps in its state dir."""
+        return (self.state_dir / "placement-provider-uuid").read_text().strip()
+
+    def kill(self) -> None:
+        """SIGKILL: the runners keep running, the agent learns nothing."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown; VMs keep running)."""
+        assert self.proc is not None
+        stop_process(self.proc)
+
+    def close(self) -> None:
+        """Destroys every VM, stops the agent."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.client.destroy_all()
+        finally:
+            self.client.close()
+            if self.proc is not None and self.proc.poll() is None:
+                stop_process(self.proc)
