@@ -12,14 +12,14 @@ Published (caps as GetCapabilities answers them, so a `--max-level` ceiling show
     CUSTOM_KVMPLAT_ACCEL_<ACCEL>           every accelerator offered (kvm_pvm -> KVM_PVM, hv, pr)
     CUSTOM_KVMPLAT_LEVEL_<LEVEL>_STRICT    a level (x86-64 level or PowerPC compat mode) admitted under STRICT
     CUSTOM_KVMPLAT_LEVEL_<LEVEL>_BEST_EFFORT  ... admitted under BEST_EFFORT
-Names are upper-cased with every other character as `_` (x86-64-v2 -> X86_64_V2, power7+ -> POWER7_PLUS).
+Names are upper-cased, every run of other characters one `_` (x86-64-v2 -> X86_64_V2, power7+ -> POWER7_PLUS).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
+import os_traits
 from kvmplat.agent.platform.levels import parse_compat
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -53,8 +53,8 @@ ARCH_TRAITS = {"x86_64": "HW_ARCH_X86_64", "ppc64le": "HW_ARCH_PPC64LE", "ppc64"
 
 
 def custom(kind: str, name: str) -> str:
-    """CUSTOM_KVMPLAT_<KIND>_<NAME> with NAME in Placement's trait alphabet (A-Z, 0-9, _)."""
-    return f"{CUSTOM}{kind}_" + re.sub(r"[^A-Z0-9]", "_", name.replace("+", "-plus").upper())
+    """CUSTOM_KVMPLAT_<KIND>_<NAME> in Placement's trait alphabet (os-traits' normalize_name: A-Z, 0-9, _)."""
+    return str(os_traits.normalize_name(f"KVMPLAT_{kind}_{name.replace('+', '-plus')}"))
 
 
 def _levels(levels: Iterable[pb.CompatLevel]) -> Iterable[str]:
