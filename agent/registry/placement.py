@@ -280,6 +280,14 @@ class Claims:
         except (PlacementError, PlacementUnreachable) as e:
             log.error("Placement: could not release VM %s (consumer %s): %s", vm, consumer, e)
 
+    async def publish_traits(self, traits: set[str]) -> None:
+        """Replaces the provider's traits (after the host truth was measured again); a failure is logged."""
+        try:
+            await self._run(self.provider.create_traits, traits)
+            await self._run(self.provider.set_traits, traits)
+        except (PlacementError, PlacementUnreachable) as e:
+            log.error("Placement: could not update the traits of provider %s: %s", self.provider.uuid, e)
+
     def _drop(self, consumer: str) -> None:
         try:
             self.provider.release(consumer)

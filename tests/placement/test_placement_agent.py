@@ -63,6 +63,11 @@ def test_provider_inventory_and_traits_follow_the_measured_truth_and_restarts(
         if f.name in FEATURE_TRAITS and not f.seen:
             assert FEATURE_TRAITS[f.name] not in traits
     assert any(t.startswith("CUSTOM_KVMPLAT_LEVEL_") for t in traits)
+    generation = placement.get(f"/resource_providers/{rp['uuid']}")["generation"]
+    body = {"resource_provider_generation": generation, "traits": ["HW_CPU_X86_SSE"]}
+    placement.request("PUT", f"/resource_providers/{rp['uuid']}/traits", body)  # drifted
+    a.client.capabilities(refresh=True)  # measured again: the traits are published again
+    assert placement.traits(rp["uuid"]) == traits_from_caps(a.client.capabilities())
     inv = inventory(placement, rp["uuid"])
     assert (inv["MEMORY_MB"]["total"], inv["VCPU"]["total"]) == (64, 8)
     assert (inv["MEMORY_MB"]["reserved"], inv["MEMORY_MB"]["allocation_ratio"]) == (0, 1.0)

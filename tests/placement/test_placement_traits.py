@@ -88,3 +88,22 @@ def test_a_compat_that_names_no_level_is_refused_naming_the_field() -> None:
 def test_custom_names_are_valid_placement_traits(name: str, kind: str) -> None:
     t = custom(kind, name)
     assert CUSTOM_RE.match(t) and len(t) <= 255, t
+
+
+def test_a_hardware_kvm_host_like_the_x86_lab_publishes_v3_strict_and_no_avx512() -> None:
+    """The x86 lab's kvm-amd (reference/X86_LAB.md: CPUID honoured, all of x86-64-v3 seen, nothing of v4), through
+    the agent's own capability code: every level up to v3 is STRICT, and no AVX-512 trait appears."""
+    from kvmplat.agent.platform.proto import fill_capabilities
+    from kvmplat.agent.platform.x86host import FeatureTruth, X86Host
+
+    feats = tuple(
+        FeatureTruth(f.name, f.level, claimed=f.level != "x86-64-v4", seen=f.level != "x86-64-v4", hideable=True)
+        for f in X86_FEATURES
+    )
+    host = X86Host(accel="kvm-amd", supported=(), features=feats, hv_bit_hideable=True, kvm_leaves_hideable=True)
+    caps = pb.Capabilities()
+    fill_capabilities(caps, host)
+    t = traits_from_caps(caps)
+    assert {"HW_CPU_X86_AVX2", "HW_CPU_X86_ABM", "CUSTOM_KVMPLAT_ACCEL_KVM_AMD"} <= t
+    assert {f"CUSTOM_KVMPLAT_LEVEL_X86_64_V{n}_STRICT" for n in (1, 2, 3)} <= t
+    assert not {x for x in t if "AVX512" in x or "V4" in x}
