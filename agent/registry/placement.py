@@ -141,7 +141,15 @@ class Provider:
         except PlacementError as e:
             if e.status != 404:
                 raise
-            self.http.request("POST", "/resource_providers", {"uuid": self.uuid, "name": self.name})
+            try:
+                self.http.request("POST", "/resource_providers", {"uuid": self.uuid, "name": self.name})
+            except PlacementError as e:
+                if e.status == 409:  # the name is another provider's
+                    e.args = (
+                        f"{e}: another provider is named {self.name!r} (a second agent advertising that address, or "
+                        f"this agent's state dir was replaced: delete the old provider)",
+                    )
+                raise
             return
         if rp["name"] != self.name:
             self._with_generation(lambda g: self.http.put(self.path, {"name": self.name}))

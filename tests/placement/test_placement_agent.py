@@ -182,3 +182,15 @@ def test_generation_conflicts_are_retried(placement: PlacementService) -> None:
     assert http.conflicts == 1
     assert inventory(placement, rp)["MEMORY_MB"]["total"] == 64
     assert placement.traits(rp) == {"HW_CPU_X86_SSE"}  # the rival's change stands
+
+
+def test_a_second_agent_advertising_a_taken_address_is_refused_at_start(
+    placement: PlacementService, placed_agents: Agents, tmp_path: Path
+) -> None:
+    a = placed_agents("first", "--max-memory-mib", "16")
+    argv = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", f"unix://{tmp_path}/second.sock"]
+    argv += ["--state-dir", str(tmp_path / "second"), "--placement-url", placement.url, "--advertise", a.address]
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2
+    assert f"another provider is named {a.address!r}" in second.stderr
+    assert [n for n in placement.providers() if n == a.address] == [a.address]
