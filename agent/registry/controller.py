@@ -221,19 +221,38 @@ class Controller:
             await self.claims.release(consumer_of(rec.spec.uuid, name, rec.created), name)
 
     # --- placement claims ----------------------------------------------------------------------------------------
+    def _uuid_taken(self, vm_uuid: str) -> bool:
+        recs = (*self.vms.values(), *self.incoming.values())
+        return vm_uuid in {s.uuid for s in (*(r.spec for r in recs), *self.pending.values())}
+
     def _with_uuid(self, spec: pb.VmSpec) -> pb.VmSpec:
         """The spec with its UUID (a new one when empty); AlreadyExists when another VM here has it."""
         if not spec.uuid:
             spec = _copy(spec)
             spec.uuid = str(uuidlib.uuid4())
-        held = [s.uuid for s in (*(r.spec for r in self.vms.values()), *self.pending.values())]
-        if spec.uuid in held:
+        if self._uuid_taken(spec.uuid):
             raise AlreadyExists(f"spec.uuid {spec.uuid} belongs to another VM on this agent")
         return spec
 
-    async def _claim(self, spec: pb.VmSpec) -> None:
+    def arrival_uuid(self, spec: pb.VmSpec) -> None:
+        """Keeps an arriving VM's UUID (a migration moves its claim), or gives it a new one when it has none or a VM
+        here has it (a snapshot restored beside its original)."""
+        if not spec.uuid or self._uuid_taken(spec.uuid):
+            spec.uuid = str(uuidlib.uuid4())
+
+    async def _claim(self, spec: pb.VmSpec, beside: bool = False) -> None:
         if self.claims is not None:
-            await self.claims.claim(spec.uuid, spec.name, {"VCPU": spec.vcpus, "MEMORY_MB": spec.memory_mib})
+            res = {"VCPU": spec.vcpus, "MEMORY_MB": spec.memory_mib}
+            await self.claims.claim(spec.uuid, spec.name, res, beside)
+
+    async def claim_arrival(self, spec: pb.VmSpec) -> None:
+        """Claims an arriving VM's resources beside what its UUID holds elsewhere (Placement configured only)."""
+        await self._claim(spec, beside=True)
+
+    async def release_arrival(self, spec: pb.VmSpec) -> None:
+        """Gives back an arriving VM's claim (its arrival failed)."""
+        if self.claims is not None:
+            await self.claims.release(spec.uuid, spec.name)
 
     async def _spawn(self, spec: pb.VmSpec, config: dict[str, Any]) -> int:
         """Starts the runner; a runner that cannot start gives its claim back."""

@@ -190,22 +190,53 @@ class Provider:
 
     def claim(self, consumer: str, resources: Resources, consumer_generation: int | None = None) -> None:
         """Allocates `resources` on this provider to `consumer` (a new consumer unless its generation is given)."""
+        self._put_consumer(consumer, {self.uuid: {"resources": resources}}, consumer_generation)
+
+    def _put_consumer(
+        self,
+        consumer: str,
+        allocs: dict[str, Any],
+        generation: int | None,
+        owner: tuple[str, str] = (PROJECT, USER),
+    ) -> None:
         body = {
-            "allocations": {self.uuid: {"resources": resources}},
-            "project_id": PROJECT,
-            "user_id": USER,
-            "consumer_generation": consumer_generation,
+            "allocations": allocs,
+            "project_id": owner[0],
+            "user_id": owner[1],
+            "consumer_generation": generation,
             "consumer_type": "INSTANCE",
         }
         self.http.put(f"/allocations/{consumer}", body)
 
+    def _change_consumer(self, consumer: str, change: Callable[[dict[str, Any]], bool]) -> None:
+        """Read-modify-write of the consumer's allocations (`change` edits them in place, False: nothing to write),
+        retried while the consumer's generation moves under us. An empty result removes the consumer."""
+        for _ in range(GENERATION_RETRIES):
+            data = self.http.get(f"/allocations/{consumer}")
+            allocs = {rp: {"resources": a["resources"]} for rp, a in data.get("allocations", {}).items()}
+            if not change(allocs):
+                return
+            owner = (str(data.get("project_id", PROJECT)), str(data.get("user_id", USER)))
+            try:
+                return self._put_consumer(consumer, allocs, data.get("consumer_generation"), owner)
+            except PlacementError as e:
+                if e.status != 409 or e.code != CONCURRENT_UPDATE:
+                    raise
+        raise PlacementError("PUT", f"/allocations/{consumer}", 409, CONCURRENT_UPDATE, "too many conflicts in a row")
+
+    def claim_beside(self, consumer: str, resources: Resources) -> None:
+        """Adds this provider's share to what the consumer holds elsewhere (a VM arriving from another agent: for a
+        while both ends hold it, and the source gives its share back once the VM left it)."""
+
+        def add(allocs: dict[str, Any]) -> bool:
+            allocs[self.uuid] = {"resources": resources}
+            return True
+
+        self._change_consumer(consumer, add)
+
     def release(self, consumer: str) -> None:
-        """Deletes the consumer's allocations (nothing to do when it has none)."""
-        try:
-            self.http.request("DELETE", f"/allocations/{consumer}")
-        except PlacementError as e:
-            if e.status != 404:
-                raise
+        """Removes this provider's share of the consumer's allocations; what it holds elsewhere stays."""
+        self._change_consumer(consumer, lambda allocs: allocs.pop(self.uuid, None) is not None)
 
     def allocations(self) -> dict[str, Resources]:
         """Consumer -> resources allocated on this provider."""
@@ -257,9 +288,11 @@ class Claims:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def claim(self, consumer: str, vm: str, resources: Resources) -> None:
-        """Claims `resources` for VM `vm`: ResourceExhausted naming what is short, AlreadyExists for a used UUID."""
-        done = asyncio.get_running_loop().run_in_executor(self.pool, self.provider.claim, consumer, resources)
+    async def claim(self, consumer: str, vm: str, resources: Resources, beside: bool = False) -> None:
+        """Claims `resources` for VM `vm` (`beside` what the consumer holds elsewhere, for an arriving VM):
+        ResourceExhausted naming what is short, AlreadyExists for a UUID in use."""
+        how = self.provider.claim_beside if beside else self.provider.claim
+        done = asyncio.get_running_loop().run_in_executor(self.pool, how, consumer, resources)
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:  # the caller went away; a claim that still lands is given back

@@ -17,7 +17,7 @@ import pytest
 from kvmplat.agent.platform.traits import FEATURE_TRAITS, traits_from_caps
 from kvmplat.agent.registry.placement import Provider
 from kvmplat.agent.registry.placement_http import PlacementHttp
-from kvmplat.client.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from kvmplat.client.errors import AlreadyExists, InvalidArgument, KvmplatError, ResourceExhausted
 from kvmplat.v1 import agent_pb2 as pb
 from placement_harness import PlacedAgent, PlacementService
 
@@ -194,3 +194,28 @@ def test_a_second_agent_advertising_a_taken_address_is_refused_at_start(
     assert second.returncode == 2
     assert f"another provider is named {a.address!r}" in second.stderr
     assert [n for n in placement.providers() if n == a.address] == [a.address]
+
+
+def test_migration_moves_the_claim_and_a_full_target_refuses_it(
+    placement: PlacementService, placed_agents: Agents, tmp_path: Path
+) -> None:
+    a, b = placed_agents("src", "--max-memory-mib", "32"), placed_agents("dst", "--max-memory-mib", "32")
+    vm = a.client.create_vm(loop("mv"), start=True)
+    list(a.client.migrate_vm("mv", b.address))
+    assert placement.allocations(a.provider_uuid()) == {}  # the source gave its share back
+    assert placement.allocations(b.provider_uuid()) == {vm.spec.uuid: {"MEMORY_MB": 16, "VCPU": 1}}
+    assert b.client.get_vm("mv").spec.uuid == vm.spec.uuid
+    outsider = str(uuid.uuid4())  # the source's provider is full behind its agent's back
+    placement.request("PUT", f"/allocations/{outsider}", claim_body(a.provider_uuid(), 32))
+    with pytest.raises(KvmplatError, match="MEMORY_MB"):
+        list(b.client.migrate_vm("mv", a.address))
+    assert b.client.get_vm("mv").state == pb.RUNNING  # still at home, still claimed there only
+    assert placement.allocations(b.provider_uuid()) == {vm.spec.uuid: {"MEMORY_MB": 16, "VCPU": 1}}
+    assert set(placement.allocations(a.provider_uuid())) == {outsider}
+    placement.request("DELETE", f"/allocations/{outsider}")
+    b.client.pause_vm("mv")
+    snap = tmp_path / "mv.snap"
+    b.client.snapshot_to_file("mv", str(snap))
+    copy = b.client.restore_from_file("mv2", str(snap))  # beside its original: a UUID and a claim of its own
+    assert copy.spec.uuid != vm.spec.uuid
+    assert set(placement.allocations(b.provider_uuid())) == {vm.spec.uuid, copy.spec.uuid}
