@@ -13,7 +13,7 @@ all: $(STAMP)
 deps:
 	@scripts/ensure-debs $(DEBS)
 
-$(STAMP): pyproject.toml setup.py agent/cbuild.py $(wildcard agent/*.c agent/*.S) $(DEBS)
+$(STAMP): pyproject.toml setup.py agent/kvm/cbuild.py $(wildcard agent/kvm/*.c agent/kvm/*.S) $(DEBS)
 	@scripts/ensure-debs $(DEBS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
@@ -43,6 +43,6 @@ test: $(STAMP) proto-check lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info agent/_kvmc*.so
+	rm -rf $(VENV) build *.egg-info agent/kvm/_kvmc*.so
 
 -include mk/*.mk

@@ -1,4 +1,4 @@
-"""Maps the source folders onto the kvmplat namespace and builds the one compiled piece, kvmplat.agent._kvmc
+"""Maps the source folders onto the kvmplat namespace and builds the one compiled piece, kvmplat.agent.kvm._kvmc
 (the runner's vCPU fast loop and the built-in payloads) through cffi."""
 
 from pathlib import Path
@@ -19,4 +19,4 @@ def _packages() -> dict[str, str]:
 
 
 PACKAGES = _packages()
-setup(packages=list(PACKAGES), package_dir=PACKAGES, cffi_modules=["agent/cbuild.py:ffibuilder"])
+setup(packages=list(PACKAGES), package_dir=PACKAGES, cffi_modules=["agent/kvm/cbuild.py:ffibuilder"])

@@ -1,5 +1,5 @@
 """The agent's one error tree. Everything the agent refuses or fails at is one of these; the gRPC edge
-(`kvmplat.agent.status`) maps each to a status code in one table, and the client holds the inverse.
+(`kvmplat.agent.api.status`) maps each to a status code in one table, and the client holds the inverse.
 
     KvmplatError
     ├── InvalidArgument      bad input; carries (field, description) violations   → INVALID_ARGUMENT

@@ -53,7 +53,7 @@ def say(text: str) -> None:
 
 def image() -> dict[str, str]:
     """The Linux guest image's paths, building it first when it is missing."""
-    from kvmplat.client import image as img
+    from kvmplat.client import guest_image as img
 
     try:
         return img.paths()
@@ -65,7 +65,7 @@ def image() -> dict[str, str]:
 @contextlib.contextmanager
 def agent(tmp: Path) -> Iterator[str]:
     """A kvmplat-agent beside this interpreter on a private socket; yields its address."""
-    from kvmplat.client.client import Client
+    from kvmplat.client.agent import Client
 
     address = f"unix://{tmp}/agent.sock"
     cmd = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", address, "--state-dir", str(tmp / "s")]
@@ -84,7 +84,7 @@ def agent(tmp: Path) -> Iterator[str]:
 
 def ours_once(address: str, img: dict[str, str], run: int) -> float:
     """Milliseconds from CreateVm(start) to the first matching console event."""
-    from kvmplat.client.client import Client
+    from kvmplat.client.agent import Client
     from kvmplat.v1 import agent_pb2 as pb
 
     name = f"boot{run}"

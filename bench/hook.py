@@ -30,7 +30,7 @@ def start_real_agent(tmp: Path) -> tuple[str, Callable[[], None]] | None:
     """A kvmplat-agent on a private socket, or None when the agent has not been installed."""
     agent = Path(sys.executable).parent / "kvmplat-agent"
     try:
-        import kvmplat.agent.main  # noqa: F401
+        import kvmplat.agent.api.main  # noqa: F401
     except ImportError:
         return None
     if not agent.exists():

@@ -1,6 +1,6 @@
 """kvmplat.client: the client library and the `kvmplat` CLI.
 
-`Client` (kvmplat.client.client) wraps the Agent stubs; errors are in kvmplat.client.errors; spec files in
+`Client` (kvmplat.client.agent) wraps the Agent stubs; errors are in kvmplat.client.errors; spec files in
 kvmplat.client.specfile. Nothing is imported here eagerly, so `import kvmplat.client.specfile` (or the libvirt hook)
 does not pay for grpc until it asks for `Client`.
 """
@@ -11,22 +11,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kvmplat.client.client import Client, TlsFiles
+    from kvmplat.client.agent import Client, TlsFiles
     from kvmplat.client.errors import KvmplatError
-    from kvmplat.client.placement import place
+    from kvmplat.client.scheduling.ask_agents import place
+    from kvmplat.client.scheduling.placement_engine import place_on_placement
 
-__all__ = ["Client", "KvmplatError", "TlsFiles", "place"]
+__all__ = ["Client", "KvmplatError", "TlsFiles", "place", "place_on_placement"]
 
 _LAZY = {
-    "Client": "kvmplat.client.client",
-    "TlsFiles": "kvmplat.client.client",
+    "Client": "kvmplat.client.agent",
+    "TlsFiles": "kvmplat.client.agent",
     "KvmplatError": "kvmplat.client.errors",
-    "place": "kvmplat.client.placement",
+    "place": "kvmplat.client.scheduling.ask_agents",
+    "place_on_placement": "kvmplat.client.scheduling.placement_engine",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Imports `Client`, `TlsFiles`, `KvmplatError` and `place` on first use."""
+    """Imports `Client`, `TlsFiles`, `KvmplatError`, `place` and `place_on_placement` on first use."""
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(_LAZY[name]), name)

@@ -10,7 +10,7 @@ boot protocol asks of a relocating loader, so the decompressor can work in place
 
 from __future__ import annotations
 
-from kvmplat.agent.boot import Segment
+from kvmplat.agent.guest.image import Segment
 from kvmplat.agent.linux.bootparams import parse_setup_header, refuse
 from kvmplat.agent.linux.kernel import Kernel
 from kvmplat.agent.linux.layout import HIMEM

@@ -11,7 +11,7 @@ import itertools
 import struct
 from dataclasses import dataclass
 
-from kvmplat.agent.boot import Segment
+from kvmplat.agent.guest.image import Segment
 from kvmplat.agent.linux.bootparams import refuse, synthetic_header
 from kvmplat.agent.linux.kernel import Kernel
 from kvmplat.agent.linux.layout import HIMEM

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmplat.agent.boot import Segment
+from kvmplat.agent.guest.image import Segment
 from kvmplat.agent.linux.bootparams import SetupHeader
 
 __all__ = ["Kernel"]

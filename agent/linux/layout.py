@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import struct
 
-from kvmplat.agent.boot import CpuState, Segment, SegmentReg
+from kvmplat.agent.guest.image import CpuState, Segment, SegmentReg
 
 __all__ = [
     "BOOT_CS",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kvmplat.agent.boot import GuestImage, Segment
 from kvmplat.agent.errors import InvalidArgument
+from kvmplat.agent.guest.image import GuestImage, Segment
 from kvmplat.agent.linux.acpi import RSDP_ADDR, acpi_tables
 from kvmplat.agent.linux.bootparams import refuse, zero_page
 from kvmplat.agent.linux.bzimage import parse_bzimage

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from kvmplat.agent.errors import HostError, KvmError
-from kvmplat.agent.ioctls import Cap
-from kvmplat.agent.kvm import ExitReason, Kvm
+from kvmplat.agent.kvm.fds import ExitReason, Kvm
+from kvmplat.agent.kvm.ioctls import Cap
 from kvmplat.agent.platform.levels import X86_FEATURES, CpuidBit
 from kvmplat.agent.platform.x86 import HV_BIT, REG_INDEX, masked_table, with_bit
 from kvmplat.agent.platform.x86host import FeatureTruth, Row, X86Host

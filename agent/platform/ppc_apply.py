@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kvmplat.agent._kvmc import ffi
 from kvmplat.agent.errors import KvmError
+from kvmplat.agent.kvm._kvmc import ffi
 from kvmplat.agent.platform.ppc_plan import Expect, Step
 
 __all__ = ["Call", "KvmFds", "PpcFds", "RecordingFds", "StepResult", "apply_ppc", "plan_ok"]
@@ -130,7 +130,7 @@ class KvmFds:
 
     def call(self, fd: str, name: str, request: int, arg: Any) -> int:
         """Issues the ioctl through the fd object's own wrapper; the plan's number must be this host's."""
-        from kvmplat.agent.ioctls import REQUESTS
+        from kvmplat.agent.kvm.ioctls import REQUESTS
 
         if REQUESTS.get(name) != request:
             raise ValueError(f"{name}: plan request {request:#x} is not this host's {REQUESTS.get(name, 0):#x}")

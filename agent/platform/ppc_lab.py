@@ -6,7 +6,7 @@
 Prints one JSON line per result: {"host": ...} first, then per case {"case", "predicted", "kernel_agrees", ...},
 then {"probe": ...} (the built-in payload under KVM_RUN) and a final {"summary": ...}. A case is
 {"name": str, "vcpus": int, "request": {"abi", "pv", "compat", "policy", "bits", "accel"}} with enum names as strings.
-Runs on Debian's ppc64el python3 with cffi in ABI mode (kvmabi.ensure_kvmc); nothing here imports `_kvmc` before it.
+Runs on Debian's ppc64el python3 with cffi in ABI mode (kvm.ffi.ensure_kvmc); nothing here imports `_kvmc` before it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from kvmplat.agent import kvmabi
+from kvmplat.agent.kvm import ffi as kvmabi
 
 __all__ = ["DEFAULT_CASES", "LAB_FILES", "lab_main", "stage"]
 
@@ -32,16 +32,18 @@ DEFAULT_CASES: list[dict[str, Any]] = [
     {"name": "accel-pr", "request": {"abi": "SPAPR", "accel": "PR"}},
     {"name": "pv-kvm", "request": {"abi": "SPAPR", "pv": ["KVM"]}},
 ]
-# Relative to the agent/ folder; cbuild.py reads fastloop.c and payloads.S when imported.
+# Relative to the agent/ folder; cbuild.py reads its C sources (fastloop.c, pages.c, payloads.S) when imported.
 LAB_FILES = (
     "__init__.py",
     "errors.py",
-    "ioctls.py",
-    "kvm.py",
-    "kvmabi.py",
-    "cbuild.py",
-    "fastloop.c",
-    "payloads.S",
+    "kvm/__init__.py",
+    "kvm/ioctls.py",
+    "kvm/fds.py",
+    "kvm/ffi.py",
+    "kvm/cbuild.py",
+    "kvm/fastloop.c",
+    "kvm/pages.c",
+    "kvm/payloads.S",
     "platform/__init__.py",
     "platform/model.py",
     "platform/ppc.py",
@@ -124,7 +126,7 @@ def _result_json(r: Any) -> dict[str, Any]:
 
 def run_payload(kvm: Any, host: Any) -> dict[str, Any]:
     """Runs the built-in payload on the host's default flavour (PAPR on) and reports console and MMIO exit."""
-    from kvmplat.agent.ioctls import Cap
+    from kvmplat.agent.kvm.ioctls import Cap
     from kvmplat.agent.platform.ppc_payload import PROBE_MAGIC, PROBE_MMIO, run_probe
 
     if not host.default_accel:
@@ -181,7 +183,7 @@ def _open(simulate: str | None) -> tuple[Any, Any, Any]:
     if simulate:
         sim = sim_fds(PpcHost.from_file(simulate))
         return None, sim, learn_ppc_host(sim, name="simulated", source=simulate)
-    from kvmplat.agent.kvm import Kvm
+    from kvmplat.agent.kvm.fds import Kvm
 
     kvm = Kvm()
     fds = KvmFds(kvm)

@@ -140,7 +140,7 @@ class ProbeOutcome:
 
 def run_probe(vm: Any, vcpu: Any, max_exits: int = 64) -> ProbeOutcome:
     """Loads the payload into `vm` (a kvm.Vm), sets `vcpu`'s registers and runs it to its MMIO store."""
-    from kvmplat.agent._kvmc import ffi
+    from kvmplat.agent.kvm._kvmc import ffi
 
     mem = vm.add_memory(GUEST_RAM, 0)
     mem.write(PROBE_ENTRY, assemble_probe())

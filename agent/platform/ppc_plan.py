@@ -13,9 +13,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from kvmplat.agent._kvmc import ffi
 from kvmplat.agent.errors import PlatformRefused
-from kvmplat.agent.ioctls import PPC64, Cap
+from kvmplat.agent.kvm._kvmc import ffi
+from kvmplat.agent.kvm.ioctls import PPC64, Cap
 from kvmplat.agent.platform.model import Abi, Accel, EffectivePlatform, PlatformRequest, Pv
 from kvmplat.agent.platform.ppc import PpcHost
 from kvmplat.agent.platform.ppc_compat import is_logical_pvr

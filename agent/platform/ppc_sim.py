@@ -12,8 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmplat.agent._kvmc import ffi
 from kvmplat.agent.errors import KvmError
+from kvmplat.agent.kvm._kvmc import ffi
 from kvmplat.agent.platform.ppc import PpcHost
 from kvmplat.agent.platform.ppc_apply import Call, RecordingFds
 from kvmplat.agent.platform.ppc_levels import LEVELS, level_by_name

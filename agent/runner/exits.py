@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from kvmplat.agent.kvm import ExitReason
+from kvmplat.agent.kvm.fds import ExitReason
 from kvmplat.agent.runner.crashinfo import kvm_reported_bytes
 
 __all__ = ["Exit", "Outcome", "Verdict", "classify"]

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kvmplat.agent._kvmc import ffi, lib
-from kvmplat.agent.kvm import Vcpu
+from kvmplat.agent.kvm._kvmc import ffi, lib
+from kvmplat.agent.kvm.fds import Vcpu
 from kvmplat.agent.runner.exits import Exit, Outcome, Verdict, classify
 
 __all__ = ["KICK_SIGNAL", "Mode", "VcpuThread", "install_kick_handler"]

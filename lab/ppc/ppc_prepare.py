@@ -289,7 +289,7 @@ def initramfs(root: Path, stock_root: Path) -> Path:
     """A newc initramfs: the ppc64el root, Debian's kvm.ko/kvm-hv.ko, kvmplat's staged code under /lab, /init."""
     sys.path.insert(0, str(REPO))  # kvmplat is installed editable in .venv; this also covers a bare checkout
     from kvmplat.agent.platform.ppc_lab import stage
-    from kvmplat.client.image import CpioEntry, cpio_newc
+    from kvmplat.client.guest_image import CpioEntry, cpio_newc
 
     with tempfile.TemporaryDirectory() as tmp:
         stage(tmp)
@@ -312,7 +312,7 @@ def initramfs(root: Path, stock_root: Path) -> Path:
 
 def tree_entries(top: Path, prefix: str) -> list[Any]:
     """CpioEntry for every directory, file and symlink under `top` (directories first, sorted)."""
-    from kvmplat.client.image import CpioEntry
+    from kvmplat.client.guest_image import CpioEntry
 
     out = []
     for dirpath, dirnames, filenames in os.walk(top):

@@ -1,4 +1,4 @@
-"""agent/events.py Bus: replay then live without gaps or repeats, slow watchers cut off at WATCH_BUFFER with
+"""agent/registry/events.py Bus: replay then live without gaps or repeats, slow watchers cut off at WATCH_BUFFER with
 RESOURCE_EXHAUSTED, and memory bounded by RING and WATCH_BUFFER whatever the watchers do."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from kvmplat.agent.api.status import code_of
 from kvmplat.agent.errors import ResourceExhausted
-from kvmplat.agent.events import RING, WATCH_BUFFER, Bus, event_from_runner
-from kvmplat.agent.status import code_of
+from kvmplat.agent.registry.events import RING, WATCH_BUFFER, Bus, event_from_runner
 from kvmplat.v1 import agent_pb2 as pb
 
 T = TypeVar("T")

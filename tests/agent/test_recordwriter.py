@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kvmplat.agent.recordwriter import RecordWriter
-from kvmplat.agent.store import Store
+from kvmplat.agent.registry.recordwriter import RecordWriter
+from kvmplat.agent.registry.store import Store
 
 
 class GatedStore(Store):

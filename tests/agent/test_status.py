@@ -1,4 +1,4 @@
-"""agent/status.py: the one table from agent errors to gRPC codes matches the error tree drawn in agent/errors.py,
+"""agent/api/status.py: the one table from agent errors to gRPC codes matches the error tree drawn in agent/errors.py,
 and google.rpc.BadRequest details travel only with field violations."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from kvmplat.agent import errors
-from kvmplat.agent.lifecycle import Event, IllegalTransition, State
-from kvmplat.agent.status import CODES, code_of, to_status
+from kvmplat.agent.api.status import CODES, code_of, to_status
+from kvmplat.agent.registry.lifecycle import Event, IllegalTransition, State
 
 DETAILS_KEY = "grpc-status-details-bin"
 

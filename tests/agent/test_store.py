@@ -1,5 +1,5 @@
-"""agent/store.py: records are written atomically (a failed write leaves the old record whole), and a corrupt or
-half-written record is reported and skipped while the others load."""
+"""agent/registry/store.py: records are written atomically (a failed write leaves the old record whole), and a
+corrupt or half-written record is reported and skipped while the others load."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kvmplat.agent.store import Store
+from kvmplat.agent.registry.store import Store
 
 
 def record(name: str, **extra: Any) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def test_corrupt_and_half_written_records_are_skipped_and_reported(
     (store.vms / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
     (store.vms / "empty.json").write_text("")
     (store.vms / "left.json.tmp").write_text("{")  # a write the agent never renamed
-    with caplog.at_level(logging.ERROR, logger="kvmplat.agent.store"):
+    with caplog.at_level(logging.ERROR, logger="kvmplat.agent.registry.store"):
         loaded = store.load_all()
     assert [r["name"] for r in loaded] == ["good1", "good2"]
     reported = " ".join(r.getMessage() for r in caplog.records)
@@ -86,7 +86,7 @@ def test_delete_removes_record_and_socket(tmp_path: Path) -> None:
 
 
 def test_records_with_unusable_fields_are_reported_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
-    from kvmplat.agent.controller import ADOPT_SEQ_GAP, SEQ_BLOCK, _record_from
+    from kvmplat.agent.registry.controller import ADOPT_SEQ_GAP, SEQ_BLOCK, _record_from
 
     good = {"name": "a", "spec": {"name": "a", "vcpus": 1}, "socket": "/run/a.sock"}
     bad = [

@@ -1,4 +1,5 @@
-"""agent/validate.py without KVM: validate_spec raises only InvalidArgument; every violation names a spec.* field."""
+"""agent/api/validate.py without KVM: validate_spec raises only InvalidArgument; every violation names a
+spec.* field."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kvmplat.agent.api.validate import NAME_RE, Limits, validate_name, validate_spec
 from kvmplat.agent.errors import InvalidArgument
-from kvmplat.agent.payloads import PUBLIC_BUILTINS
-from kvmplat.agent.validate import NAME_RE, Limits, validate_name, validate_spec
+from kvmplat.agent.guest.builtin import PUBLIC_BUILTINS
 from kvmplat.v1 import agent_pb2 as pb
 
 LIMITS = Limits(max_vcpus=8, max_memory_mib=1024, image_dirs=("/nonexistent-kvmplat-images",))

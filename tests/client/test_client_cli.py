@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fake_agent_server import FakeAgentServer
-from kvmplat.client import cli
+from kvmplat.client.cli import main as cli
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -124,7 +124,7 @@ def test_bad_address_exits_2() -> None:
 def test_xml_without_translator_is_a_clear_usage_error(
     agent_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kvmplat.client import commands
+    from kvmplat.client.cli import commands
 
     monkeypatch.setattr(commands, "DOMAIN_XML_MODULE", "kvmplat.client.no_such_translator")
     xml = tmp_path / "d.xml"
@@ -139,7 +139,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_missing_command_module_is_skipped() -> None:
-    parser = cli.build_parser(("kvmplat.client.commands", "kvmplat.client.not_landed_yet"))
+    parser = cli.build_parser(("kvmplat.client.cli.commands", "kvmplat.client.not_landed_yet"))
     assert parser.parse_args(["caps"]).command == "caps"
 
 
@@ -167,21 +167,21 @@ def test_timeout_must_be_positive() -> None:
     ],
 )
 def test_address_forms(address: str, target: str) -> None:
-    from kvmplat.client.client import grpc_target
+    from kvmplat.client.agent import grpc_target
 
     assert grpc_target(address) == target
 
 
 @pytest.mark.parametrize("address", ["unix://rel.sock", "unix:", "tcp://host", "tcp://:80", "tcp://h:99999", "/a.sock"])
 def test_bad_address_forms(address: str) -> None:
-    from kvmplat.client.client import AddressError, grpc_target
+    from kvmplat.client.agent import AddressError, grpc_target
 
     with pytest.raises(AddressError):
         grpc_target(address)
 
 
 def test_default_address_comes_from_the_environment() -> None:
-    from kvmplat.client.client import DEFAULT_ADDRESS, default_address
+    from kvmplat.client.agent import DEFAULT_ADDRESS, default_address
 
     assert default_address({}) == DEFAULT_ADDRESS == "unix:///run/kvmplat/agent.sock"
     assert default_address({"KVMPLAT_AGENT": "tcp://h:1"}) == "tcp://h:1"
@@ -191,7 +191,7 @@ GOLDEN_DOMAIN = Path(__file__).resolve().parents[1] / "golden" / "domains" / "x8
 
 
 def test_check_xml_translates_through_domain_xml(agent_env: dict[str, str]) -> None:
-    pytest.importorskip("kvmplat.client.domain_xml")
+    pytest.importorskip("kvmplat.client.libvirt.domain_xml")
     code, out, _ = run(["check", "--xml", str(GOLDEN_DOMAIN), "--json"], agent_env)
     assert code == 0 and json.loads(out)["effectivePlatform"]["abi"] == "BARE_METAL"
     bad = GOLDEN_DOMAIN.parent.parent / "not-there.xml"
@@ -201,7 +201,7 @@ def test_check_xml_translates_through_domain_xml(agent_env: dict[str, str]) -> N
 def test_create_from_libvirt_uses_libvirts_test_driver(agent_env: dict[str, str]) -> None:
     """libvirt's built-in test driver (test:///default, no daemon) defines a domain named `test`."""
     pytest.importorskip("libvirt")
-    pytest.importorskip("kvmplat.client.domain_xml")
+    pytest.importorskip("kvmplat.client.libvirt.domain_xml")
     code, out, err = run(["create", "test", "--from-libvirt", "test:///default", "--json"], agent_env)
     assert code == 0, err
     assert json.loads(out)["spec"]["vcpus"] == 2 and "warning" in err

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from fake_agent_server import FakeAgentServer
-from kvmplat.client import demo
-from kvmplat.client.client import Client
-from kvmplat.client.console import DETACH, attach
+from kvmplat.client.agent import Client
+from kvmplat.client.cli import demo
+from kvmplat.client.cli.console import DETACH, attach
 from kvmplat.client.errors import FailedPrecondition
 from kvmplat.v1 import agent_pb2 as pb
 from test_client_cli import run

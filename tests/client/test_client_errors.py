@@ -7,7 +7,7 @@ import grpc
 import pytest
 from fake_agent_server import FakeAgentServer
 from kvmplat.client import errors
-from kvmplat.client.client import Client
+from kvmplat.client.agent import Client
 from kvmplat.v1 import agent_pb2 as pb
 
 

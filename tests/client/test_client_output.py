@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from kvmplat.client import output
+from kvmplat.client.cli import output
 from kvmplat.v1 import agent_pb2 as pb
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from kvmplat.client.client import Client
+from kvmplat.client.agent import Client
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 from proc_util import stop_process

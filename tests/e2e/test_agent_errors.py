@@ -1,6 +1,7 @@
 """Bad input against the real agent over gRPC: each gets its exact status code, a message naming what was wrong
-(google.rpc.BadRequest field violations for INVALID_ARGUMENT), and leaves ListVms exactly as it was. Every
-illegal lifecycle transition is walked against agent/lifecycle.py's table, and hypothesis throws random specs."""
+(google.rpc.BadRequest field violations for INVALID_ARGUMENT), and leaves ListVms exactly as it was.
+Every illegal lifecycle transition is walked against agent/registry/lifecycle.py's table, and hypothesis throws
+random specs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kvmplat.agent.lifecycle import TRANSITIONS, Event, State
+from kvmplat.agent.registry.lifecycle import TRANSITIONS, Event, State
 from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]

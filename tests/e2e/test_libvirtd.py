@@ -77,9 +77,9 @@ def _missing() -> str:
 def _agent_missing() -> str:
     """Why the real agent cannot be started, or ""."""
     try:
-        import kvmplat.agent.main  # noqa: F401
+        import kvmplat.agent.api.main  # noqa: F401
     except ImportError:
-        return "the kvmplat agent (kvmplat.agent.main) has not landed yet"
+        return "the kvmplat agent (kvmplat.agent.api.main) has not landed yet"
     return "" if AGENT.exists() else f"{AGENT} is not installed"
 
 
@@ -145,7 +145,8 @@ class Libvirtd:
         (b / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(b=b))
         (up / "libvirt" / "qemu.conf").write_text(QEMU_CONF)
         (up / "libvirt" / "hooks" / "qemu").symlink_to(HOOK)
-        (up / "kvmplat" / "hook.conf").write_text(f"agent = {agent_address}\ntimeout = 10\n")
+        # scope = all: the refusal below is of a TCG ppc64le domain, which the default scope (kvm) leaves alone
+        (up / "kvmplat" / "hook.conf").write_text(f"agent = {agent_address}\ntimeout = 10\nscope = all\n")
         # A root libvirtd dies without a libvirt-qemu user, whatever qemu.conf says (LIBVIRTD.md pitfall 3).
         (up / "passwd").write_text(
             Path("/etc/passwd").read_text() + "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin\n"

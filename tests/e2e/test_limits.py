@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from agent_harness import AgentFactory, flood_kernel, kernel_spec, rss_kib
-from kvmplat.agent.events import RING, WATCH_BUFFER
+from kvmplat.agent.registry.events import RING, WATCH_BUFFER
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from agent_harness import AgentProc, flood_kernel, kernel_spec, loop_spec
-from kvmplat.agent.controller import SEQ_BLOCK
+from kvmplat.agent.registry.controller import SEQ_BLOCK
 from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]

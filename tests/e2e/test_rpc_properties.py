@@ -13,7 +13,7 @@ import pytest
 from agent_harness import BAD_INPUT_CODES, AgentProc, loop_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kvmplat.agent.lifecycle import TRANSITIONS, Event, State
+from kvmplat.agent.registry.lifecycle import TRANSITIONS, Event, State
 from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kvmplat.agent._kvmc import ffi, lib
-from kvmplat.agent.ioctls import REQUESTS
+from kvmplat.agent.kvm._kvmc import ffi, lib
+from kvmplat.agent.kvm.ioctls import REQUESTS
 from kvmplat.agent.runner.exits import KP_EXIT_POWEROFF, KP_EXIT_RESET
 
 

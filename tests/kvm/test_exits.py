@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvmplat.agent.kvm import ExitReason
+from kvmplat.agent.kvm.fds import ExitReason
 from kvmplat.agent.runner.exits import (
     KP_EXIT_EINTR,
     KP_EXIT_POWEROFF,

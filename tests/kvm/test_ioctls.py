@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from kvmplat.agent.ioctls import GATING_CAP, PPC64, X86_64, Arch, Cap, ioc
+from kvmplat.agent.kvm.ioctls import GATING_CAP, PPC64, X86_64, Arch, Cap, ioc
 
 X86_KNOWN = {
     "KVM_GET_API_VERSION": 0xAE00,

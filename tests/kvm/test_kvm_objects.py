@@ -7,9 +7,9 @@ import os
 
 import pytest
 from kvmplat.agent.errors import KvmError, Unavailable
-from kvmplat.agent.ioctls import Cap
-from kvmplat.agent.kvm import ExitReason, Kvm, MpState
-from kvmplat.agent.payloads import LOAD_ADDR, builtin_image
+from kvmplat.agent.guest.builtin import LOAD_ADDR, builtin_image
+from kvmplat.agent.kvm.fds import ExitReason, Kvm, MpState
+from kvmplat.agent.kvm.ioctls import Cap
 from kvmplat.agent.runner.machine import apply_cpu_state
 
 pytestmark = pytest.mark.kvm

@@ -1,4 +1,4 @@
-"""The cffi struct layouts (agent/cbuild.py) against the installed kernel's <linux/kvm.h>, compiled with gcc."""
+"""The cffi struct layouts (agent/kvm/cbuild.py) against the installed kernel's <linux/kvm.h>, compiled with gcc."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from kvmplat.agent._kvmc import ffi
+from kvmplat.agent.kvm._kvmc import ffi
 
 # (struct, member path or "" for sizeof)
 CHECKS = [
@@ -49,6 +49,36 @@ CHECKS = [
     ("kvm_one_reg", ""),
     ("kvm_ppc_pvinfo", ""),
     ("kvm_ppc_pvinfo", "hcall"),
+    ("kvm_fpu", ""),
+    ("kvm_fpu", "xmm"),
+    ("kvm_fpu", "mxcsr"),
+    ("kvm_msr_entry", ""),
+    ("kvm_msrs", ""),
+    ("kvm_msrs", "entries"),
+    ("kvm_msr_list", ""),
+    ("kvm_lapic_state", ""),
+    ("kvm_vcpu_events", ""),
+    ("kvm_vcpu_events", "sipi_vector"),
+    ("kvm_vcpu_events", "smi"),
+    ("kvm_vcpu_events", "exception_has_payload"),
+    ("kvm_vcpu_events", "exception_payload"),
+    ("kvm_debugregs", ""),
+    ("kvm_debugregs", "dr7"),
+    ("kvm_xsave", ""),
+    ("kvm_xcrs", ""),
+    ("kvm_xcrs", "xcrs"),
+    ("kvm_xcrs", "padding"),
+    ("kvm_irqchip", ""),
+    ("kvm_irqchip", "chip"),
+    ("kvm_pit_channel_state", ""),
+    ("kvm_pit_channel_state", "count_load_time"),
+    ("kvm_pit_state2", ""),
+    ("kvm_pit_state2", "flags"),
+    ("kvm_clock_data", ""),
+    ("kvm_clock_data", "realtime"),
+    ("kvm_clock_data", "host_tsc"),
+    ("kvm_dirty_log", ""),
+    ("kvm_dirty_log", "dirty_bitmap"),
     ("kvm_stats_header", ""),
     ("kvm_stats_desc", ""),
 ]

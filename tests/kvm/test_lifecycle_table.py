@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 from kvmplat.agent.errors import FailedPrecondition
-from kvmplat.agent.lifecycle import TRANSITIONS, Event, IllegalTransition, State, allowed_events, next_state
+from kvmplat.agent.registry.lifecycle import TRANSITIONS, Event, IllegalTransition, State, allowed_events, next_state
 
 EXPECTED = {
     (State.CREATED, Event.START): State.RUNNING,
@@ -21,8 +21,17 @@ EXPECTED = {
     (State.PAUSED, Event.STOP): State.STOPPED,
     (State.PAUSED, Event.GUEST_EXIT): State.STOPPED,
     (State.PAUSED, Event.CRASH): State.CRASHED,
+    (State.STOPPED, Event.START): State.RUNNING,  # issue 18: a STOPPED VM boots again (a new runner)
     (State.STOPPED, Event.DESTROY): State.DESTROYED,
     (State.CRASHED, Event.DESTROY): State.DESTROYED,
+    (State.RUNNING, Event.MIGRATE): State.MIGRATING,
+    (State.MIGRATING, Event.ABORT_MIGRATION): State.RUNNING,
+    (State.MIGRATING, Event.MIGRATED): State.STOPPED,
+    (State.MIGRATING, Event.ARRIVE): State.RUNNING,
+    (State.MIGRATING, Event.ARRIVE_PAUSED): State.PAUSED,
+    (State.MIGRATING, Event.GUEST_EXIT): State.STOPPED,
+    (State.MIGRATING, Event.CRASH): State.CRASHED,
+    (State.MIGRATING, Event.DESTROY): State.DESTROYED,
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from kvmplat.client.domain_xml import translate
+from kvmplat.client.libvirt.domain_xml import translate
 from kvmplat.v1 import agent_pb2 as pb
 
 OS = "<os><type arch='x86_64' machine='pc'>hvm</type><kernel>/k</kernel></os>"

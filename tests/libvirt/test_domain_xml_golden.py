@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
-from kvmplat.client.domain_xml import Translation, to_domain_xml, translate
+from kvmplat.client.libvirt.domain_xml import Translation, to_domain_xml, translate
 from kvmplat.v1 import agent_pb2 as pb
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "domains"

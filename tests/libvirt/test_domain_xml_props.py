@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvmplat.client.domain_xml import DomainXmlError, to_domain_xml, translate
-from kvmplat.client.domain_xml_units import MAX_MEMORY_BYTES, UnitError, memory_kib, scale_of
+from kvmplat.client.libvirt.domain_units import MAX_MEMORY_BYTES, UnitError, memory_kib, scale_of
+from kvmplat.client.libvirt.domain_xml import DomainXmlError, to_domain_xml, translate
 from kvmplat.v1 import agent_pb2 as pb
 
 # An independent table: every spelling libvirt documents, with its byte count.

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from kvmplat.client.domain_xml import MAX_XML_BYTES, DomainXmlError, translate
+from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainXmlError, translate
 
 NS = "http://kvmplat.io/xmlns/domain/1"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kvmplat.client.domain_xml import MAX_XML_BYTES
-from kvmplat.client.hook import AgentError, HookConfig, load_config, main
+from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES
+from kvmplat.client.libvirt.qemu_hook import AgentError, HookConfig, load_config, main
 
 X86 = """<domain type='kvm'><name>web1</name><memory unit='MiB'>64</memory><vcpu>2</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os><features><kvm><hidden state='on'/></kvm></features></domain>"""
@@ -47,13 +47,27 @@ class FakeAgent:
         pass
 
 
-def run(argv: list[str], xml: str | bytes, agent: FakeAgent, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def run(
+    argv: list[str],
+    xml: str | bytes,
+    agent: FakeAgent,
+    env: dict[str, str] | None = None,
+    journal: list[str] | None = None,
+) -> tuple[int, str, str]:
     """main() on in-memory streams; returns (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     data = xml.encode() if isinstance(xml, str) else xml
     env = {"KVMPLAT_HOOK_CONFIG": "", **(env or {})}
-    status = main(argv, io.BytesIO(data), out, err, env, agent_factory=agent)  # type: ignore[arg-type]
+    sink = journal.append if journal is not None else None
+    status = main(argv, io.BytesIO(data), out, err, env, agent_factory=agent, journal=sink)  # type: ignore[arg-type]
     return status, out.getvalue(), err.getvalue()
+
+
+def conf(tmp_path: Path, text: str) -> dict[str, str]:
+    """The environment pointing the hook at a hook.conf holding `text`."""
+    path = tmp_path / "hook.conf"
+    path.write_text(text)
+    return {"KVMPLAT_HOOK_CONFIG": str(path)}
 
 
 PREPARE = ["web1", "prepare", "begin", "-"]
@@ -62,12 +76,18 @@ PREPARE = ["web1", "prepare", "begin", "-"]
 @pytest.fixture(autouse=True)
 def no_system_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the machine's /etc/kvmplat/hook.conf."""
-    monkeypatch.setattr("kvmplat.client.hook.CONFIG_PATH", "/nonexistent/kvmplat-hook.conf")
+    monkeypatch.setattr("kvmplat.client.libvirt.qemu_hook.CONFIG_PATH", "/nonexistent/kvmplat-hook.conf")
 
 
 def test_prepare_admits_a_possible_platform() -> None:
     agent = FakeAgent()
-    assert run(PREPARE, X86, agent) == (0, "", "")
+    status, out, err = run(PREPARE, X86, agent)
+    assert (status, out) == (0, "")
+    # issue 18: the administrator sees what kvmplat will not apply, even when the platform is admitted
+    assert err.splitlines() == [
+        "kvmplat: domain 'web1': warning: os/type machine 'pc': kvmplat runs its own minimal PC, not QEMU's chipset",
+        "kvmplat: domain 'web1': warning: no os/kernel and no kvmplat:boot: kvmplat cannot boot from disks or firmware",
+    ]
     method, request = agent.calls[0]
     assert method == "CheckPlatform" and request.spec.name == "web1" and list(request.spec.platform.pv) == []
 
@@ -235,12 +255,12 @@ def test_hook_imports_stay_minimal() -> None:
     """The hook imports grpc and the stubs only: no grpc_status/health/reflection, no Client (GRPC.md §3.3)."""
     code = (
         "import io, sys\n"
-        "from kvmplat.client.hook import main\n"
+        "from kvmplat.client.libvirt.qemu_hook import main\n"
         f"main({PREPARE!r}, io.BytesIO({X86.encode()!r}), io.StringIO(), io.StringIO(),"
         " {'KVMPLAT_AGENT': 'unix:///nonexistent/a.sock'})\n"
         # grpc itself imports the bare grpc_health/grpc_reflection packages (empty shims); their modules are heavy.
         "heavy = [m for m in sys.modules if m.startswith(('grpc_status', 'grpc_health.', 'grpc_reflection.',"
-        " 'google.rpc')) or m in ('kvmplat.client.client', 'kvmplat.client.errors', 'libvirt')]\n"
+        " 'google.rpc')) or m in ('kvmplat.client.agent', 'kvmplat.client.errors', 'libvirt')]\n"
         "assert 'grpc' in sys.modules and not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kvmplat.client.domain_xml import translate
-from kvmplat.client.libvirt_source import LibvirtError, domain_xml
+from kvmplat.client.libvirt.domain_xml import translate
+from kvmplat.client.libvirt.source import LibvirtError, domain_xml
 from kvmplat.v1 import agent_pb2 as pb
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (mk/libvirt.debs + pyproject)")

@@ -58,7 +58,7 @@ def debian_image() -> dict[str, str]:
 
     Uses $KVMPLAT_IMAGE_DIR or /var/lib/kvmplat/images; where that cannot be written, ~/.cache/kvmplat/images. A
     build failure fails the tests that need the image (they must run wherever /dev/kvm exists)."""
-    from kvmplat.client import image
+    from kvmplat.client import guest_image as image
 
     if not os.environ.get("KVMPLAT_IMAGE_DIR") and not _writable_or_built(image.image_dir()):
         os.environ["KVMPLAT_IMAGE_DIR"] = str(Path.home() / ".cache" / "kvmplat" / "images")

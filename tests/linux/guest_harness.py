@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvmplat.client.client import Client
+from kvmplat.client.agent import Client
 from kvmplat.v1 import agent_pb2 as pb
 from proc_util import stop_process
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from kvmplat.agent.boot import GuestImage, SegmentReg
+from kvmplat.agent.guest.image import GuestImage, SegmentReg
 
 MIB = 1 << 20
 BZ_SETUP_SECTS = 1

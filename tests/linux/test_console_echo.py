@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from guest_harness import Agent
-from kvmplat.client.console import DETACH
+from kvmplat.client.cli.console import DETACH
 from kvmplat.client.errors import FailedPrecondition
 from kvmplat.v1 import agent_pb2 as pb
 

@@ -8,7 +8,7 @@ import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvmplat.agent.runner.console import LINE_MAX, ConsoleReader
+from kvmplat.agent.runner.consolereader import LINE_MAX, ConsoleReader
 
 
 def read_all(data: bytes) -> list[str]:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from kvmplat.agent.linux import load_linux
-from kvmplat.client import image, image_cli
-from kvmplat.client.image import CpioEntry, ImageError, cpio_newc, extract_vmlinux, init_entries
+from kvmplat.client import guest_image as image
+from kvmplat.client.cli import image as image_cli
+from kvmplat.client.guest_image import CpioEntry, ImageError, cpio_newc, extract_vmlinux, init_entries
 from linux_fakes import MIB, fake_bzimage, fake_elf
 
 

@@ -1,9 +1,9 @@
-"""client/linux_demo.py without a guest: what it says about how a Linux guest ended (the boot itself is what
+"""client/cli/linux_demo.py without a guest: what it says about how a Linux guest ended (the boot itself is what
 test_linux_debian.py checks, and `kvmplat demo --linux` shows)."""
 
 from __future__ import annotations
 
-from kvmplat.client import linux_demo
+from kvmplat.client.cli import linux_demo
 from kvmplat.v1 import agent_pb2 as pb
 
 EMULATION = "KVM internal error: the instruction emulator could not run an instruction: the instruction at rip 0x1"

@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from kvmplat.agent.boot import GuestImage
+from kvmplat.agent.guest.image import GuestImage
 from kvmplat.agent.linux import load_linux
 from linux_fakes import BZ_PAYLOAD, MIB, dump, fake_bzimage, fake_elf
 

@@ -7,8 +7,8 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kvmplat.agent.boot import GuestImage
 from kvmplat.agent.errors import InvalidArgument
+from kvmplat.agent.guest.image import GuestImage
 from kvmplat.agent.linux import load_linux
 from linux_fakes import MIB, fake_bzimage, fake_elf
 

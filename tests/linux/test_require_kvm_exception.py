@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kvmplat.client.linux_demo import hardware_kvm
+from kvmplat.client.cli.linux_demo import hardware_kvm
 
 pytestmark = pytest.mark.kvm
 

@@ -28,9 +28,9 @@ def parse_cpuid_lines(text: str) -> CpuidLines:
 
 def _run_probe(rows: list[tuple[int, ...]], vcpus: int = 1, timeout: float = 20.0) -> str:
     """Console output of the probe payload run on `vcpus` vCPUs, each with `rows` adjusted by for_vcpu."""
-    from kvmplat.agent._kvmc import ffi, lib
-    from kvmplat.agent.ioctls import REQUESTS
-    from kvmplat.agent.kvm import Kvm, MpState
+    from kvmplat.agent.kvm._kvmc import ffi, lib
+    from kvmplat.agent.kvm.fds import Kvm, MpState
+    from kvmplat.agent.kvm.ioctls import REQUESTS
     from kvmplat.agent.platform.x86 import for_vcpu
 
     with Kvm() as kvm, kvm.create_vm() as vm:
@@ -89,7 +89,7 @@ def _run_all(lib: object, ffi: object, kv: object, cpus: list, timeout: float) -
 @pytest.fixture(scope="session")
 def host_truth() -> Iterator[object]:
     """This host's measured truth (probe guests, not the cache)."""
-    from kvmplat.agent.kvm import Kvm
+    from kvmplat.agent.kvm.fds import Kvm
     from kvmplat.agent.platform.hostprobe import probe_host
 
     with Kvm() as kvm:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kvmplat.agent.kvm import Kvm
+from kvmplat.agent.kvm.fds import Kvm
 from kvmplat.agent.platform.hostprobe import guest_cpuid, load_or_probe
 from kvmplat.agent.platform.x86host import X86Host
 

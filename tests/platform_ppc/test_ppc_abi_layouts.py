@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from kvmplat.agent._kvmc import ffi
-from kvmplat.agent.ioctls import GATING_CAP, PPC64, X86_64, Cap
+from kvmplat.agent.kvm._kvmc import ffi
+from kvmplat.agent.kvm.ioctls import GATING_CAP, PPC64, X86_64, Cap
 
 KNOWN_PPC = {
     "KVM_GET_API_VERSION": 0x2000AE00,

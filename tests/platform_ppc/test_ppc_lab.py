@@ -46,7 +46,7 @@ def test_lab_staged_tree_runs_in_abi_mode(tmp_path: Path) -> None:
     host = GOLDEN / "hosts" / "power9-hv.json"
     code = (
         "import sys; from kvmplat.agent.platform.ppc_lab import lab_main; r = lab_main(sys.argv[1:]);"
-        "import kvmplat.agent._kvmc as k; assert k.ABI_MODE; sys.exit(r)"
+        "import kvmplat.agent.kvm._kvmc as k; assert k.ABI_MODE; sys.exit(r)"
     )
     proc = subprocess.run(
         [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {sys.path[1:]!r}; {code}", "--simulate", str(host)],
@@ -64,8 +64,8 @@ def test_lab_staged_tree_runs_in_abi_mode(tmp_path: Path) -> None:
 @pytest.mark.kvm
 def test_abi_mode_ioctl_reaches_dev_kvm() -> None:
     """The ABI-mode ioctl helper returns KVM_GET_API_VERSION from /dev/kvm, and -EBADF on a closed fd."""
-    from kvmplat.agent.ioctls import REQUESTS
-    from kvmplat.agent.kvmabi import abi_mode_module
+    from kvmplat.agent.kvm.ffi import abi_mode_module
+    from kvmplat.agent.kvm.ioctls import REQUESTS
 
     lib = abi_mode_module().lib
     fd = os.open("/dev/kvm", os.O_RDWR)
@@ -78,8 +78,8 @@ def test_abi_mode_ioctl_reaches_dev_kvm() -> None:
 
 def test_abi_mode_layouts_equal_compiled() -> None:
     """ABI mode's structs have the compiled module's sizes."""
-    from kvmplat.agent._kvmc import ffi
-    from kvmplat.agent.kvmabi import abi_mode_module
+    from kvmplat.agent.kvm._kvmc import ffi
+    from kvmplat.agent.kvm.ffi import abi_mode_module
 
     abi = abi_mode_module().ffi
     for name in ("struct ppc_kvm_sregs", "struct ppc_kvm_regs", "struct kvm_run", "struct kvm_enable_cap"):

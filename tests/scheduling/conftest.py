@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from kvmplat.client.client import TlsFiles
+from kvmplat.client.agent import TlsFiles
 from sched_harness import Agent
 
 AgentFactory = Callable[..., Agent]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from kvmplat.client.client import Client, TlsFiles
+from kvmplat.client.agent import Client, TlsFiles
 from kvmplat.client.errors import KvmplatError
 from kvmplat.v1 import agent_pb2 as pb
 from proc_util import stop_process

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import AgentFactory
-from kvmplat.agent.metrics import Snapshot, families
-from kvmplat.agent.sdnotify import notify
+from kvmplat.agent.api.metrics import Snapshot, families
+from kvmplat.agent.api.sdnotify import notify
 from kvmplat.client.errors import NotFound
 from prometheus_client.parser import text_string_to_metric_families
 from sched_harness import free_port

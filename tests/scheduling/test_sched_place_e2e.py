@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import AgentFactory
 from kvmplat.client import place
-from kvmplat.client.client import TlsFiles
+from kvmplat.client.agent import TlsFiles
 from kvmplat.v1 import agent_pb2 as pb
 from sched_harness import KVMPLAT, Netns, agent_tls_flags, make_pki, namespaces, netns_unavailable, tls_files
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kvmplat.client.errors import FailedPrecondition, PermissionDenied, Unreachable
-from kvmplat.client.placement import Offer, Rejection, decide, place, room_reasons
+from kvmplat.client.scheduling.ask_agents import Offer, Rejection, decide, place, room_reasons
 from kvmplat.v1 import agent_pb2 as pb
 
 SPEC = pb.VmSpec(name="vm", vcpus=2, memory_mib=100, boot=pb.BootSpec(builtin="loop"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import AgentFactory
-from kvmplat.agent.main import parse_args
+from kvmplat.agent.api.main import parse_args
 from sched_harness import AGENT
 
 ROOT = Path(__file__).parents[2]
@@ -33,7 +33,7 @@ def unit_settings() -> dict[str, list[str]]:
 
 def test_unit_is_a_notify_service_with_its_socket_under_run_kvmplat() -> None:
     u = unit_settings()
-    assert u["Type"] == ["notify"]  # the agent sends READY=1 once it serves (agent/sdnotify.py)
+    assert u["Type"] == ["notify"]  # the agent sends READY=1 once it serves (agent/api/sdnotify.py)
     assert u["RuntimeDirectory"] == ["kvmplat"] and u["StateDirectory"] == ["kvmplat"]
     assert u["DeviceAllow"] == ["/dev/kvm rw"] and u["DevicePolicy"] == ["closed"]
     assert u["KillMode"] == ["process"]  # VMs outlive an agent restart

@@ -4,7 +4,7 @@ role each method needs (unclassified methods need operator), and the refusal mes
 from __future__ import annotations
 
 import pytest
-from kvmplat.agent.authz import READER_METHODS, Role, parse_policy, refusal, required_role
+from kvmplat.agent.api.authz import READER_METHODS, Role, parse_policy, refusal, required_role
 from kvmplat.v1 import agent_pb2
 
 AGENT = agent_pb2.DESCRIPTOR.services_by_name["Agent"]

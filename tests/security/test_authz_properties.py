@@ -12,7 +12,7 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kvmplat.agent.authz import READER_METHODS
+from kvmplat.agent.api.authz import READER_METHODS
 from kvmplat.v1 import agent_pb2 as pb
 from tls_harness import TlsAgent, channel
 
