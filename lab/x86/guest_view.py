@@ -20,7 +20,7 @@ from kvmplat.agent.platform.proto import effective_to_proto, request_from_proto
 from kvmplat.agent.platform.resolve import resolve
 from kvmplat.agent.platform.x86 import REG_INDEX, cpuid_table, for_vcpu
 from kvmplat.agent.platform.x86host import X86Host
-from kvmplat.client.client import Client
+from kvmplat.client.agent import Client
 from kvmplat.v1 import agent_pb2 as pb
 
 Regs = tuple[int, int, int, int]

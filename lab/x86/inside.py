@@ -74,7 +74,7 @@ def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None, echo:
 
 def start_agent() -> subprocess.Popen[bytes]:
     """kvmplat-agent on a private socket; returns once it answers."""
-    from kvmplat.client.client import Client
+    from kvmplat.client.agent import Client
 
     TMP.mkdir(parents=True, exist_ok=True)
     cmd = [str(BIN / "kvmplat-agent"), "--listen", ADDRESS, "--state-dir", str(STATE)]
@@ -114,7 +114,7 @@ def demo() -> dict[str, Any]:
 def guest_views() -> dict[str, Any]:
     """guest_view.verify_all against the lab's agent."""
     from guest_view import verify_all
-    from kvmplat.client.client import Client
+    from kvmplat.client.agent import Client
 
     t0 = time.monotonic()
     with Client(ADDRESS, timeout=60.0) as c:

@@ -76,7 +76,7 @@ def image_dir() -> Path:
 
 def _seed_debs() -> None:
     """Copies the .debs kvmplat's default image directory already has, so the lab downloads nothing twice."""
-    from kvmplat.client import image
+    from kvmplat.client import guest_image as image
 
     mine = image_dir() / "debs"
     mine.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def _copy_debs(src: Path, mine: Path) -> None:
 
 def guest_image() -> dict[str, str]:
     """The guest image's paths (kernel, vmlinux, initrd, cmdline), built first when missing."""
-    from kvmplat.client import image
+    from kvmplat.client import guest_image as image
 
     os.environ["KVMPLAT_IMAGE_DIR"] = str(image_dir())
     try:
@@ -156,7 +156,7 @@ def modules(deb: Path) -> Path:
 
 def initramfs(busybox_deb: Path, mods: Path) -> Path:
     """The lab's newc initramfs: busybox, the modules under /modules, /init (init.sh); rebuilt when any changes."""
-    from kvmplat.client.image import CpioEntry, _deb_member, cpio_newc
+    from kvmplat.client.guest_image import CpioEntry, _deb_member, cpio_newc
 
     init = (HERE / "init.sh").read_bytes()
     names = sorted(p.name for p in mods.glob("*.ko"))

@@ -16,9 +16,9 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from kvmplat.agent._kvmc import ffi, lib
-from kvmplat.agent.ioctls import REQUESTS
-from kvmplat.agent.kvm import ExitReason, Kvm, MpState, Vcpu, Vm
+from kvmplat.agent.kvm._kvmc import ffi, lib
+from kvmplat.agent.kvm.fds import ExitReason, Kvm, MpState, Vcpu, Vm
+from kvmplat.agent.kvm.ioctls import REQUESTS
 
 pytestmark = pytest.mark.kvm
 
