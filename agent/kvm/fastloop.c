@@ -10,7 +10,8 @@
  *                at the next byte, kp_vm_console_idle, so it can sleep without polling), input is queued by Python
  *                (kp_vm_console_input) and raises IRQ 4; IER reads back, THRE interrupts are raised after THR writes;
  *                the wall-clock time of the first THR write is kept (kp_vm_first_console_ns, a VmStats milestone).
- *   0x60, 0x64   i8042 just enough for the reset line: 0xfe written to 0x64 resets the machine, status reads 0.
+ *   0x60, 0x64   i8042 just enough for the reset line: 0xfe written to 0x64 resets the machine; no controller
+ *                behind it (status: output full, input empty; data reads 0).
  *   0x80         POST code / Linux io delay port: ignored.
  *   0xf4         kvmplat exit port (as QEMU's isa-debug-exit): any write powers the guest off.
  * Other ports: reads return all ones, writes are dropped, and both are counted in stats->unhandled_pio.
@@ -328,7 +329,14 @@ static int pio_one(kp_vm *vm, int out, uint16_t port, uint8_t *data, unsigned si
     case 0x64:
         if (out && data[0] == 0xfe)
             return KP_EXIT_RESET;
-        /* fall through: reads of the i8042 status and data ports are 0 (never busy, nothing to read) */
+        /* Status: output buffer full, input buffer empty (never busy, so a reboot's kb_wait ends at once). Linux's
+         * i8042_flush() then gives up after 16 reads, "No controller found", instead of timing out a CTR read over
+         * 10,000 polls (0.5 s of udelay on hardware, much longer where each poll is a costly exit). */
+        if (!out) {
+            memset(data, 0, size);
+            data[0] = 0x01;
+        }
+        return 0;
     case 0x60:
         if (!out)
             memset(data, 0, size);

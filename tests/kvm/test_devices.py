@@ -80,7 +80,8 @@ def test_input_is_queued_for_the_guest(dev: Dev) -> None:
 def test_exit_port_reset_line_and_unknown_ports(dev: Dev) -> None:
     assert dev.io(0xF4, 0)[0] == KP_EXIT_POWEROFF
     assert dev.io(0x64, 0xFE)[0] == KP_EXIT_RESET
-    assert dev.io(0x64) == (0, 0)  # i8042 never busy
+    assert dev.io(0x64) == (0, 0x01)  # i8042 never busy (IBF clear); OBF set: Linux finds no controller at once
+    assert dev.io(0x60) == (0, 0)
     assert dev.io(0x80, 0x12)[0] == 0 and dev.stats.unhandled_pio == 0
     assert dev.io(0x1234) == (0, 0xFF)
     dev.io(0x1234, 1)
