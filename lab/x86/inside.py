@@ -147,7 +147,7 @@ def linux() -> dict[str, Any]:
 
 def boot() -> dict[str, Any]:
     """bench/boot.py to KVMPLAT-INIT, kvmplat vs QEMU microvm on this /dev/kvm."""
-    cmd = [str(BIN / "python"), "bench/boot.py", "--until", "init", "--machines", "microvm", "--runs", "3", "--json"]
+    cmd = [str(BIN / "python"), "bench/boot.py", "--until", "init", "--machines", "microvm", "--runs", "5", "--json"]
     rc, out, secs = run(cmd, 600, echo=r"^round ")
     lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
     result = json.loads(lines[-1]) if rc == 0 and lines else {}
