@@ -52,6 +52,7 @@ def test_console_markers_and_the_report() -> None:
     text = "noise\nKVMPLAT-LAB-BEGIN kernel=x uptime=1.5\n" + "\n".join(json.dumps({k: v}) for k, v in steps.items())
     parsed = lab.parse_console(text + '\nKVMPLAT-LAB-NOTE hi\nKVMPLAT-LAB-END rc=0 uptime=11.5\n{"late": 1}\n')
     assert parsed["steps"] == steps and parsed["lab_seconds"] == 10.0 and parsed["notes"] == ["KVMPLAT-LAB-NOTE hi"]
+    assert parsed["ended"] and not lab.parse_console(text)["ended"]  # no END marker: the L1 kernel died
     r = lab.report(parsed["steps"], 0.0)
     assert r["boot_ratio_vs_qemu_microvm"] == 0.9 and r["demo"] is True and all(r["linux"].values())
     failed = lab.failures(r, steps)
