@@ -162,14 +162,14 @@ def _grpc_server(interceptors: list[Any], controller: Controller) -> tuple[Any, 
     import grpc
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
-    from kvmplat.agent.api.servicer import AgentServicer, DecodeGuard
-    from kvmplat.v1 import agent_pb2, agent_pb2_grpc
+    from kvmplat.agent.api.servicer import AgentServicer, DecodeGuard, add_to_server
+    from kvmplat.v1 import agent_pb2
 
     server = grpc.aio.server(
         interceptors=[*interceptors, DecodeGuard()],  # roles first: a stranger's bytes are not even parsed for it
         options=[("grpc.max_receive_message_length", MAX_RECEIVE), ("grpc.max_send_message_length", MAX_SEND)],
     )
-    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(controller), server)  # type: ignore[no-untyped-call]
+    add_to_server(AgentServicer(controller), server)  # the generated registration, with events sent pre-serialized
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name

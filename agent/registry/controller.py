@@ -207,8 +207,8 @@ class Controller:
             raise FailedPrecondition(f"VM {name!r} is {rec.state.name}: its console takes input only while RUNNING")
         await rec.runner.call("console", data=base64.b64encode(data).decode())
 
-    def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[pb.Event]:
-        """Events of one VM (or all), resumable after `since`."""
+    def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[list[bytes]]:
+        """Batches of serialized events of one VM (or all), resumable after `since`."""
         if vm:
             self.get(vm)
         return self.bus.watch(vm, since, follow)
