@@ -22,15 +22,18 @@ AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 
 
 @contextlib.contextmanager
-def agent(prefix: str, flags: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+def agent(
+    prefix: str, flags: tuple[str, ...] = (), program: str = AGENT
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     """A kvmplat-agent, yielded as (address, process, temp dir) once it answers; stopped and cleaned up after.
 
     It runs in a session of its own, so a Ctrl-C reaches only the benchmark, which then stops it. Every VM still
     there is destroyed first: runners outlive their agent by design, and no later agent would adopt these. With
-    KVMPLAT_BENCH_KEEP set the temp dir (and the agent's log in it) is kept."""
+    KVMPLAT_BENCH_KEEP set the temp dir (and the agent's log in it) is kept. `program` is the kvmplat-agent to run
+    (another checkout's, for a side-by-side comparison)."""
     tmp = Path(tempfile.mkdtemp(prefix=f"kvmplat-{prefix}-"))
     address = f"unix://{tmp}/agent.sock"
-    argv = [AGENT, "--listen", address, "--state-dir", str(tmp / "state"), *flags]
+    argv = [program, "--listen", address, "--state-dir", str(tmp / "state"), *flags]
     with (tmp / "agent.log").open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
     try:

@@ -37,11 +37,13 @@ def _error(err: dict[str, Any]) -> errors.KvmplatError:
 
 
 class TemplateClient:
-    """The runner template process; spawns are serialized (each takes a few milliseconds)."""
+    """The runner template process; spawns overlap (each answered by id once its runner listens)."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
-        self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
     async def start(cls) -> TemplateClient:
@@ -58,17 +60,38 @@ class TemplateClient:
 
     async def spawn(self, config: dict[str, Any]) -> int:
         """Forks a runner for `config`; returns its pid once it listens on its socket."""
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        async with self._lock:
-            self._proc.stdin.write(encode({"op": "spawn", "config": config}))
-            await self._proc.stdin.drain()
-            line = await self._proc.stdout.readline()
-        if not line:
+        assert self._proc.stdin is not None
+        if self._task.done():
             raise errors.HostError("the runner template exited; restart the agent")
-        reply = decode(line)
+        rid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            self._proc.stdin.write(encode({"op": "spawn", "id": rid, "config": config}))
+            await self._proc.stdin.drain()
+            reply = await fut
+        except (OSError, ConnectionError):
+            raise errors.HostError("the runner template exited; restart the agent") from None
+        finally:
+            self._pending.pop(rid, None)
         if not reply.get("ok"):
             raise _error(reply.get("error", {}))
         return int(reply["pid"])
+
+    async def _read_loop(self) -> None:
+        assert self._proc.stdout is not None
+        try:
+            while line := await self._proc.stdout.readline():
+                reply = decode(line)
+                fut = self._pending.get(reply.get("id", -1))
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
+        except (OSError, ValueError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(errors.HostError("the runner template exited; restart the agent"))
 
     async def close(self) -> None:
         """Ends the template (its runners live on)."""
@@ -76,6 +99,7 @@ class TemplateClient:
             self._proc.stdin.close()
         with contextlib.suppress(ProcessLookupError, asyncio.TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 2.0)
+        self._task.cancel()
 
 
 class RunnerClient:

@@ -5,8 +5,10 @@ Forked runners share the template's pages copy-on-write, so an idle VM costs lit
 and a VM starts in milliseconds. Each runner double-forks into its own session: it is nobody's child, survives
 the agent, and is re-adopted through its socket.
 
-Protocol on the template's stdin/stdout (JSON lines): {"op": "spawn", "config": {...}} ->
-{"ok": true, "pid": N} once the runner listens on config["socket"], or {"ok": false, "error": {kind, message}}.
+Protocol on the template's stdin/stdout (JSON lines): {"op": "spawn", "id": N, "config": {...}} ->
+{"id": N, "ok": true, "pid": P} once the runner listens on config["socket"], or {"id": N, "ok": false, "error":
+{kind, message}}. Spawns overlap: the template forks a runner as soon as it is asked and answers each once that
+runner reports (or dies), in whatever order they finish, so one VM's build never waits behind another's.
 The template exits when the agent closes its stdin.
 """
 
@@ -15,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import socket
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
@@ -25,23 +29,30 @@ from kvmplat.agent.runner import vmrunner
 from kvmplat.agent.runner.vcpu import install_kick_handler
 from kvmplat.agent.runner.wire import decode, encode
 
-__all__ = ["main", "spawn"]
+__all__ = ["fork_runner", "main", "ready_reply"]
 
 
-def spawn(config: dict[str, Any]) -> dict[str, Any]:
-    """Forks a runner for `config`; returns its pid or the error that stopped it from starting."""
+def fork_runner(config: dict[str, Any], template_fds: Iterable[int] = ()) -> int:
+    """Forks a runner for `config` into a session of its own; returns the pipe on which it reports readiness.
+    `template_fds` (the template's own: its selector, other runners' readiness pipes) are closed in the runner."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # intermediate: leave the template's session, fork the runner, exit
         os.close(r)
+        for fd in template_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         os.setsid()
         if os.fork() == 0:
             _runner_main(config, w)
         os._exit(0)
     os.close(w)
     os.waitpid(pid, 0)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
+    return r
+
+
+def ready_reply(data: bytes) -> dict[str, Any]:
+    """The reply to a spawn from what its runner wrote on the readiness pipe before closing it."""
     if not data:
         return {"ok": False, "error": {"kind": "HostError", "message": "the runner died while starting"}}
     return dict(json.loads(data))
@@ -93,22 +104,72 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
+def _request(line: bytes, template_fds: Iterable[int]) -> tuple[Any, int | None, dict[str, Any] | None]:
+    """A request's id and, when it asks for a spawn, the readiness pipe of the runner forked for it; otherwise the
+    reply that refuses it."""
+    rid = None
+    try:
+        msg = decode(line)
+        rid = msg.get("id")
+        if msg.get("op") != "spawn":
+            return rid, None, {"ok": False, "error": {"kind": "InvalidArgument", "message": "unknown op"}}
+        return rid, fork_runner(msg["config"], template_fds), None
+    except (ValueError, KeyError, TypeError) as e:
+        return rid, None, {"ok": False, "error": {"kind": "InvalidArgument", "message": f"bad request: {e}"}}
+
+
+class _Server:
+    """The template's loop: requests on stdin, the readiness pipes of runners starting, replies on stdout."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(0, selectors.EVENT_READ, None)
+        self.partial = b""
+        self.open = True
+
+    def reply(self, rid: Any, reply: dict[str, Any]) -> None:
+        sys.stdout.buffer.write(encode({"id": rid, **reply}))
+        sys.stdout.buffer.flush()
+
+    def on_stdin(self) -> None:
+        data = os.read(0, 1 << 16)
+        if not data:
+            self.open = False  # the agent is gone: nobody reads the replies of spawns still starting
+            return
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            own = [self.sel.fileno(), *(k.fd for k in self.sel.get_map().values() if k.data is not None)]
+            rid, fd, refusal = _request(line, own)
+            if fd is not None:
+                self.sel.register(fd, selectors.EVENT_READ, (rid, bytearray()))
+            elif refusal is not None:
+                self.reply(rid, refusal)
+
+    def on_ready_pipe(self, fd: int, rid: Any, got: bytearray) -> None:
+        chunk = os.read(fd, 1 << 16)
+        if chunk:
+            got += chunk
+            return
+        self.sel.unregister(fd)
+        os.close(fd)
+        try:
+            self.reply(rid, ready_reply(bytes(got)))
+        except ValueError as e:
+            self.reply(rid, {"ok": False, "error": {"kind": "HostError", "message": f"runner's report: {e}"}})
+
+    def run(self) -> None:
+        while self.open:
+            for key, _ in self.sel.select():
+                if key.data is None:
+                    self.on_stdin()
+                else:
+                    self.on_ready_pipe(int(key.fd), *key.data)
+
+
 def main() -> None:
     """Serves spawn requests on stdin/stdout until stdin closes."""
     linux_layout.page_tables()  # cached here, so a Linux guest's runner inherits the loader imported and warm
-    out = sys.stdout.buffer
-    for line in sys.stdin.buffer:
-        try:
-            msg = decode(line)
-            reply = (
-                spawn(msg["config"])
-                if msg.get("op") == "spawn"
-                else {"ok": False, "error": {"kind": "InvalidArgument", "message": "unknown op"}}
-            )
-        except (ValueError, KeyError) as e:
-            reply = {"ok": False, "error": {"kind": "InvalidArgument", "message": f"bad request: {e}"}}
-        out.write(encode(reply))
-        out.flush()
+    _Server().run()
 
 
 if __name__ == "__main__":
