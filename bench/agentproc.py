@@ -19,6 +19,7 @@ from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
 AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -73,3 +74,13 @@ def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"kvmplat-agent did not start: {log.read_text(errors='replace')[-800:]}") from None
             time.sleep(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK

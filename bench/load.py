@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import agentproc
@@ -162,6 +164,8 @@ def report(args: argparse.Namespace, lat: dict[str, list[float]], errors: Counte
         "events_lost": w["lost"],
         "events_reordered": w["reordered"],
         "watch_streams_ended": w["ended"],
+        "cpu_s": w["cpu_s"],  # CPU seconds over the run of the agent (its runners apart), watchers and clients
+        "loadavg": Path("/proc/loadavg").read_text().split()[0],  # others' work on this host shows here
     }
     print(json.dumps(summary))
 
@@ -186,19 +190,23 @@ def main(argv: list[str] | None = None) -> None:
     """Starts the agent and the watcher process, runs the clients, prints the figures."""
     args = parse_args(argv)
     for n in args.watchers:
-        with agentproc.agent("load", program=args.agent) as (address, _, _):
-            run(argparse.Namespace(**{**vars(args), "watchers": n}), address)
+        with agentproc.agent("load", program=args.agent) as (address, proc, _):
+            run(argparse.Namespace(**{**vars(args), "watchers": n}), address, proc.pid)
 
 
-def run(args: argparse.Namespace, address: str) -> None:
+def run(args: argparse.Namespace, address: str, agent_pid: int = 0) -> None:
     """The watcher process and the clients against the agent at `address` (args.watchers: one number)."""
     parent, child = mp.get_context("spawn").Pipe()
     watchers = mp.get_context("spawn").Process(target=watchers_proc, args=(address, args.watchers, args.seconds, child))
     try:
         watchers.start()
         assert parent.recv() == "ready"
+        pids = {"agent": agent_pid, "watchers": watchers.pid or 0, "clients": os.getpid()}
+        cpu0 = {who: agentproc.cpu_seconds(pid) for who, pid in pids.items() if pid}
         lat, errors, cycles = asyncio.run(clients_main(address, args.clients, args.seconds))
+        cpu = {who: round(agentproc.cpu_seconds(pids[who]) - c, 2) for who, c in cpu0.items()}
         w = parent.recv()
+        w["cpu_s"] = cpu
         watchers.join(10)
         report(args, lat, errors, cycles, w)
     finally:
