@@ -152,7 +152,7 @@ async def _controller(args: argparse.Namespace) -> Controller:
     total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)
     total_vcpus = args.max_vcpus or VCPUS_PER_CORE * (os.cpu_count() or 1)
     limits = Limits(max_vcpus=min(per_vm_vcpus, total_vcpus), max_memory_mib=total_mem, image_dirs=image_dirs)
-    template = await TemplateClient.start()
+    template = await TemplateClient.start(args.state_dir)
     return Controller(store, template, platforms, limits, total_mem, total_vcpus)
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from kvmplat.agent.registry.lifecycle import Event, State, next_state
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
+from kvmplat.agent.registry.strays import end_strays
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["Controller", "VmRecord"]
@@ -158,13 +160,35 @@ class Controller:
                 "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
             }
             rec.pid = await self.template.spawn(config)
+            await self._record_new(rec)
             self.vms[spec.name] = rec
-            # durable, and waited for, before any event can arrive
-            await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
             await self._connect(rec, since=0)
         finally:
             self._creating.discard(spec.name)
         return await self.act(spec.name, Event.START) if start else rec
+
+    async def _record_new(self, rec: VmRecord) -> None:
+        """Writes a new VM's record durably, before any event can arrive; when it cannot be written (disk full), the
+        VM is refused and its runner ended: a VM the agent could not re-adopt after a restart is not created."""
+        try:
+            await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
+        except OSError as e:
+            await self._end_unrecorded(rec)
+            raise ResourceExhausted(
+                f"cannot record VM {rec.name!r} in {self.store.vms}: {e.strerror or e}; it was not created"
+            ) from None
+
+    async def _end_unrecorded(self, rec: VmRecord) -> None:
+        """Ends the runner of a VM whose record could not be written (it never had a guest running)."""
+        try:
+            runner = await RunnerClient.connect(rec.socket, lambda e: None, lambda: None)
+            with contextlib.suppress(KvmplatError):
+                await runner.call("destroy", timeout=5.0)
+            await runner.close()
+        except KvmplatError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+        self.store.unlink_socket(rec.name)
 
     async def act(self, name: str, event: Event) -> VmRecord:
         """start, pause, resume or stop, checked against the transition table before the runner is asked."""
@@ -186,8 +210,10 @@ class Controller:
             await rec.runner.close()
         del self.vms[name]
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
-        self.records.delete(name)
         self.bus.forget(name)
+        # waited for: a destroy the caller was told of must not be undone by a restart that finds the record
+        with contextlib.suppress(OSError):  # the writer has logged it
+            await asyncio.wrap_future(self.records.delete(name))
 
     async def stats(self, rec: VmRecord) -> dict[str, Any]:
         """The runner's counters (empty when it is gone)."""
@@ -278,6 +304,8 @@ class Controller:
                 continue
             self.vms[rec.name] = rec
             recs.append(rec)
+        pids, names = [r.pid for r in recs], [r.name for r in recs]
+        await asyncio.to_thread(end_strays, str(self.store.root), pids, names, self.template.pid)
         await asyncio.gather(*(self._adopt(rec) for rec in recs))
 
     async def _adopt(self, rec: VmRecord) -> None:

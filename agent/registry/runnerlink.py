@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmplat.agent import errors
+from kvmplat.agent.registry.strays import template_argv
 from kvmplat.agent.runner.wire import MAX_LINE, decode, encode
 
 __all__ = ["RunnerClient", "RunnerLost", "TemplateClient"]
@@ -46,17 +47,22 @@ class TemplateClient:
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def start(cls) -> TemplateClient:
-        """Starts the template as a fresh interpreter (exec, not a fork of this gRPC process)."""
+    async def start(cls, state_dir: str) -> TemplateClient:
+        """Starts the template as a fresh interpreter (exec, not a fork of this gRPC process); its command line names
+        the state directory, so a later agent can tell its runners (see strays.py)."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "kvmplat.agent.runner.template",
+            *template_argv(state_dir),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=MAX_LINE,
         )
         return cls(proc)
+
+    @property
+    def pid(self) -> int:
+        """The template's pid."""
+        return int(self._proc.pid)
 
     async def spawn(self, config: dict[str, Any]) -> int:
         """Forks a runner for `config`; returns its pid once it listens on its socket."""

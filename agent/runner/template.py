@@ -25,6 +25,7 @@ from typing import Any
 
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
 from kvmplat.agent.linux import layout as linux_layout
+from kvmplat.agent.registry.strays import RUNNER_COMM
 from kvmplat.agent.runner import vmrunner
 from kvmplat.agent.runner.vcpu import install_kick_handler
 from kvmplat.agent.runner.wire import decode, encode
@@ -62,6 +63,8 @@ def _runner_main(config: dict[str, Any], ready_fd: int) -> None:
     """The runner process: build the VM, listen, report readiness, serve until destroyed."""
     code = 0
     try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner from its template
         sys.stdin.close()
         os.dup2(os.open(os.devnull, os.O_RDWR), 0)
         os.dup2(os.open(os.devnull, os.O_RDWR), 1)
