@@ -38,7 +38,7 @@ def agent(
     with (tmp / "agent.log").open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
     try:
-        _wait_ready(address, proc, tmp / "agent.log")
+        wait_ready(address, proc, tmp / "agent.log")
         yield address, proc, tmp
     finally:
         if proc.poll() is None:
@@ -62,7 +62,7 @@ def stub(address: str) -> Any:
     return pbg.AgentStub(grpc.insecure_channel(address))  # type: ignore[no-untyped-call]
 
 
-def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Returns once the agent answers (a fresh state dir probes the host first); exits with its log's end if not."""
     probe = stub(address)
     deadline = time.monotonic() + 120
