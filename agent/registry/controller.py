@@ -31,7 +31,7 @@ from kvmplat.agent.registry.lifecycle import Event, State, next_state
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
-from kvmplat.agent.registry.strays import end_strays
+from kvmplat.agent.registry.strays import end_strays, runners_of
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["Controller", "VmRecord"]
@@ -88,6 +88,7 @@ class VmRecord:
             "last_seq": self.last_seq,
             "seq_reserved": self.seq_reserved,
             "created": self.created,
+            **({"destroying": True} if self.destroying else {}),
         }
 
 
@@ -179,15 +180,17 @@ class Controller:
             ) from None
 
     async def _end_unrecorded(self, rec: VmRecord) -> None:
-        """Ends the runner of a VM whose record could not be written (it never had a guest running)."""
+        """Ends the runner of a VM that is not (or no longer) to be recorded: its record could not be written, or
+        an earlier agent was destroying it."""
         try:
             runner = await RunnerClient.connect(rec.socket, lambda e: None, lambda: None)
             with contextlib.suppress(KvmplatError):
                 await runner.call("destroy", timeout=5.0)
             await runner.close()
         except KvmplatError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGKILL)
+            if rec.pid in runners_of(str(self.store.root)):  # never a pid that is no longer our runner's
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signal.SIGKILL)
         self.store.unlink_socket(rec.name)
 
     async def act(self, name: str, event: Event) -> VmRecord:
@@ -204,6 +207,10 @@ class Controller:
         rec = self.get(name)
         next_state(name, rec.state, Event.DESTROY)
         rec.destroying = True
+        # recorded (and waited for) before the runner is told: an agent killed in the middle of this destroy leaves a
+        # record that the next agent finishes destroying, not a STOPPED VM whose runner has gone
+        with contextlib.suppress(OSError):  # disk full: destroyed all the same
+            await asyncio.wrap_future(self.records.save(name, rec.to_json(), durable=False))
         if rec.runner is not None and not rec.runner.closed:
             with contextlib.suppress(RunnerLost):
                 await rec.runner.call("destroy")
@@ -306,6 +313,13 @@ class Controller:
             recs.append(rec)
         pids, names = [r.pid for r in recs], [r.name for r in recs]
         await asyncio.to_thread(end_strays, str(self.store.root), pids, names, self.template.pid)
+        for rec in [r for r in recs if r.destroying]:  # an earlier agent died while destroying it: finish
+            del self.vms[rec.name]
+            recs.remove(rec)
+            await self._end_unrecorded(rec)
+            with contextlib.suppress(OSError):
+                await asyncio.wrap_future(self.records.delete(rec.name))
+            log.info("finished destroying VM %s (an earlier agent stopped in the middle)", rec.name)
         await asyncio.gather(*(self._adopt(rec) for rec in recs))
 
     async def _adopt(self, rec: VmRecord) -> None:
@@ -351,6 +365,7 @@ def _record_from(data: dict[str, Any]) -> VmRecord | None:
             reason=str(data.get("reason", "")),
             seq_reserved=max(int(data.get("seq_reserved", 0)), last_seq + ADOPT_SEQ_GAP),
             created=float(data.get("created", time.time())),
+            destroying=bool(data.get("destroying", False)),
         )
     except (KeyError, ValueError, TypeError, AttributeError, json_format.ParseError, KvmplatError) as e:
         log.error("skipping VM record %s: %s", data.get("name"), e)
