@@ -124,7 +124,8 @@ def runner_names(state_dir: str) -> dict[int, str]:
 
 
 def check_processes(vms: list[pb.Vm], state_dir: str, found: Findings) -> None:
-    """No runner without a record, no VM with two runners, no live VM whose runner is dead."""
+    """No runner without a record, no VM with two runners, no live VM whose runner is dead (a STOPPED VM may have
+    none: StartVm boots it in a fresh runner)."""
     runners = runner_names(state_dir)
     recorded = {v.runner_pid for v in vms}
     per_name = Counter(runners.values())
@@ -135,7 +136,7 @@ def check_processes(vms: list[pb.Vm], state_dir: str, found: Findings) -> None:
         if n > 1:
             found.note("double_runs", f"{name!r} has {n} runners")
     for v in vms:
-        if v.state in (*LIVE, pb.STOPPED) and not alive(v.runner_pid):
+        if v.state in LIVE and not alive(v.runner_pid):
             found.note("vms_lost", f"{v.spec.name} is {pb.VmState.Name(v.state)} but its runner {v.runner_pid} is dead")
 
 

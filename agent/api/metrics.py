@@ -1,10 +1,9 @@
 """Prometheus metrics of the agent, served over HTTP with `--metrics-listen HOST:PORT` (off by default).
 
-RPC counters and latency histograms are updated by `instrument`, which wraps the servicer's methods (WatchEvents too:
-it is a coroutine that writes its stream). Everything about VMs is read from the controller at scrape time: the HTTP
-thread asks the agent's event loop for a snapshot (runner stats included) and renders it, so no VM state is copied
-or cached between scrapes, except exit counts of runners that have gone (kept so `kvmplat_vm_exits_total` never goes
-down).
+RPC counters and latency histograms are updated by `instrument` / `instrument_stream`, which wrap the servicer's
+methods. Everything about VMs is read from the controller at scrape time: the HTTP thread asks the agent's event
+loop for a snapshot (runner stats included) and renders it, so no VM state is copied or cached between scrapes,
+except exit counts of runners that have gone (kept so `kvmplat_vm_exits_total` never goes down).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import contextlib
 import functools
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,7 +31,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from kvmplat.agent.registry.controller import Controller
 
-__all__ = ["REGISTRY", "ControllerCollector", "Snapshot", "families", "instrument", "serve"]
+__all__ = ["REGISTRY", "ControllerCollector", "Snapshot", "families", "instrument", "instrument_stream", "serve"]
 
 T = TypeVar("T")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: scrapers of this agent have no use for them
@@ -83,6 +82,23 @@ def instrument(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             raise
         _observe(fn.__name__, context, start, None)
         return result
+
+    return wrapper
+
+
+def instrument_stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    """Wraps a server-streaming servicer method the same way (timed until the stream ends)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[T]:
+        start = time.perf_counter()
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except BaseException as e:
+            _observe(fn.__name__, context, start, e)
+            raise
+        _observe(fn.__name__, context, start, None)
 
     return wrapper
 
@@ -175,8 +191,13 @@ def serve(listen: str, controller: Controller, loop: asyncio.AbstractEventLoop) 
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"--metrics-listen takes HOST:PORT, not {listen!r}")
-    REGISTRY.register(ControllerCollector(controller, loop))
-    httpd, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
+    collector = ControllerCollector(controller, loop)
+    REGISTRY.register(collector)
+    try:
+        httpd, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
+    except OSError as e:
+        REGISTRY.unregister(collector)
+        raise ValueError(f"--metrics-listen {listen}: {e.strerror or e}") from None
 
     def stop() -> None:
         httpd.shutdown()

@@ -151,7 +151,7 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def CheckPlatform(self, request: pb.CheckPlatformRequest, context: Any) -> pb.CheckPlatformResponse:
-        return pb.CheckPlatformResponse(effective_platform=self.c.check(request.spec))
+        return pb.CheckPlatformResponse(effective_platform=self.c.check(request.spec, request.platform_only))
 
     @_rpc
     async def CreateVm(self, request: pb.CreateVmRequest, context: Any) -> pb.Vm:
@@ -178,7 +178,7 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def DestroyVm(self, request: pb.VmRequest, context: Any) -> pb.DestroyVmResponse:
-        await self.c.destroy(request.name)
+        await self.c.destroy(request.name, force=request.force)
         return pb.DestroyVmResponse()
 
     @_rpc
@@ -200,6 +200,49 @@ class AgentServicer(pbg.AgentServicer):
     async def WriteConsole(self, request: pb.WriteConsoleRequest, context: Any) -> pb.WriteConsoleResponse:
         await self.c.write_console(request.name, request.data)
         return pb.WriteConsoleResponse()
+
+    @metrics.instrument_stream
+    async def SnapshotVm(self, request: pb.VmRequest, context: Any) -> AsyncIterator[pb.SnapshotChunk]:
+        try:
+            async for data in self.c.snapshot(request.name):
+                yield pb.SnapshotChunk(data=data)
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
+    @_rpc
+    async def RestoreVm(self, request: AsyncIterator[pb.RestoreVmRequest], context: Any) -> pb.Vm:
+        first = await anext(aiter(request), None)
+        if first is None:
+            raise InvalidArgument("RestoreVm: the stream was empty (the first message names the VM)")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield first.data
+            async for r in request:
+                yield r.data
+
+        return await self._vm(await self.c.restore(first.name, first.paused, chunks()))
+
+    @metrics.instrument_stream
+    async def MigrateVm(self, request: pb.MigrateVmRequest, context: Any) -> AsyncIterator[pb.MigrationProgress]:
+        try:
+            async for progress in self.c.migrate(request.name, request.target):
+                yield progress
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
+    async def ReceiveVm(
+        self, request: AsyncIterator[pb.MigrationPacket], context: Any
+    ) -> AsyncIterator[pb.MigrationReply]:
+        try:
+            async for step in self.c.receive(request):
+                if step == "accepted":
+                    yield pb.MigrationReply(accepted=True)
+                elif step == "prepared":
+                    yield pb.MigrationReply(prepared=True)
+                else:
+                    yield pb.MigrationReply(committed=await self._vm(step))
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
 
     def _vm_base(self, rec: VmRecord) -> pb.Vm:
         created = Timestamp()

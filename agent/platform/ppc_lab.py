@@ -6,7 +6,7 @@
 Prints one JSON line per result: {"host": ...} first, then per case {"case", "predicted", "kernel_agrees", ...},
 then {"probe": ...} (the built-in payload under KVM_RUN) and a final {"summary": ...}. A case is
 {"name": str, "vcpus": int, "request": {"abi", "pv", "compat", "policy", "bits", "accel"}} with enum names as strings.
-Runs on Debian's ppc64el python3 with cffi in ABI mode (kvmabi.ensure_kvmc); nothing here imports `_kvmc` before it.
+Runs on Debian's ppc64el python3 with cffi in ABI mode (kvm.ffi.ensure_kvmc); nothing here imports `_kvmc` before it.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ DEFAULT_CASES: list[dict[str, Any]] = [
 LAB_FILES = (
     "__init__.py",
     "errors.py",
-    "ioctls.py",
-    "kvm.py",
-    "kvmabi.py",
-    "cbuild.py",
-    "fastloop.c",
-    "payloads.S",
+    "kvm/__init__.py",
+    "kvm/ioctls.py",
+    "kvm/fds.py",
+    "kvm/ffi.py",
+    "kvm/cbuild.py",
+    "kvm/fastloop.c",
+    "kvm/payloads.S",
     "platform/__init__.py",
     "platform/model.py",
     "platform/ppc.py",

@@ -28,6 +28,7 @@ from kvmplat.agent.errors import (
 from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
 from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.registry.peer import PeerTls
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
@@ -37,7 +38,7 @@ from kvmplat.v1 import agent_pb2 as pb
 __all__ = ["Controller", "VmRecord"]
 
 log = logging.getLogger("kvmplat.agent")
-LIVE = (State.CREATED, State.RUNNING, State.PAUSED)
+LIVE = (State.CREATED, State.RUNNING, State.PAUSED, State.MIGRATING)
 # Sequence numbers are reserved in blocks: before the agent publishes an event beyond the block recorded in the VM's
 # state file, it durably records the next block. A runner that died while no agent watched may have emitted events
 # nobody saw; the agent's own CRASHED event then takes the number after the recorded block: above every number any
@@ -62,6 +63,8 @@ class VmRecord:
     runner: RunnerClient | None = None
     greeted: bool = False  # the runner answered hello: its replay reached last_seq, the newest number it used
     destroying: bool = False
+    moving: str = ""  # what a snapshot or migration is doing with the VM; other requests wait until it is done
+    saved: bool = False  # PAUSED and unchanged since a whole snapshot was taken: destroy may stop it first
     _fixed: dict[str, Any] = field(default_factory=dict, repr=False)  # spec and effective platform as JSON, once
 
     @property
@@ -110,15 +113,20 @@ class Controller:
         self.bus = Bus()
         self.vms: dict[str, VmRecord] = {}
         self.closing = False
-        self._creating: set[str] = set()
+        self.creating: set[str] = set()  # names being created or arriving: taken
+        self.incoming: dict[str, VmRecord] = {}  # VMs arriving (restore, migration): not listed, but they hold memory
+        self.seq_block = SEQ_BLOCK
+        self.peer_tls: PeerTls | None = None  # this agent's certificate, key and CA, for dialling migration targets
+        self.address = ""  # where this agent listens (named in migration events)
 
     # --- resources ---------------------------------------------------------------------------------------------
     def used(self) -> tuple[int, int]:
         """Memory (MiB) and vCPUs held by VMs that still have a guest."""
-        live = [r for r in self.vms.values() if r.state in LIVE]
+        live = [r for r in (*self.vms.values(), *self.incoming.values()) if r.state in LIVE]
         return sum(r.spec.memory_mib for r in live), sum(r.spec.vcpus for r in live)
 
-    def _reserve(self, spec: pb.VmSpec) -> None:
+    def reserve(self, spec: pb.VmSpec) -> None:
+        """Refuses a VM beyond the memory or vCPUs this agent has left."""
         mem, cpus = self.used()
         if mem + spec.memory_mib > self.total_memory_mib:
             left = self.total_memory_mib - mem
@@ -128,9 +136,21 @@ class Controller:
             raise ResourceExhausted(f"spec.vcpus {spec.vcpus} exceeds what is left: {left} vCPUs")
 
     # --- requests ----------------------------------------------------------------------------------------------
-    def check(self, spec: pb.VmSpec) -> pb.EffectivePlatform:
-        """The effective platform the spec would get, or the refusal."""
-        return self.platforms.resolve(spec.platform)[0]
+    def check(self, spec: pb.VmSpec, platform_only: bool = False) -> pb.EffectivePlatform:
+        """A dry run of `create`: the effective platform the spec would get, or the refusal `create` would give now
+        (the same checks, in the same order, by the same code; only a VM of the same name is not a refusal).
+        `platform_only`: the platform's resolution alone, for a guest kvmplat will not run."""
+        if platform_only:
+            return self.platforms.resolve(spec.platform)[0]
+        return self._admit(spec)[0]
+
+    def _admit(self, spec: pb.VmSpec) -> tuple[pb.EffectivePlatform, list[list[int]]]:
+        """Everything `create` checks before it spawns a runner: the spec's fields, limits, boot source and images,
+        the platform, and what is left of the host; returns the effective platform and its CPUID table."""
+        validate_spec(spec, self.limits)
+        effective, cpuid = self.platforms.resolve(spec.platform)
+        self.reserve(spec)
+        return effective, cpuid
 
     def get(self, name: str) -> VmRecord:
         """The record of VM `name`."""
@@ -140,32 +160,28 @@ class Controller:
         except KeyError:
             raise NotFound(f"no VM named {name!r}") from None
 
+    def idle(self, name: str) -> VmRecord:
+        """The record of VM `name`, refused while a snapshot or migration works on it."""
+        rec = self.get(name)
+        if rec.moving:
+            raise FailedPrecondition(f"VM {name!r} is {rec.moving}; try again when that is done")
+        return rec
+
     async def create(self, spec: pb.VmSpec, start: bool) -> VmRecord:
         """Validates, resolves the platform, spawns the runner; the VM is CREATED (or RUNNING with `start`)."""
         validate_spec(spec, self.limits)
-        if spec.name in self.vms or spec.name in self._creating:
+        if spec.name in self.vms or spec.name in self.creating:
             raise AlreadyExists(f"a VM named {spec.name!r} exists already")
-        effective, cpuid = self.platforms.resolve(spec.platform)
-        self._reserve(spec)
-        self._creating.add(spec.name)
+        effective, cpuid = self._admit(spec)
+        self.creating.add(spec.name)
         try:
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
-            config = {
-                "name": spec.name,
-                "vcpus": spec.vcpus,
-                "memory_mib": spec.memory_mib,
-                "socket": rec.socket,
-                "boot": json_format.MessageToDict(spec.boot, preserving_proto_field_name=True),
-                "cpuid": cpuid,
-                # the runner checks again what it really opened: a path swapped after validation is refused
-                "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
-            }
-            rec.pid = await self.template.spawn(config)
+            rec.pid = await self.template.spawn(self._runner_config(rec, cpuid))
             await self._record_new(rec)
             self.vms[spec.name] = rec
-            await self._connect(rec, since=0)
+            await self.connect(rec, since=0)
         finally:
-            self._creating.discard(spec.name)
+            self.creating.discard(spec.name)
         return await self.act(spec.name, Event.START) if start else rec
 
     async def _record_new(self, rec: VmRecord) -> None:
@@ -193,18 +209,63 @@ class Controller:
                     os.kill(rec.pid, signal.SIGKILL)
         self.store.unlink_socket(rec.name)
 
+    def _runner_config(self, rec: VmRecord, cpuid: list[list[int]], restart: bool = False) -> dict[str, Any]:
+        """What the runner template needs to build the VM of `rec`."""
+        spec = rec.spec
+        return {
+            "name": spec.name,
+            "vcpus": spec.vcpus,
+            "memory_mib": spec.memory_mib,
+            "socket": rec.socket,
+            "boot": json_format.MessageToDict(spec.boot, preserving_proto_field_name=True),
+            "cpuid": cpuid,
+            # the runner checks again what it really opened: a path swapped after validation is refused
+            "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
+            "first_seq": rec.last_seq + 1,  # one VM, one sequence: a restart continues it
+            "restart": restart,
+        }
+
     async def act(self, name: str, event: Event) -> VmRecord:
-        """start, pause, resume or stop, checked against the transition table before the runner is asked."""
-        rec = self.get(name)
+        """start, pause, resume or stop, checked against the transition table before the runner is asked; start of a
+        STOPPED VM boots its spec again in a new runner."""
+        rec = self.idle(name)
         next_state(name, rec.state, event)
+        rec.saved = False
+        if event is Event.START and rec.state is State.STOPPED:
+            await self._restart(rec)
         if rec.runner is None or rec.runner.closed:
             raise FailedPrecondition(f"VM {name!r} has no runner (it is {rec.state.name}: {rec.reason})")
         await rec.runner.call(event.value)
         return rec
 
-    async def destroy(self, name: str) -> None:
-        """Ends the VM's runner and forgets the VM (STOPPED or CRASHED VMs, or CREATED ones)."""
-        rec = self.get(name)
+    async def _restart(self, rec: VmRecord) -> None:
+        """Replaces a STOPPED VM's runner by a fresh one for the same spec (admitted again: the host may have less
+        room, or another platform truth, than when the VM was created). The new runner starts out STOPPED."""
+        if rec.name in self.creating:
+            raise FailedPrecondition(f"VM {rec.name!r} is being started already")
+        effective, cpuid = self._admit(rec.spec)
+        self.creating.add(rec.name)
+        try:
+            old, rec.runner = rec.runner, None  # from here its loss is not this VM's crash
+            if old is not None and not old.closed:
+                with contextlib.suppress(KvmplatError):
+                    await old.call("destroy")
+                await old.close()
+            self.store.unlink_socket(rec.name)
+            rec.effective, rec._fixed = effective, {}
+            rec.pid = await self.template.spawn(self._runner_config(rec, cpuid, restart=True))
+            await self.connect(rec, since=rec.last_seq)
+        finally:
+            self.creating.discard(rec.name)
+
+    async def destroy(self, name: str, force: bool = False) -> None:
+        """Ends the VM's runner and forgets the VM (STOPPED or CRASHED VMs, or CREATED ones; with `force`, a RUNNING
+        or PAUSED VM is stopped first)."""
+        rec = self.idle(name)
+        forced = force and rec.state in (State.RUNNING, State.PAUSED)
+        if forced or (rec.saved and rec.state is State.PAUSED):  # a saved one's state lives on in a snapshot
+            with contextlib.suppress(FailedPrecondition):  # it may end on its own meanwhile: then it is STOPPED
+                await self.act(name, Event.STOP)
         next_state(name, rec.state, Event.DESTROY)
         rec.destroying = True
         # recorded (and waited for) before the runner is told: an agent killed in the middle of this destroy leaves a
@@ -240,6 +301,30 @@ class Controller:
             raise FailedPrecondition(f"VM {name!r} is {rec.state.name}: its console takes input only while RUNNING")
         await rec.runner.call("console", data=base64.b64encode(data).decode())
 
+    def snapshot(self, name: str) -> AsyncIterator[bytes]:
+        """The snapshot of a PAUSED VM, as the file's bytes in pieces (SnapshotVm)."""
+        from kvmplat.agent.registry import snapops
+
+        return snapops.snapshot(self, name)
+
+    async def restore(self, name: str, paused: bool, chunks: AsyncIterator[bytes]) -> VmRecord:
+        """A VM built from a snapshot stream, checked whole first (RestoreVm)."""
+        from kvmplat.agent.registry import snapops
+
+        return await snapops.restore(self, name, paused, chunks)
+
+    def migrate(self, name: str, target: str) -> AsyncIterator[pb.MigrationProgress]:
+        """Moves a RUNNING VM live to the agent at `target` (MigrateVm)."""
+        from kvmplat.agent.registry import migration
+
+        return migration.migrate(self, name, target)
+
+    def receive(self, packets: AsyncIterator[pb.MigrationPacket]) -> AsyncIterator[Any]:
+        """The target's side of a migration (ReceiveVm): "accepted", "prepared", then the VmRecord."""
+        from kvmplat.agent.registry import migration
+
+        return migration.receive(self, packets)
+
     def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[list[bytes]]:
         """Batches of serialized events of one VM (or all), resumable after `since`."""
         if vm:
@@ -247,10 +332,12 @@ class Controller:
         return self.bus.watch(vm, since, follow)
 
     # --- runners -----------------------------------------------------------------------------------------------
-    async def _connect(self, rec: VmRecord, since: int) -> None:
-        rec.runner = await RunnerClient.connect(
-            rec.socket, lambda e: self._on_event(rec, e), lambda: self._on_lost(rec)
+    async def connect(self, rec: VmRecord, since: int) -> None:
+        """Connects to the runner of `rec` and says hello (its events after `since` follow)."""
+        runner = await RunnerClient.connect(
+            rec.socket, lambda e: self._on_event(rec, e), lambda: self._on_lost(rec, runner)
         )
+        rec.runner = runner
         hello = await rec.runner.call("hello", since=since)
         rec.pid = int(hello["pid"])
         rec.state, rec.reason = State[hello["state"]], str(hello["reason"])
@@ -280,9 +367,9 @@ class Controller:
             with contextlib.suppress(Exception):  # the writer has logged it
                 done.result()
 
-    def _on_lost(self, rec: VmRecord) -> None:
-        if self.closing or rec.destroying or self.vms.get(rec.name) is not rec:
-            return
+    def _on_lost(self, rec: VmRecord, runner: RunnerClient) -> None:
+        if self.closing or rec.destroying or self.vms.get(rec.name) is not rec or rec.runner is not runner:
+            return  # an old runner replaced by a restart is no loss
         rec.runner = None
         if rec.state in LIVE:
             alive = _alive(rec.pid)
@@ -324,7 +411,7 @@ class Controller:
 
     async def _adopt(self, rec: VmRecord) -> None:
         try:
-            await self._connect(rec, since=0)
+            await self.connect(rec, since=0)
             log.info("re-adopted VM %s (runner pid %d, %s)", rec.name, rec.pid, rec.state.name)
         except RunnerLost as e:
             if rec.runner is not None:
