@@ -7,7 +7,9 @@ interrupted by the signal. A parked thread is outside KVM_RUN by construction.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -17,9 +19,10 @@ from kvmplat.agent.kvm._kvmc import ffi, lib
 from kvmplat.agent.kvm.fds import Vcpu
 from kvmplat.agent.runner.exits import Exit, Outcome, Verdict, classify
 
-__all__ = ["KICK_SIGNAL", "Mode", "VcpuThread", "install_kick_handler"]
+__all__ = ["GUEST_NICE", "KICK_SIGNAL", "Mode", "VcpuThread", "install_kick_handler"]
 
 KICK_SIGNAL = signal.SIGUSR1
+GUEST_NICE = 5  # the niceness of each vCPU thread: a busy guest never delays its runner's answers to the agent
 
 
 def install_kick_handler() -> None:
@@ -71,6 +74,8 @@ class VcpuThread:
         return not self._thread.is_alive()
 
     def _main(self) -> None:
+        with contextlib.suppress(OSError):  # guest work yields to control work (this runner's requests, the agent)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), GUEST_NICE)
         run = self.vcpu.run_struct
         while self._await_run():
             code = lib.kp_run(self._cvm, self.vcpu.fd, run, self.stats)
