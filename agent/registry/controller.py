@@ -271,7 +271,7 @@ class Controller:
         # recorded (and waited for) before the runner is told: an agent killed in the middle of this destroy leaves a
         # record that the next agent finishes destroying, not a STOPPED VM whose runner has gone
         with contextlib.suppress(OSError):  # disk full: destroyed all the same
-            await asyncio.wrap_future(self.records.save(name, rec.to_json(), durable=False))
+            await asyncio.wrap_future(self.records.save(name, rec.to_json(), first=True))
         if rec.runner is not None and not rec.runner.closed:
             with contextlib.suppress(RunnerLost):
                 await rec.runner.call("destroy")
@@ -279,9 +279,7 @@ class Controller:
         del self.vms[name]
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
         self.bus.forget(name)
-        # waited for: a destroy the caller was told of must not be undone by a restart that finds the record
-        with contextlib.suppress(OSError):  # the writer has logged it
-            await asyncio.wrap_future(self.records.delete(name))
+        self.records.delete(name)  # a restart that still finds the record finishes the destroy it marks
 
     async def stats(self, rec: VmRecord) -> dict[str, Any]:
         """The runner's counters (empty when it is gone)."""
