@@ -32,7 +32,7 @@ DEFAULT_CASES: list[dict[str, Any]] = [
     {"name": "accel-pr", "request": {"abi": "SPAPR", "accel": "PR"}},
     {"name": "pv-kvm", "request": {"abi": "SPAPR", "pv": ["KVM"]}},
 ]
-# Relative to the agent/ folder; cbuild.py reads fastloop.c and payloads.S when imported.
+# Relative to the agent/ folder; cbuild.py reads its C sources (fastloop.c, pages.c, payloads.S) when imported.
 LAB_FILES = (
     "__init__.py",
     "errors.py",
@@ -42,6 +42,7 @@ LAB_FILES = (
     "kvm/ffi.py",
     "kvm/cbuild.py",
     "kvm/fastloop.c",
+    "kvm/pages.c",
     "kvm/payloads.S",
     "platform/__init__.py",
     "platform/model.py",

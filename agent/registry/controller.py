@@ -9,8 +9,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
+import uuid as uuidlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,14 +25,15 @@ from kvmplat.agent.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from kvmplat.agent.registry import recovery
 from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
 from kvmplat.agent.registry.lifecycle import Event, State, next_state
 from kvmplat.agent.registry.peer import PeerTls
+from kvmplat.agent.registry.placement import Claims, consumer_of
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
-from kvmplat.agent.registry.strays import end_strays, runners_of
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["Controller", "VmRecord"]
@@ -118,12 +119,17 @@ class Controller:
         self.seq_block = SEQ_BLOCK
         self.peer_tls: PeerTls | None = None  # this agent's certificate, key and CA, for dialling migration targets
         self.address = ""  # where this agent listens (named in migration events)
+        self.pending: dict[str, pb.VmSpec] = {}  # VMs being created: they hold resources already
+        self.claims: Claims | None = None  # with Placement: every VM's resources are claimed there too
 
     # --- resources ---------------------------------------------------------------------------------------------
     def used(self) -> tuple[int, int]:
-        """Memory (MiB) and vCPUs held by VMs that still have a guest."""
-        live = [r for r in (*self.vms.values(), *self.incoming.values()) if r.state in LIVE]
-        return sum(r.spec.memory_mib for r in live), sum(r.spec.vcpus for r in live)
+        """Memory (MiB) and vCPUs held by VMs that still have a guest, or are being created. With Placement every
+        VM holds its claim until it is destroyed (a STOPPED VM may start again), so every VM counts."""
+        recs = (*self.vms.values(), *self.incoming.values())
+        live = [r.spec for r in recs if r.state in LIVE or self.claims is not None]
+        live += self.pending.values()
+        return sum(s.memory_mib for s in live), sum(s.vcpus for s in live)
 
     def reserve(self, spec: pb.VmSpec) -> None:
         """Refuses a VM beyond the memory or vCPUs this agent has left."""
@@ -144,12 +150,14 @@ class Controller:
             return self.platforms.resolve(spec.platform)[0]
         return self._admit(spec)[0]
 
-    def _admit(self, spec: pb.VmSpec) -> tuple[pb.EffectivePlatform, list[list[int]]]:
+    def _admit(self, spec: pb.VmSpec, held: bool = False) -> tuple[pb.EffectivePlatform, list[list[int]]]:
         """Everything `create` checks before it spawns a runner: the spec's fields, limits, boot source and images,
-        the platform, and what is left of the host; returns the effective platform and its CPUID table."""
+        the platform, and what is left of the host (unless the VM is `held`: a STOPPED VM with its Placement claim);
+        returns the effective platform and its CPUID table."""
         validate_spec(spec, self.limits)
         effective, cpuid = self.platforms.resolve(spec.platform)
-        self.reserve(spec)
+        if not (held and self.claims is not None):
+            self.reserve(spec)
         return effective, cpuid
 
     def get(self, name: str) -> VmRecord:
@@ -173,41 +181,20 @@ class Controller:
         if spec.name in self.vms or spec.name in self.creating:
             raise AlreadyExists(f"a VM named {spec.name!r} exists already")
         effective, cpuid = self._admit(spec)
+        spec = self._with_uuid(spec)
         self.creating.add(spec.name)
+        self.pending[spec.name] = spec
         try:
+            await self._claim(spec)
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
-            rec.pid = await self.template.spawn(self._runner_config(rec, cpuid))
-            await self._record_new(rec)
+            rec.pid = await self._spawn(spec, self._runner_config(rec, cpuid))
+            await recovery.record_new(self, rec)
             self.vms[spec.name] = rec
             await self.connect(rec, since=0)
         finally:
             self.creating.discard(spec.name)
+            self.pending.pop(spec.name, None)
         return await self.act(spec.name, Event.START) if start else rec
-
-    async def _record_new(self, rec: VmRecord) -> None:
-        """Writes a new VM's record durably, before any event can arrive; when it cannot be written (disk full), the
-        VM is refused and its runner ended: a VM the agent could not re-adopt after a restart is not created."""
-        try:
-            await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
-        except OSError as e:
-            await self._end_unrecorded(rec)
-            raise ResourceExhausted(
-                f"cannot record VM {rec.name!r} in {self.store.vms}: {e.strerror or e}; it was not created"
-            ) from None
-
-    async def _end_unrecorded(self, rec: VmRecord) -> None:
-        """Ends the runner of a VM that is not (or no longer) to be recorded: its record could not be written, or
-        an earlier agent was destroying it."""
-        try:
-            runner = await RunnerClient.connect(rec.socket, lambda e: None, lambda: None)
-            with contextlib.suppress(KvmplatError):
-                await runner.call("destroy", timeout=5.0)
-            await runner.close()
-        except KvmplatError:
-            if rec.pid in runners_of(str(self.store.root)):  # never a pid that is no longer our runner's
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(rec.pid, signal.SIGKILL)
-        self.store.unlink_socket(rec.name)
 
     def _runner_config(self, rec: VmRecord, cpuid: list[list[int]], restart: bool = False) -> dict[str, Any]:
         """What the runner template needs to build the VM of `rec`."""
@@ -243,7 +230,7 @@ class Controller:
         room, or another platform truth, than when the VM was created). The new runner starts out STOPPED."""
         if rec.name in self.creating:
             raise FailedPrecondition(f"VM {rec.name!r} is being started already")
-        effective, cpuid = self._admit(rec.spec)
+        effective, cpuid = self._admit(rec.spec, held=True)
         self.creating.add(rec.name)
         try:
             old, rec.runner = rec.runner, None  # from here its loss is not this VM's crash
@@ -280,6 +267,51 @@ class Controller:
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
         self.bus.forget(name)
         self.records.delete(name)  # a restart that still finds the record finishes the destroy it marks
+        if self.claims is not None:
+            await self.claims.release(consumer_of(rec.spec.uuid, name, rec.created), name)
+
+    # --- placement claims ----------------------------------------------------------------------------------------
+    def _uuid_taken(self, vm_uuid: str) -> bool:
+        recs = (*self.vms.values(), *self.incoming.values())
+        return vm_uuid in {s.uuid for s in (*(r.spec for r in recs), *self.pending.values())}
+
+    def _with_uuid(self, spec: pb.VmSpec) -> pb.VmSpec:
+        """The spec with its UUID (a new one when empty); AlreadyExists when another VM here has it."""
+        if not spec.uuid:
+            spec = _copy(spec)
+            spec.uuid = str(uuidlib.uuid4())
+        if self._uuid_taken(spec.uuid):
+            raise AlreadyExists(f"spec.uuid {spec.uuid} belongs to another VM on this agent")
+        return spec
+
+    def arrival_uuid(self, spec: pb.VmSpec) -> None:
+        """Keeps an arriving VM's UUID (a migration moves its claim), or gives it a new one when it has none or a VM
+        here has it (a snapshot restored beside its original)."""
+        if not spec.uuid or self._uuid_taken(spec.uuid):
+            spec.uuid = str(uuidlib.uuid4())
+
+    async def _claim(self, spec: pb.VmSpec, beside: bool = False) -> None:
+        if self.claims is not None:
+            res = {"VCPU": spec.vcpus, "MEMORY_MB": spec.memory_mib}
+            await self.claims.claim(spec.uuid, spec.name, res, beside)
+
+    async def claim_arrival(self, spec: pb.VmSpec) -> None:
+        """Claims an arriving VM's resources beside what its UUID holds elsewhere (Placement configured only)."""
+        await self._claim(spec, beside=True)
+
+    async def release_arrival(self, spec: pb.VmSpec) -> None:
+        """Gives back an arriving VM's claim (its arrival failed)."""
+        if self.claims is not None:
+            await self.claims.release(spec.uuid, spec.name)
+
+    async def _spawn(self, spec: pb.VmSpec, config: dict[str, Any]) -> int:
+        """Starts the runner; a runner that cannot start gives its claim back."""
+        try:
+            return await self.template.spawn(config)
+        except BaseException:
+            if self.claims is not None:
+                await self.claims.release(spec.uuid, spec.name)
+            raise
 
     async def stats(self, rec: VmRecord) -> dict[str, Any]:
         """The runner's counters (empty when it is gone)."""
@@ -396,15 +428,7 @@ class Controller:
                 continue
             self.vms[rec.name] = rec
             recs.append(rec)
-        pids, names = [r.pid for r in recs], [r.name for r in recs]
-        await asyncio.to_thread(end_strays, str(self.store.root), pids, names, self.template.pid)
-        for rec in [r for r in recs if r.destroying]:  # an earlier agent died while destroying it: finish
-            del self.vms[rec.name]
-            recs.remove(rec)
-            await self._end_unrecorded(rec)
-            with contextlib.suppress(OSError):
-                await asyncio.wrap_future(self.records.delete(rec.name))
-            log.info("finished destroying VM %s (an earlier agent stopped in the middle)", rec.name)
+        recs = await recovery.before_adoption(self, recs)
         await asyncio.gather(*(self._adopt(rec) for rec in recs))
 
     async def _adopt(self, rec: VmRecord) -> None:
@@ -455,6 +479,12 @@ def _record_from(data: dict[str, Any]) -> VmRecord | None:
     except (KeyError, ValueError, TypeError, AttributeError, json_format.ParseError, KvmplatError) as e:
         log.error("skipping VM record %s: %s", data.get("name"), e)
         return None
+
+
+def _copy(spec: pb.VmSpec) -> pb.VmSpec:
+    out = pb.VmSpec()
+    out.CopyFrom(spec)
+    return out
 
 
 def _alive(pid: int) -> bool:
