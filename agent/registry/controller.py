@@ -266,7 +266,8 @@ class Controller:
         del self.vms[name]
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
         self.bus.forget(name)
-        self.records.delete(name)  # a restart that still finds the record finishes the destroy it marks
+        with contextlib.suppress(OSError):  # gone when DestroyVm returns (a restart would finish the marked destroy)
+            await asyncio.wrap_future(self.records.delete(name, first=True))
         if self.claims is not None:
             await self.claims.release(consumer_of(rec.spec.uuid, name, rec.created), name)
 

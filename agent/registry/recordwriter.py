@@ -52,9 +52,9 @@ class RecordWriter:
         Durable writes, and those with `first` (a caller waits), go before the others."""
         return self._submit(name, record, durable, first)
 
-    def delete(self, name: str) -> Future[None]:
-        """Queues the removal of VM `name`'s record."""
-        return self._submit(name, None, False)
+    def delete(self, name: str, first: bool = False) -> Future[None]:
+        """Queues the removal of VM `name`'s record (before the writes nobody waits for with `first`)."""
+        return self._submit(name, None, False, first)
 
     def _submit(self, name: str, record: dict[str, Any] | None, durable: bool, first: bool = False) -> Future[None]:
         done: Future[None] = Future()

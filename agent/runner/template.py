@@ -2,8 +2,9 @@
 everything a runner needs, and forks one runner per VM on request.
 
 Forked runners share the template's pages copy-on-write, so an idle VM costs little more than its guest memory,
-and a VM starts in milliseconds. Each runner double-forks into its own session: it is nobody's child, survives
-the agent, and is re-adopted through its socket.
+and a VM starts in milliseconds. Each runner is forked once, into a session of its own; the template reaps those
+that end (SIGCHLD wakes its loop), and when the template goes (with its agent) the runners live on, re-adopted
+through their sockets by the next agent.
 
 Protocol on the template's stdin/stdout (JSON lines): {"op": "spawn", "id": N, "config": {...}} ->
 {"id": N, "ok": true, "pid": P} once the runner listens on config["socket"], or {"id": N, "ok": false, "error":
@@ -18,6 +19,7 @@ import contextlib
 import json
 import os
 import selectors
+import signal
 import socket
 import sys
 from collections.abc import Iterable
@@ -35,20 +37,19 @@ __all__ = ["fork_runner", "main", "ready_reply"]
 
 def fork_runner(config: dict[str, Any], template_fds: Iterable[int] = ()) -> int:
     """Forks a runner for `config` into a session of its own; returns the pipe on which it reports readiness.
-    `template_fds` (the template's own: its selector, other runners' readiness pipes) are closed in the runner."""
+    `template_fds` (the template's own: its selector, signal pipe, other runners' readiness pipes) are closed in the
+    runner."""
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # intermediate: leave the template's session, fork the runner, exit
+    if os.fork() == 0:
         os.close(r)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in template_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        os.setsid()
-        if os.fork() == 0:
-            _runner_main(config, w)
-        os._exit(0)
+        os.setsid()  # a Ctrl-C or SIGHUP meant for the agent's session does not reach the VM
+        _runner_main(config, w)
     os.close(w)
-    os.waitpid(pid, 0)
     return r
 
 
@@ -127,6 +128,13 @@ class _Server:
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.sel.register(0, selectors.EVENT_READ, None)
+        self.sigchld, wake = os.pipe()  # SIGCHLD writes here: a runner ended, reap it (no polling)
+        for fd in (self.sigchld, wake):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake)
+        signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
+        self.sel.register(self.sigchld, selectors.EVENT_READ, "sigchld")
+        self.own = [self.sel.fileno(), self.sigchld, wake]
         self.partial = b""
         self.open = True
 
@@ -141,8 +149,8 @@ class _Server:
             return
         *lines, self.partial = (self.partial + data).split(b"\n")
         for line in lines:
-            own = [self.sel.fileno(), *(k.fd for k in self.sel.get_map().values() if k.data is not None)]
-            rid, fd, refusal = _request(line, own)
+            pipes = [k.fd for k in self.sel.get_map().values() if isinstance(k.data, tuple)]
+            rid, fd, refusal = _request(line, [*self.own, *pipes])
             if fd is not None:
                 self.sel.register(fd, selectors.EVENT_READ, (rid, bytearray()))
             elif refusal is not None:
@@ -160,11 +168,21 @@ class _Server:
         except ValueError as e:
             self.reply(rid, {"ok": False, "error": {"kind": "HostError", "message": f"runner's report: {e}"}})
 
+    def reap(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.sigchld, 512):
+                pass
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
     def run(self) -> None:
         while self.open:
             for key, _ in self.sel.select():
                 if key.data is None:
                     self.on_stdin()
+                elif key.data == "sigchld":
+                    self.reap()
                 else:
                     self.on_ready_pipe(int(key.fd), *key.data)
 
