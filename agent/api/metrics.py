@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kvmplat.agent.kvm.fds import exit_reason_name
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -138,14 +139,6 @@ def families(s: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("kvmplat_event_watchers", "open WatchEvents streams that follow", value=s.watchers)
 
 
-def _reason_name(reason: str) -> str:
-    """A runner's numeric exit reason as its lower-case KVM name."""
-    from kvmplat.agent.kvm.fds import ExitReason
-
-    r = int(reason)
-    return ExitReason(r).name.lower() if r in ExitReason._value2member_map_ else f"exit_{r}"
-
-
 class ControllerCollector(Collector):
     """Reads VM metrics from the controller on the agent's event loop at each scrape."""
 
@@ -172,9 +165,9 @@ class ControllerCollector(Collector):
         s.vcpus_capacity, s.memory_capacity_mib = self.c.total_vcpus, self.c.total_memory_mib
         s.states.update(r.state.name for r in recs)
         current = {
-            (r.name, r.created): Tally({_reason_name(k): int(v) for k, v in st["by_reason"].items()})
+            (r.name, r.created): Tally({exit_reason_name(k): v for k, v in st.by_reason})
             for r, st in zip(recs, stats, strict=True)
-            if st
+            if st is not None
         }
         for key, tally in self._last.items():
             if key not in current:

@@ -16,7 +16,7 @@ from kvmplat.agent.api.interceptors import Check, HandlerWrapper, rewrap
 from kvmplat.agent.api.status import to_status
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
 from kvmplat.agent.guest.builtin import PUBLIC_BUILTINS
-from kvmplat.agent.kvm.fds import ExitReason
+from kvmplat.agent.kvm.fds import exit_reason_name
 from kvmplat.agent.registry.controller import Controller, VmRecord
 from kvmplat.agent.registry.lifecycle import Event, State
 from kvmplat.v1 import agent_pb2 as pb
@@ -193,14 +193,12 @@ class AgentServicer(pbg.AgentServicer):
     async def _vm(self, rec: VmRecord) -> pb.Vm:
         vm = self._vm_base(rec)
         s = await self.c.stats(rec)
-        if s:
-            vm.stats.exits, vm.stats.console_bytes = s["exits"], s["console_bytes"]
-            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s["unhandled_pio"], s["unhandled_mmio"]
-            vm.stats.memory_bytes = s["memory_bytes"]
-            for field, seconds in s.get("milestones", {}).items():
+        if s is not None:
+            vm.stats.exits, vm.stats.console_bytes = s.exits, s.console_bytes
+            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s.unhandled_pio, s.unhandled_mmio
+            vm.stats.memory_bytes = s.memory_bytes
+            for field, seconds in s.milestones.items():
                 getattr(vm.stats, field).FromNanoseconds(int(seconds * 1e9))
-            for reason, n in s["by_reason"].items():
-                r = int(reason)
-                name = ExitReason(r).name.lower() if r in ExitReason._value2member_map_ else f"exit_{r}"
-                vm.stats.exits_by_reason[name] = n
+            for reason, n in s.by_reason:
+                vm.stats.exits_by_reason[exit_reason_name(reason)] = n
         return vm

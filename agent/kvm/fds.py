@@ -21,7 +21,7 @@ from kvmplat.agent.errors import KvmError, Unavailable
 from kvmplat.agent.kvm._kvmc import ffi, lib
 from kvmplat.agent.kvm.ioctls import REQUESTS, Cap
 
-__all__ = ["ExitReason", "GuestMemory", "Kvm", "MpState", "Vcpu", "Vm"]
+__all__ = ["ExitReason", "GuestMemory", "Kvm", "MpState", "Vcpu", "Vm", "exit_reason_name"]
 
 KVM_API_VERSION = 12
 CPUID_MAX_ENTRIES = 512
@@ -55,6 +55,11 @@ class ExitReason(enum.IntEnum):
     X86_RDMSR = 29
     X86_WRMSR = 30
     X86_BUS_LOCK = 33
+
+
+def exit_reason_name(reason: int) -> str:
+    """KVM's name of an exit reason in lower case ("hlt"), or "exit_N" for one this module does not name."""
+    return ExitReason(reason).name.lower() if reason in ExitReason._value2member_map_ else f"exit_{reason}"
 
 
 class MpState(enum.IntEnum):

@@ -30,6 +30,7 @@ from kvmplat.agent.registry.lifecycle import Event, State, next_state
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
+from kvmplat.agent.runner.wire import BootSource, RunnerConfig, RunnerEvent, RunnerStats, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["Controller", "VmRecord"]
@@ -147,16 +148,16 @@ class Controller:
         self._creating.add(spec.name)
         try:
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
-            config = {
-                "name": spec.name,
-                "vcpus": spec.vcpus,
-                "memory_mib": spec.memory_mib,
-                "socket": rec.socket,
-                "boot": json_format.MessageToDict(spec.boot, preserving_proto_field_name=True),
-                "cpuid": cpuid,
+            config = RunnerConfig(
+                name=spec.name,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                socket=rec.socket,
+                boot=BootSource(spec.boot.builtin, spec.boot.kernel, spec.boot.initrd, spec.boot.cmdline),
+                cpuid=tuple(tuple(row) for row in cpuid),
                 # the runner checks again what it really opened: a path swapped after validation is refused
-                "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
-            }
+                image_dirs=tuple(os.path.realpath(d) for d in self.limits.image_dirs),
+            )
             rec.pid = await self.template.spawn(config)
             self.vms[spec.name] = rec
             # durable, and waited for, before any event can arrive
@@ -172,7 +173,7 @@ class Controller:
         next_state(name, rec.state, event)
         if rec.runner is None or rec.runner.closed:
             raise FailedPrecondition(f"VM {name!r} has no runner (it is {rec.state.name}: {rec.reason})")
-        await rec.runner.call(event.value)
+        await rec.runner.request(event)
         return rec
 
     async def destroy(self, name: str) -> None:
@@ -182,30 +183,28 @@ class Controller:
         rec.destroying = True
         if rec.runner is not None and not rec.runner.closed:
             with contextlib.suppress(RunnerLost):
-                await rec.runner.call("destroy")
+                await rec.runner.request(Event.DESTROY)
             await rec.runner.close()
         del self.vms[name]
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
         self.records.delete(name)
         self.bus.forget(name)
 
-    async def stats(self, rec: VmRecord) -> dict[str, Any]:
-        """The runner's counters (empty when it is gone)."""
+    async def stats(self, rec: VmRecord) -> RunnerStats | None:
+        """The runner's counters (None when it is gone)."""
         if rec.runner is None or rec.runner.closed:
-            return {}
+            return None
         try:
-            return await rec.runner.call("stats", timeout=2.0)
+            return await rec.runner.stats()
         except (Unavailable, FailedPrecondition, ResourceExhausted):  # gone or hung: no counters
-            return {}
+            return None
 
     async def write_console(self, name: str, data: bytes) -> None:
         """Bytes typed at the VM's serial console."""
-        import base64
-
         rec = self.get(name)
         if rec.runner is None or rec.runner.closed:
             raise FailedPrecondition(f"VM {name!r} is {rec.state.name}: its console takes input only while RUNNING")
-        await rec.runner.call("console", data=base64.b64encode(data).decode())
+        await rec.runner.console(data)
 
     def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[pb.Event]:
         """Events of one VM (or all), resumable after `since`."""
@@ -218,20 +217,20 @@ class Controller:
         rec.runner = await RunnerClient.connect(
             rec.socket, lambda e: self._on_event(rec, e), lambda: self._on_lost(rec)
         )
-        hello = await rec.runner.call("hello", since=since)
-        rec.pid = int(hello["pid"])
-        rec.state, rec.reason = State[hello["state"]], str(hello["reason"])
+        hello = await rec.runner.hello(since)
+        rec.pid = hello.pid
+        rec.state, rec.reason = State[hello.state], hello.reason
         rec.greeted = True
 
-    def _on_event(self, rec: VmRecord, e: dict[str, Any]) -> None:
-        if int(e["seq"]) <= rec.last_seq:
+    def _on_event(self, rec: VmRecord, e: RunnerEvent) -> None:
+        if e.seq <= rec.last_seq:
             return  # already seen (a replay after re-adoption)
-        rec.last_seq = int(e["seq"])
+        rec.last_seq = e.seq
         if rec.last_seq > rec.seq_reserved and not rec.destroying:
             rec.seq_reserved = rec.last_seq + SEQ_BLOCK  # recorded before any watcher sees a number past the old block
             self._persist(rec, durable=True)
-        if "state" in e and e["state"].get("to") in State.__members__:
-            old, rec.state, rec.reason = rec.state, State[e["state"]["to"]], str(e["state"].get("reason", ""))
+        if isinstance(e.body, StateChange) and e.body.new in State.__members__:
+            old, rec.state, rec.reason = rec.state, State[e.body.new], e.body.reason
             # the runner holds the truth; the record only has to tell a later agent whether a VM whose runner is gone
             # was live (then CRASHED) or had ended, and why: RUNNING <-> PAUSED changes neither, so it is not written
             toggle = {old, rec.state} == {State.RUNNING, State.PAUSED}
@@ -260,9 +259,7 @@ class Controller:
 
     def _crash(self, rec: VmRecord, why: str, seq: int) -> None:
         """Records a CRASHED state change that the agent itself observed (the runner cannot report it)."""
-        self._on_event(
-            rec, {"seq": seq, "time": time.time(), "state": {"from": rec.state.name, "to": "CRASHED", "reason": why}}
-        )
+        self._on_event(rec, RunnerEvent(seq, time.time(), StateChange(rec.state.name, State.CRASHED.name, why)))
         log.warning("VM %s crashed: %s", rec.name, why)
 
     async def adopt_all(self) -> None:

@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from kvmplat.agent import errors
-from kvmplat.agent.runner.wire import MAX_LINE, decode, encode
+from kvmplat.agent.registry.lifecycle import Event
+from kvmplat.agent.runner.wire import (
+    MAX_LINE,
+    Accepted,
+    Call,
+    Failure,
+    Hello,
+    Reply,
+    RunnerConfig,
+    RunnerEvent,
+    RunnerStats,
+    Spawn,
+    Spawned,
+    StateReply,
+    decode,
+    encode,
+    error_of,
+)
 
 __all__ = ["RunnerClient", "RunnerLost", "TemplateClient"]
 
@@ -19,21 +37,16 @@ class RunnerLost(errors.Unavailable):
     """The runner's connection closed: it exited or was killed."""
 
 
-def _error(err: dict[str, Any]) -> errors.KvmplatError:
-    """Rebuilds an error the runner reported by its class name (HostError when unknown)."""
-    cls = getattr(errors, str(err.get("kind")), None)
-    message = str(err.get("message", "runner error"))
-    if (
-        isinstance(cls, type)
-        and issubclass(cls, errors.KvmplatError)
-        and cls not in (errors.InvalidArgument, errors.PlatformRefused, errors.KvmError)
-    ):
-        return cls(message)
-    if cls is errors.InvalidArgument:
-        return errors.InvalidArgument(message)
-    if cls is errors.PlatformRefused:
-        return errors.FailedPrecondition(message)
-    return errors.HostError(message)
+_T = TypeVar("_T")
+
+
+def _expect(msg: object, cls: type[_T]) -> _T:
+    """The message if it is a `cls`; a Failure as the agent's error; anything else as HostError."""
+    if isinstance(msg, cls):
+        return msg
+    if isinstance(msg, Failure):
+        raise error_of(msg)
+    raise errors.HostError(f"the runner answered {type(msg).__name__} where {cls.__name__} was expected")
 
 
 class TemplateClient:
@@ -56,19 +69,16 @@ class TemplateClient:
         )
         return cls(proc)
 
-    async def spawn(self, config: dict[str, Any]) -> int:
+    async def spawn(self, config: RunnerConfig) -> int:
         """Forks a runner for `config`; returns its pid once it listens on its socket."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
         async with self._lock:
-            self._proc.stdin.write(encode({"op": "spawn", "config": config}))
+            self._proc.stdin.write(encode(Spawn(config)))
             await self._proc.stdin.drain()
             line = await self._proc.stdout.readline()
         if not line:
             raise errors.HostError("the runner template exited; restart the agent")
-        reply = decode(line)
-        if not reply.get("ok"):
-            raise _error(reply.get("error", {}))
-        return int(reply["pid"])
+        return _expect(decode(line), Spawned).pid
 
     async def close(self) -> None:
         """Ends the template (its runners live on)."""
@@ -85,19 +95,19 @@ class RunnerClient:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        on_event: Callable[[dict[str, Any]], None],
+        on_event: Callable[[RunnerEvent], None],
         on_lost: Callable[[], None],
     ) -> None:
         self._reader, self._writer = reader, writer
         self._on_event, self._on_lost = on_event, on_lost
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         self.closed = False
 
     @classmethod
     async def connect(
-        cls, path: str, on_event: Callable[[dict[str, Any]], None], on_lost: Callable[[], None]
+        cls, path: str, on_event: Callable[[RunnerEvent], None], on_lost: Callable[[], None]
     ) -> RunnerClient:
         """Connects to a runner's socket."""
         try:
@@ -106,15 +116,31 @@ class RunnerClient:
             raise RunnerLost(f"cannot reach the runner at {path}: {e.strerror}") from None
         return cls(reader, writer, on_event, on_lost)
 
-    async def call(self, op: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
-        """Sends one request and waits for its answer; raises the runner's error."""
+    async def hello(self, since: int) -> Hello:
+        """Greets the runner: its state now, then its events after `since` (to `on_event`)."""
+        return _expect(await self._call("hello", since=since), Hello)
+
+    async def request(self, event: Event, timeout: float = 10.0) -> StateReply:
+        """A lifecycle request (start, pause, resume, stop, destroy); the state after it."""
+        return _expect(await self._call(event.value, timeout), StateReply)
+
+    async def stats(self, timeout: float = 2.0) -> RunnerStats:
+        """The runner's counters."""
+        return _expect(await self._call("stats", timeout), RunnerStats)
+
+    async def console(self, data: bytes) -> int:
+        """Bytes typed at the guest's console; how many the UART took."""
+        return _expect(await self._call("console", data=base64.b64encode(data).decode()), Accepted).count
+
+    async def _call(self, op: str, timeout: float = 10.0, since: int = 0, data: str = "") -> object:
+        """Sends one request and waits for its answer: the result, or the runner's Failure."""
         if self.closed:
             raise RunnerLost("the runner is gone")
         rid = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:  # a hung runner (stopped, stuck in an ioctl) costs this call `timeout`, never the agent
-            self._writer.write(encode({"id": rid, "op": op, **args}))
+            self._writer.write(encode(Call(rid, op, since, data)))
             await asyncio.wait_for(self._writer.drain(), timeout)
             reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:  # before OSError: TimeoutError is one
@@ -125,17 +151,15 @@ class RunnerClient:
             raise RunnerLost("the runner closed its connection") from None
         finally:
             self._pending.pop(rid, None)
-        if not reply.get("ok"):
-            raise _error(reply.get("error", {}))
-        return dict(reply.get("result", {}))
+        return reply.error or reply.result
 
     async def _read_loop(self) -> None:
         try:
             while line := await self._reader.readline():
                 msg = decode(line)
-                if "event" in msg:
-                    self._on_event(msg["event"])
-                elif (fut := self._pending.get(msg.get("id", -1))) is not None and not fut.done():
+                if isinstance(msg, RunnerEvent):
+                    self._on_event(msg)
+                elif isinstance(msg, Reply) and (fut := self._pending.get(msg.id)) is not None and not fut.done():
                     fut.set_result(msg)
         except (OSError, ValueError, asyncio.LimitOverrunError):
             pass
