@@ -34,7 +34,6 @@ EXTRA_CMDLINE = "earlyprintk=serial,ttyS0,115200 nokaslr"
 MEMORY_MIB = 256
 TIMEOUT_S = 60.0
 QEMU = "qemu-system-x86_64"
-ENDED = (4, 5)  # VmState STOPPED, CRASHED: the guest ended before its first line
 
 
 def say(text: str) -> None:
@@ -111,6 +110,8 @@ def _where_the_time_went(stats: Any, wall0: float, elapsed: float) -> None:
 
 def _first_console(stream: Iterable[Any], name: str, t0: float) -> float:
     """Reads events until `name` prints the first line; its time in ms since t0."""
+    from kvmplat.client.vmstates import ENDED
+
     for ev in stream:
         kind = ev.WhichOneof("kind")
         if ev.vm == name and kind == "console" and FIRST_LINE.search(ev.console.text.encode()):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvmplat.agent.kvm.fds import exit_reason_name
+from kvmplat.agent.registry.lifecycle import REPORTED
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -48,7 +49,7 @@ RPC_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
     registry=REGISTRY,
 )
-STATES = ("CREATED", "RUNNING", "PAUSED", "STOPPED", "CRASHED")
+STATES = tuple(s.name for s in REPORTED)
 
 
 def _code(context: Any, exc: BaseException | None) -> str:

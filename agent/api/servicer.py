@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,7 +18,7 @@ from kvmplat.agent.errors import InvalidArgument, KvmplatError
 from kvmplat.agent.guest.builtin import PUBLIC_BUILTINS
 from kvmplat.agent.kvm.fds import exit_reason_name
 from kvmplat.agent.registry.controller import Controller, VmRecord
-from kvmplat.agent.registry.lifecycle import Event, State
+from kvmplat.agent.registry.lifecycle import Event, proto_value
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
@@ -179,10 +179,9 @@ class AgentServicer(pbg.AgentServicer):
     def _vm_base(self, rec: VmRecord) -> pb.Vm:
         created = Timestamp()
         created.FromNanoseconds(int(rec.created * 1e9))
-        state = rec.state.name if rec.state is not State.DESTROYED else "VM_STATE_UNSPECIFIED"
         return pb.Vm(
             spec=rec.spec,
-            state=state,
+            state=cast(pb.VmState, proto_value(rec.state)),
             effective_platform=rec.effective,
             runner_pid=rec.pid,
             state_reason=rec.reason,

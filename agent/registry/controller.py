@@ -26,7 +26,7 @@ from kvmplat.agent.errors import (
 )
 from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
-from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.registry.lifecycle import ACTIVE, LIVE, Event, State, next_state
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
@@ -36,7 +36,6 @@ from kvmplat.v1 import agent_pb2 as pb
 __all__ = ["Controller", "VmRecord"]
 
 log = logging.getLogger("kvmplat.agent")
-LIVE = (State.CREATED, State.RUNNING, State.PAUSED)
 # Sequence numbers are reserved in blocks: before the agent publishes an event beyond the block recorded in the VM's
 # state file, it durably records the next block. A runner that died while no agent watched may have emitted events
 # nobody saw; the agent's own CRASHED event then takes the number after the recorded block: above every number any
@@ -233,7 +232,7 @@ class Controller:
             old, rec.state, rec.reason = rec.state, State[e.body.new], e.body.reason
             # the runner holds the truth; the record only has to tell a later agent whether a VM whose runner is gone
             # was live (then CRASHED) or had ended, and why: RUNNING <-> PAUSED changes neither, so it is not written
-            toggle = {old, rec.state} == {State.RUNNING, State.PAUSED}
+            toggle = old in ACTIVE and rec.state in ACTIVE
             if rec.state is not State.DESTROYED and not rec.destroying and not toggle:
                 self._persist(rec, durable=False)
         self.bus.publish(event_from_runner(rec.name, e))

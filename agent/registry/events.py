@@ -14,6 +14,7 @@ from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kvmplat.agent.errors import ResourceExhausted
+from kvmplat.agent.registry.lifecycle import State, proto_value
 from kvmplat.agent.runner.wire import ConsoleText, RunnerEvent, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -44,7 +45,7 @@ def event_from_runner(vm: str, e: RunnerEvent) -> pb.Event:
 
 
 def _state_value(name: str) -> pb.VmState:
-    return cast(pb.VmState, pb.VmState.Value(name)) if name in pb.VmState.keys() else pb.VM_STATE_UNSPECIFIED  # noqa: SIM118
+    return cast(pb.VmState, proto_value(State[name]) if name in State.__members__ else pb.VM_STATE_UNSPECIFIED)
 
 
 class _Watcher:

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm.fds import Vcpu
-from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.registry.lifecycle import ACTIVE, Event, State, next_state
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
 from kvmplat.agent.runner.eventlog import EventLog
@@ -110,7 +110,7 @@ class VmRunner:
         while True:
             index, outcome = self._exits.get()
             with self._lock:
-                if self.state not in (State.RUNNING, State.PAUSED):
+                if self.state not in ACTIVE:
                     continue  # a second vCPU reporting the same end, or an end racing a stop
                 body = self._exit_body(index, outcome)
                 self._teardown()  # drains the console first, so the guest's last lines come before its end

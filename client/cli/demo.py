@@ -24,6 +24,7 @@ from kvmplat.client.agent import Client, EventStream
 from kvmplat.client.cli import output
 from kvmplat.client.cli.main import EXIT_OK, Commands, Context, UsageError
 from kvmplat.client.errors import KvmplatError
+from kvmplat.client.vmstates import ENDED, state_name
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["LINUX_DEMO_MODULE", "StateBoard", "agent_command", "embedded_agent", "register", "run_demo"]
@@ -124,8 +125,8 @@ class StateBoard:
         """Waits until `vm` is in one of `states`; its state, or TimeoutError naming what it is."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._states.get(vm) in states, timeout):
-                now = output.state_name(self._states.get(vm, 0))
-                wanted = "/".join(output.state_name(s) for s in states)
+                now = state_name(self._states.get(vm, 0))
+                wanted = "/".join(state_name(s) for s in states)
                 raise TimeoutError(f"{vm} did not reach {wanted} within {timeout:.0f} s (it is {now})")
             return self._states[vm]
 
@@ -149,7 +150,7 @@ def _probe(client: Client, board: StateBoard, say: Callable[[str], None]) -> Non
     vm = client.create_vm(_spec("probe", "probe", 2), start=True)
     platform = output.format_platform(vm.effective_platform).splitlines()
     say("effective platform:\n" + "\n".join("  " + line for line in platform))
-    board.wait("probe", (pb.STOPPED, pb.CRASHED), _PROBE_END_S)
+    board.wait("probe", ENDED, _PROBE_END_S)
     client.destroy_vm("probe")
 
 
