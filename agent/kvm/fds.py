@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import mmap
 import os
 from types import TracebackType
@@ -83,7 +84,7 @@ class _Fd:
     def _ioctl(self, name: str, arg: Any = None, hint: str = "") -> int:
         """Issues ioctl `name` with a pointer (cdata), an int value or nothing; returns the result or raises."""
         if self.fd < 0:
-            raise KvmError(name, self.kind, 9, "the fd is closed")
+            raise KvmError(name, self.kind, errno.EBADF, "the fd is closed")
         req = REQUESTS[name]
         if arg is None or isinstance(arg, int):
             r = lib.kp_ioctl_val(self.fd, req, arg or 0)
@@ -163,7 +164,7 @@ def _cpuid_query(fd: _Fd, name: str) -> list[tuple[int, ...]]:
         try:
             fd._ioctl(name, cpuid)
         except KvmError as e:
-            if e.errno == 7 and n < CPUID_MAX_ENTRIES:  # E2BIG
+            if e.errno == errno.E2BIG and n < CPUID_MAX_ENTRIES:
                 n *= 2
                 continue
             raise

@@ -131,7 +131,7 @@ def _fill_by_resolution(caps: pb.Capabilities, host: Any) -> None:
     for lv in PPC_LEVELS:
         strict = _admits(host, PlatformRequest(compat=lv.name))
         best = _admits(host, PlatformRequest(compat=lv.name, policy=CompatPolicy.BEST_EFFORT))
-        caps.levels.add(name=lv.name, raw=lv.pvr, strict=strict, best_effort=best)
+        caps.levels.add(name=lv.name, raw=lv.logical_pvr, strict=strict, best_effort=best)
 
 
 def _admits(host: Any, request: PlatformRequest) -> bool:
