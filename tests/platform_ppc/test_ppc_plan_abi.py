@@ -9,9 +9,9 @@ import struct
 from kvmplat.agent.errors import PlatformRefused
 from kvmplat.agent.platform.model import Accel
 from kvmplat.agent.platform.ppc import resolve_ppc
-from kvmplat.agent.platform.ppc_apply import RecordingFds, apply_ppc, plan_ok
-from kvmplat.agent.platform.ppc_plan import plan_ppc, plan_refusal_probe, ppc_vm_type
-from kvmplat.agent.platform.ppc_sim import sim_fds
+from kvmplat.lab.ppc.apply import RecordingFds, apply_ppc, plan_ok
+from kvmplat.lab.ppc.plan import plan_ppc, plan_refusal_probe, ppc_vm_type
+from kvmplat.lab.ppc.sim import sim_fds
 from ppc_cases import CASES, HOSTS
 
 CHECK, CREATE_VM, CREATE_VCPU = 0x2000AE03, 0x2000AE01, 0x2000AE41

@@ -140,13 +140,9 @@ class ProbeOutcome:
 
 def run_probe(vm: Any, vcpu: Any, max_exits: int = 64) -> ProbeOutcome:
     """Loads the payload into `vm` (a kvm.Vm), sets `vcpu`'s registers and runs it to its MMIO store."""
-    from kvmplat.agent.kvm._kvmc import ffi
-
     mem = vm.add_memory(GUEST_RAM, 0)
     mem.write(PROBE_ENTRY, assemble_probe())
-    regs = ffi.new("struct ppc_kvm_regs *")
-    ffi.buffer(regs)[:] = probe_regs()
-    vcpu._ioctl("KVM_SET_REGS", regs)
+    vcpu.set_regs_bytes(probe_regs())
     out = ProbeOutcome()
     for _ in range(max_exits):
         out.last_exit = int(vcpu.run())
