@@ -25,6 +25,7 @@ from kvmplat.agent.kvm.ioctls import REQUESTS, Cap, struct_of
 __all__ = ["ExitReason", "GuestMemory", "Kvm", "MpState", "Vcpu", "Vm", "exit_reason_name"]
 
 KVM_API_VERSION = 12
+CPUID_FIRST_ENTRIES = 64  # the first buffer of a CPUID query; it doubles on E2BIG
 CPUID_MAX_ENTRIES = 512
 
 
@@ -170,7 +171,7 @@ class Kvm(_Fd):
 
 def _cpuid_query(fd: _Fd, name: str) -> list[tuple[int, ...]]:
     """A kvm_cpuid2 in/out query, growing the buffer on E2BIG (nent is not updated on E2BIG)."""
-    n = 64
+    n = CPUID_FIRST_ENTRIES
     while True:
         raw = ffi.new(f"uint8_t[{ffi.sizeof('struct kvm_cpuid2') + n * ffi.sizeof('struct kvm_cpuid_entry2')}]")
         cpuid = ffi.cast("struct kvm_cpuid2 *", raw)

@@ -74,15 +74,6 @@ def _missing() -> str:
     return ""
 
 
-def _agent_missing() -> str:
-    """Why the real agent cannot be started, or ""."""
-    try:
-        import kvmplat.agent.api.main  # noqa: F401
-    except ImportError:
-        return "the kvmplat agent (kvmplat.agent.api.main) has not landed yet"
-    return "" if AGENT.exists() else f"{AGENT} is not installed"
-
-
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(_missing()), reason=_missing() or "-")]
 
 
@@ -265,8 +256,6 @@ def _real_agent(tmp: Path) -> Iterator[str]:
 @pytest.fixture(params=["stand-in", "kvmplat-agent"])
 def agent_address(request: pytest.FixtureRequest) -> Iterator[str]:
     """An agent on a private unix socket: the stand-in, or the real kvmplat agent."""
-    if request.param == "kvmplat-agent" and _agent_missing():
-        pytest.skip(_agent_missing())
     tmp = Path(tempfile.mkdtemp(prefix="kvl-agent-"))
     try:
         yield from (_stand_in(tmp) if request.param == "stand-in" else _real_agent(tmp))
