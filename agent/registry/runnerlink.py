@@ -12,23 +12,8 @@ from typing import TypeVar
 
 from kvmplat.agent import errors
 from kvmplat.agent.registry.lifecycle import Event
-from kvmplat.agent.runner.wire import (
-    MAX_LINE,
-    Accepted,
-    Call,
-    Failure,
-    Hello,
-    Reply,
-    RunnerConfig,
-    RunnerEvent,
-    RunnerStats,
-    Spawn,
-    Spawned,
-    StateReply,
-    decode,
-    encode,
-    error_of,
-)
+from kvmplat.agent.runner import wire
+from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig, RunnerEvent
 
 __all__ = ["RunnerClient", "RunnerLost", "TemplateClient"]
 
@@ -44,8 +29,8 @@ def _expect(msg: object, cls: type[_T]) -> _T:
     """The message if it is a `cls`; a Failure as the agent's error; anything else as HostError."""
     if isinstance(msg, cls):
         return msg
-    if isinstance(msg, Failure):
-        raise error_of(msg)
+    if isinstance(msg, wire.Failure):
+        raise wire.error_of(msg)
     raise errors.HostError(f"the runner answered {type(msg).__name__} where {cls.__name__} was expected")
 
 
@@ -73,12 +58,12 @@ class TemplateClient:
         """Forks a runner for `config`; returns its pid once it listens on its socket."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
         async with self._lock:
-            self._proc.stdin.write(encode(Spawn(config)))
+            self._proc.stdin.write(wire.encode(wire.Spawn(config)))
             await self._proc.stdin.drain()
             line = await self._proc.stdout.readline()
         if not line:
             raise errors.HostError("the runner template exited; restart the agent")
-        return _expect(decode(line), Spawned).pid
+        return _expect(wire.decode(line), wire.Spawned).pid
 
     async def close(self) -> None:
         """Ends the template (its runners live on)."""
@@ -101,7 +86,7 @@ class RunnerClient:
         self._reader, self._writer = reader, writer
         self._on_event, self._on_lost = on_event, on_lost
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._pending: dict[int, asyncio.Future[wire.Reply]] = {}
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         self.closed = False
 
@@ -116,31 +101,31 @@ class RunnerClient:
             raise RunnerLost(f"cannot reach the runner at {path}: {e.strerror}") from None
         return cls(reader, writer, on_event, on_lost)
 
-    async def hello(self, since: int) -> Hello:
+    async def hello(self, since: int) -> wire.Hello:
         """Greets the runner: its state now, then its events after `since` (to `on_event`)."""
-        return _expect(await self._call("hello", since=since), Hello)
+        return _expect(await self._call("hello", since=since), wire.Hello)
 
-    async def request(self, event: Event, timeout: float = 10.0) -> StateReply:
+    async def request(self, event: Event, timeout: float = 10.0) -> wire.StateReply:
         """A lifecycle request (start, pause, resume, stop, destroy); the state after it."""
-        return _expect(await self._call(event.value, timeout), StateReply)
+        return _expect(await self._call(event.value, timeout), wire.StateReply)
 
-    async def stats(self, timeout: float = 2.0) -> RunnerStats:
+    async def stats(self, timeout: float = 2.0) -> wire.RunnerStats:
         """The runner's counters."""
-        return _expect(await self._call("stats", timeout), RunnerStats)
+        return _expect(await self._call("stats", timeout), wire.RunnerStats)
 
     async def console(self, data: bytes) -> int:
         """Bytes typed at the guest's console; how many the UART took."""
-        return _expect(await self._call("console", data=base64.b64encode(data).decode()), Accepted).count
+        return _expect(await self._call("console", data=base64.b64encode(data).decode()), wire.Accepted).count
 
     async def _call(self, op: str, timeout: float = 10.0, since: int = 0, data: str = "") -> object:
         """Sends one request and waits for its answer: the result, or the runner's Failure."""
         if self.closed:
             raise RunnerLost("the runner is gone")
         rid = next(self._ids)
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:  # a hung runner (stopped, stuck in an ioctl) costs this call `timeout`, never the agent
-            self._writer.write(encode(Call(rid, op, since, data)))
+            self._writer.write(wire.encode(wire.Call(rid, op, since, data)))
             await asyncio.wait_for(self._writer.drain(), timeout)
             reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:  # before OSError: TimeoutError is one
@@ -156,10 +141,10 @@ class RunnerClient:
     async def _read_loop(self) -> None:
         try:
             while line := await self._reader.readline():
-                msg = decode(line)
+                msg = wire.decode(line)
                 if isinstance(msg, RunnerEvent):
                     self._on_event(msg)
-                elif isinstance(msg, Reply) and (fut := self._pending.get(msg.id)) is not None and not fut.done():
+                elif isinstance(msg, wire.Reply) and (fut := self._pending.get(msg.id)) is not None and not fut.done():
                     fut.set_result(msg)
         except (OSError, ValueError, asyncio.LimitOverrunError):
             pass
