@@ -1,8 +1,7 @@
 """Golden tests: the zero page, e820 map, GDT, page tables, MP table and entry state for a fake bzImage and ELF.
 
 Regenerate after an intended layout change with `KVMPLAT_REGEN_GOLDEN=1 pytest tests/linux` (the `golden` fixture),
-then review the diff
-of tests/golden/linux/*.txt before committing.
+then review the diff of tests/golden/linux/*.txt before committing.
 """
 
 from __future__ import annotations
