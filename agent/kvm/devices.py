@@ -92,6 +92,21 @@ class Devices:
         """Bytes typed at the UART; how many it took."""
         return int(lib.kp_vm_console_input(self._state(), data, len(data)))
 
+    def save(self) -> bytes:
+        """The devices' state (struct kp_dev_state: UART registers, its unsent partial line and unread input)."""
+        dev = ffi.new("struct kp_dev_state *")
+        lib.kp_vm_save_devices(self._state(), dev)
+        return bytes(ffi.buffer(dev))
+
+    def load(self, data: bytes) -> bool:
+        """Restores a state `save` gave; False when its version is one this build cannot load (ValueError when its
+        size is not a kp_dev_state's)."""
+        dev = ffi.new("struct kp_dev_state *")
+        if len(data) != ffi.sizeof(dev[0]):
+            raise ValueError(f"device state of {len(data)} bytes, not {ffi.sizeof(dev[0])}")
+        ffi.memmove(dev, data, len(data))
+        return bool(lib.kp_vm_load_devices(self._state(), dev) == 0)
+
     def close(self) -> None:
         """Frees the device state (idempotent); no vCPU may be running through it."""
         if self._vm is not None:

@@ -8,14 +8,16 @@ import contextlib
 import itertools
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kvmplat.agent import errors
 from kvmplat.agent.registry.lifecycle import Event
 from kvmplat.agent.runner import wire
 from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig, RunnerEvent
 
-__all__ = ["RunnerClient", "RunnerLost", "TemplateClient"]
+__all__ = ["MOVE_TIMEOUT", "RunnerClient", "RunnerLost", "TemplateClient"]
+
+MOVE_TIMEOUT = 30.0  # a move op copies or loads a whole machine state
 
 
 class RunnerLost(errors.Unavailable):
@@ -117,7 +119,46 @@ class RunnerClient:
         """Bytes typed at the guest's console; how many the UART took."""
         return _expect(await self._call("console", data=base64.b64encode(data).decode()), wire.Accepted).count
 
-    async def _call(self, op: str, timeout: float = 10.0, since: int = 0, data: str = "") -> object:
+    async def memory(self) -> wire.MemoryFd:
+        """Where guest memory is (the runner's memfd) and the exact CPUID table the guest has."""
+        return _expect(await self._call("memory"), wire.MemoryFd)
+
+    async def freeze(self) -> wire.Frozen:
+        """A PAUSED VM's machine state."""
+        return _expect(await self._call("freeze", MOVE_TIMEOUT), wire.Frozen)
+
+    async def migrate_begin(self, target: str) -> wire.StateReply:
+        """RUNNING -> MIGRATING to `target`: dirty logging on, the guest keeps running."""
+        return _expect(await self._call("migrate_begin", MOVE_TIMEOUT, args=wire.Note(target)), wire.StateReply)
+
+    async def dirty(self) -> wire.DirtyPages:
+        """The pages written since the last call."""
+        return _expect(await self._call("dirty", MOVE_TIMEOUT), wire.DirtyPages)
+
+    async def migrate_stop(self) -> wire.FinalCopy:
+        """Stops the guest for the final copy."""
+        return _expect(await self._call("migrate_stop", MOVE_TIMEOUT), wire.FinalCopy)
+
+    async def migrate_abort(self, why: str) -> wire.StateReply:
+        """MIGRATING -> RUNNING: the guest runs on here."""
+        return _expect(await self._call("migrate_abort", MOVE_TIMEOUT, args=wire.Note(why)), wire.StateReply)
+
+    async def migrate_done(self, target: str) -> wire.StateReply:
+        """MIGRATING -> STOPPED: `target` runs the VM now."""
+        return _expect(await self._call("migrate_done", MOVE_TIMEOUT, args=wire.Note(target)), wire.StateReply)
+
+    async def load(self, state: dict[str, Any], milestones: dict[str, float]) -> wire.Loaded:
+        """Loads a frozen machine state into this incoming VM."""
+        return _expect(await self._call("load", MOVE_TIMEOUT, args=wire.LoadState(state, milestones)), wire.Loaded)
+
+    async def arrive(self, first_seq: int, paused: bool, reason: str) -> wire.Arrived:
+        """The incoming VM runs (or stays PAUSED); its first event is numbered `first_seq`."""
+        arrival = wire.Arrival(first_seq, paused, reason)
+        return _expect(await self._call("arrive", MOVE_TIMEOUT, args=arrival), wire.Arrived)
+
+    async def _call(
+        self, op: str, timeout: float = 10.0, since: int = 0, data: str = "", args: wire.Args | None = None
+    ) -> object:
         """Sends one request and waits for its answer: the result, or the runner's Failure."""
         if self.closed:
             raise RunnerLost("the runner is gone")
@@ -125,7 +166,7 @@ class RunnerClient:
         fut: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:  # a hung runner (stopped, stuck in an ioctl) costs this call `timeout`, never the agent
-            self._writer.write(wire.encode(wire.Call(rid, op, since, data)))
+            self._writer.write(wire.encode(wire.Call(rid, op, since, data, args)))
             await asyncio.wait_for(self._writer.drain(), timeout)
             reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:  # before OSError: TimeoutError is one

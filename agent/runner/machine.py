@@ -53,7 +53,7 @@ class Machine:
 def load_image(boot: BootSource, memory_size: int, vcpus: int, image_dirs: tuple[str, ...] | None = None) -> GuestImage:
     """The GuestImage for a boot source (built-in payload or Linux kernel)."""
     if boot.builtin:
-        return builtin_image(boot.builtin, vcpus)
+        return builtin_image(boot.builtin, vcpus, memory_size)
     from kvmplat.agent.linux import load_linux  # only Linux guests pay for the loader
 
     kernel = _read(boot.kernel, "spec.boot.kernel", image_dirs)
@@ -78,7 +78,10 @@ def _read(path: str, field_name: str, image_dirs: tuple[str, ...] | None) -> byt
 def build_machine(config: RunnerConfig) -> Machine:
     """Creates the VM described by `config` (vcpus, memory, boot, CPUID rows); nothing runs yet."""
     memory_size = config.memory_mib * MIB
-    image = load_image(config.boot, memory_size, config.vcpus, config.image_dirs)
+    if config.incoming:  # memory and CPU state come from a snapshot or a migration, not from a boot image
+        image = GuestImage(segments=(), bsp=CpuState(), ap=None, description=config.incoming)
+    else:
+        image = load_image(config.boot, memory_size, config.vcpus, config.image_dirs)
     kvm = Kvm()
     vm = kvm.create_vm()
     machine: Machine | None = None

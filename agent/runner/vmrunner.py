@@ -20,6 +20,7 @@ from dataclasses import replace
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm.fds import Vcpu
 from kvmplat.agent.registry.lifecycle import ACTIVE, Event, State, next_state
+from kvmplat.agent.runner import moveops
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
 from kvmplat.agent.runner.eventlog import EventLog
@@ -66,9 +67,12 @@ class VmRunner:
     def __init__(self, config: RunnerConfig) -> None:
         self.name = config.name
         self.log = EventLog()
-        self.state = State.CREATED
-        self.reason = "created"
+        self.incoming = bool(config.incoming)  # built for a restore or an incoming migration: silent until
+        self.state = State.MIGRATING if self.incoming else State.CREATED  # it arrives (moveops.arrive)
+        self.reason = config.incoming or "created"
         self._lock = threading.RLock()
+        self.lock = self._lock  # moveops acts under it too
+        self.cpuid = config.cpuid  # the exact table the guest was given
         self._exits: queue.Queue[tuple[int, Outcome]] = queue.Queue()
         self.machine: Machine | None = build_machine(config)
         self.threads = [VcpuThread(v, self.machine.devices, self._on_vcpu_exit) for v in self.machine.vcpus]
@@ -79,7 +83,8 @@ class VmRunner:
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
-        self.log.emit(StateChange("", State.CREATED.name, f"created ({self.machine.image.description})"))
+        if not self.incoming:
+            self.log.emit(StateChange("", State.CREATED.name, f"created ({self.machine.image.description})"))
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def request(self, event: Event) -> State:
@@ -102,6 +107,18 @@ class VmRunner:
     def _transition(self, new: State, reason: str) -> None:
         old, self.state, self.reason = self.state, new, reason
         self.log.emit(StateChange(old.name, new.name, reason))
+
+    def transition(self, new: State, reason: str) -> None:
+        """Records a state change (under `lock`) as an event."""
+        self._transition(new, reason)
+
+    def teardown(self) -> None:
+        """Ends the vCPU threads and frees the VM (under `lock`)."""
+        self._teardown()
+
+    def on_console(self, text: str) -> None:
+        """Console text from the reader: milestones, panic watch, an event."""
+        self._on_console(text)
 
     def _on_vcpu_exit(self, index: int, outcome: Outcome) -> None:
         self._exits.put((index, outcome))  # handled on another thread: this vCPU's thread must not join itself
@@ -249,6 +266,11 @@ class VmRunner:
         except (OSError, ValueError):
             pass  # the agent went away; events wait in the ring for the next hello
         finally:
+            if self.incoming:  # its agent went away before it arrived: nobody will ever claim it, so it goes
+                self._done.set()
+                if self._listener is not None:
+                    with contextlib.suppress(OSError):
+                        self._listener.shutdown(socket.SHUT_RDWR)
             if self.log.listener is forward:
                 self.log.attach(None, 0)
             out.put(None)
@@ -268,6 +290,8 @@ class VmRunner:
             return Hello(self.state.name, self.reason, os.getpid(), self.log.last_seq)
         if op in (Event.START.value, Event.PAUSE.value, Event.RESUME.value, Event.STOP.value):
             return StateReply(self.request(Event(op)).name, self.reason)
+        if op in moveops.OPS:
+            return moveops.dispatch(self, msg)
         if op == "stats":
             return self.stats()
         if op == "console":

@@ -5,10 +5,15 @@
                        op "hello"   -> Hello                   (then the ring after `since`, in seq order)
                        op "start" | "pause" | "resume" | "stop" | "destroy" -> StateReply
                        op "stats"   -> RunnerStats,  op "console" -> Accepted
+                       move ops (moveops.py): "memory" -> MemoryFd, "freeze" -> Frozen,
+                       "migrate_begin" (Note: target) | "migrate_abort" (Note: why) | "migrate_done" (Note: target)
+                       -> StateReply, "dirty" -> DirtyPages, "migrate_stop" -> FinalCopy, "load" (LoadState) -> Loaded,
+                       "arrive" (Arrival) -> Arrived
     runner -> agent    RunnerEvent(seq, time, body: StateChange | ConsoleText | ExitReport)   (unsolicited)
 
 `encode` and `decode` are the one pair: a dataclass becomes a JSON object tagged with its class name ("t"), lists
-come back as tuples, and an object naming no class of this module is a ValueError. Errors cross as `Failure`
+come back as tuples (an untagged object is a JSON document, such as a frozen machine state, and comes back as it
+was), and an object naming no class of this module is a ValueError. Errors cross as `Failure`
 (kind, message, field violations), rebuilt from one table of the agent's error kinds (`failure_of`, `error_of`).
 """
 
@@ -23,12 +28,22 @@ from kvmplat.agent import errors
 __all__ = [
     "MAX_LINE",
     "Accepted",
+    "Args",
+    "Arrival",
+    "Arrived",
     "BootSource",
     "Call",
     "ConsoleText",
+    "DirtyPages",
     "ExitReport",
     "Failure",
+    "FinalCopy",
+    "Frozen",
     "Hello",
+    "LoadState",
+    "Loaded",
+    "MemoryFd",
+    "Note",
     "Reply",
     "Result",
     "RunnerConfig",
@@ -68,6 +83,7 @@ class RunnerConfig:
     boot: BootSource = BootSource(builtin="probe")
     cpuid: tuple[tuple[int, ...], ...] | None = None  # None: what the host's KVM supports
     image_dirs: tuple[str, ...] | None = None  # the runner checks again what it really opened; None: no check
+    incoming: str = ""  # a restore or an incoming migration (why): built silent, from a frozen state, not booted
 
 
 @dataclass(frozen=True)
@@ -85,13 +101,41 @@ class Spawned:
 
 
 @dataclass(frozen=True)
+class Note:
+    """A move op's text: the target of migrate_begin and migrate_done, why of migrate_abort."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class LoadState:
+    """The frozen machine state (vmstate.py's JSON document) for an incoming VM, with its milestones."""
+
+    state: dict[str, Any]
+    milestones: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """An incoming VM starts: its first event's number, whether it stays PAUSED, and why it is here."""
+
+    first_seq: int
+    paused: bool
+    reason: str
+
+
+Args = Note | LoadState | Arrival
+
+
+@dataclass(frozen=True)
 class Call:
-    """A request to a runner: `since` with hello, base64 `data` with console."""
+    """A request to a runner: `since` with hello, base64 `data` with console, `args` with the move ops."""
 
     id: int
     op: str
     since: int = 0
     data: str = ""
+    args: Args | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +185,57 @@ class Failure:
     violations: tuple[tuple[str, str], ...] = ()
 
 
-Result = Hello | StateReply | Accepted | RunnerStats
+@dataclass(frozen=True)
+class MemoryFd:
+    """Where the agent maps guest memory (/proc/PID/fd/FD, SIZE bytes) and the exact CPUID table the guest has."""
+
+    pid: int
+    fd: int
+    size: int
+    cpuid: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """A PAUSED VM's machine state (vmstate.py's document), its newest sequence number and its milestones."""
+
+    state: dict[str, Any]
+    last_seq: int
+    milestones: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DirtyPages:
+    """The pages written since the last look, as a base64 bitmap (bit i: page i)."""
+
+    bitmap: str
+
+
+@dataclass(frozen=True)
+class FinalCopy:
+    """The guest stopped for the last copy: its last dirty pages, its machine state, its newest sequence number."""
+
+    bitmap: str
+    state: dict[str, Any]
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the host refused of a loaded state (MSRs it does not have), as notes."""
+
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Arrived:
+    """An incoming VM's state once it runs here, and its newest sequence number."""
+
+    state: str
+    last_seq: int
+
+
+Result = Hello | StateReply | Accepted | RunnerStats | MemoryFd | Frozen | DirtyPages | FinalCopy | Loaded | Arrived
 
 
 @dataclass(frozen=True)
@@ -198,11 +292,20 @@ _MESSAGES: dict[str, type] = {
         RunnerConfig,
         Spawn,
         Spawned,
+        Note,
+        LoadState,
+        Arrival,
         Call,
         Hello,
         StateReply,
         Accepted,
         RunnerStats,
+        MemoryFd,
+        Frozen,
+        DirtyPages,
+        FinalCopy,
+        Loaded,
+        Arrived,
         Failure,
         Reply,
         StateChange,
@@ -239,11 +342,9 @@ def _plain(value: Any) -> Any:
 def _typed(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_typed(v) for v in value)
-    if not isinstance(value, dict):
-        return value
+    if not isinstance(value, dict) or "t" not in value:
+        return value  # a scalar, or a JSON document (a dict field) exactly as it was sent
     items = {k: _typed(v) for k, v in value.items() if k != "t"}
-    if "t" not in value:
-        return items
     cls = _MESSAGES.get(str(value["t"]))
     if cls is None:
         raise ValueError(f"unknown runner message {value['t']!r}")

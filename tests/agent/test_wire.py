@@ -10,12 +10,21 @@ from kvmplat.agent import errors
 from kvmplat.agent.registry.lifecycle import Event, IllegalTransition, State
 from kvmplat.agent.runner.wire import (
     Accepted,
+    Arrival,
+    Arrived,
     BootSource,
     Call,
     ConsoleText,
+    DirtyPages,
     ExitReport,
     Failure,
+    FinalCopy,
+    Frozen,
     Hello,
+    Loaded,
+    LoadState,
+    MemoryFd,
+    Note,
     Reply,
     RunnerConfig,
     RunnerEvent,
@@ -57,11 +66,36 @@ stats = st.builds(
     ints,
     st.dictionaries(text, st.floats(allow_nan=False), max_size=3),
 )
+# a frozen machine state is a JSON document: nested objects and lists of any JSON values
+documents = st.dictionaries(
+    text,
+    st.recursive(
+        st.none() | st.booleans() | ints | text,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text.filter(lambda k: k != "t"), inner, max_size=3),
+        max_leaves=8,
+    ),
+    max_size=4,
+).filter(lambda d: "t" not in d)
+rows = st.lists(st.tuples(*[ints] * 7), max_size=3).map(tuple)
+move_results = st.one_of(
+    st.builds(MemoryFd, ints, ints, ints, rows),
+    st.builds(Frozen, documents, ints, st.dictionaries(text, st.floats(allow_nan=False), max_size=2)),
+    st.builds(DirtyPages, text),
+    st.builds(FinalCopy, text, documents, ints),
+    st.builds(Loaded, st.lists(text, max_size=3).map(tuple)),
+    st.builds(Arrived, text, ints),
+)
+move_args = st.one_of(
+    st.builds(Note, text),
+    st.builds(LoadState, documents, st.dictionaries(text, st.floats(allow_nan=False), max_size=2)),
+    st.builds(Arrival, ints, st.booleans(), text),
+)
 failures = st.builds(Failure, text, text, st.lists(st.tuples(text, text), max_size=3).map(tuple))
 messages = st.one_of(
     configs.map(Spawn),
     st.builds(Spawned, ints),
-    st.builds(Call, ints, text, ints, text),
+    st.builds(Call, ints, text, ints, text, st.none() | move_args),
+    st.builds(Reply, ints, move_results),
     st.builds(RunnerEvent, ints, st.floats(allow_nan=False, allow_infinity=False), bodies),
     st.builds(
         Reply,

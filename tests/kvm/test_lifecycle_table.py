@@ -37,24 +37,31 @@ def test_every_pair_is_the_table_or_a_refusal_naming_both(state: State, event: E
 
 
 def test_requests_go_where_their_verb_says() -> None:
-    assert {(s, e): t for (s, e), t in TRANSITIONS.items() if e in (E.START, E.PAUSE, E.RESUME)} == {
+    verbs = (E.START, E.PAUSE, E.RESUME, E.MIGRATE, E.ABORT_MIGRATION, E.MIGRATED, E.ARRIVE, E.ARRIVE_PAUSED)
+    assert {(s, e): t for (s, e), t in TRANSITIONS.items() if e in verbs} == {
         (S.CREATED, E.START): S.RUNNING,
         (S.RUNNING, E.PAUSE): S.PAUSED,
         (S.PAUSED, E.RESUME): S.RUNNING,
+        (S.RUNNING, E.MIGRATE): S.MIGRATING,  # only a running guest is migrated live
+        (S.MIGRATING, E.ABORT_MIGRATION): S.RUNNING,  # it runs on here as before
+        (S.MIGRATING, E.MIGRATED): S.STOPPED,  # it runs elsewhere now
+        (S.MIGRATING, E.ARRIVE): S.RUNNING,  # an incoming VM starts here
+        (S.MIGRATING, E.ARRIVE_PAUSED): S.PAUSED,
     }
 
 
 def test_ends() -> None:
-    """stop and a guest exit end in STOPPED, a crash in CRASHED; destroy only from a VM without a running guest."""
+    """stop and a guest exit end in STOPPED, a crash in CRASHED; destroy only from a VM without a running guest
+    (an incoming VM still MIGRATING has none yet)."""
     for (s, e), t in TRANSITIONS.items():
         want = {E.STOP: S.STOPPED, E.GUEST_EXIT: S.STOPPED, E.CRASH: S.CRASHED, E.DESTROY: S.DESTROYED}.get(e, t)
         assert t is want, (s, e)
-    assert {s for (s, e) in TRANSITIONS if e is E.DESTROY} == {S.CREATED, S.STOPPED, S.CRASHED}
+    assert {s for (s, e) in TRANSITIONS if e is E.DESTROY} == {S.CREATED, S.STOPPED, S.CRASHED, S.MIGRATING}
 
 
 def test_groups_read_off_the_table() -> None:
-    assert {S.CREATED, S.RUNNING, S.PAUSED} == LIVE
-    assert {S.RUNNING, S.PAUSED} == ACTIVE
+    assert {S.CREATED, S.RUNNING, S.PAUSED, S.MIGRATING} == LIVE
+    assert {S.RUNNING, S.PAUSED, S.MIGRATING} == ACTIVE
     assert allowed_events(S.DESTROYED) == []
     for ended in (S.STOPPED, S.CRASHED):
         assert allowed_events(ended) == [E.DESTROY]
