@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 from kvmplat.agent.api.validate import validate_name
@@ -107,7 +108,7 @@ class IncomingVm:
             await runner.close()
         elif rec.pid:
             with contextlib.suppress(OSError):
-                os.kill(rec.pid, 9)
+                os.kill(rec.pid, signal.SIGKILL)
         if self.registered and self.c.vms.get(rec.name) is rec:
             del self.c.vms[rec.name]
             self.c.records.delete(rec.name)
