@@ -34,18 +34,14 @@ DEFAULT_CASES: list[dict[str, Any]] = [
     {"name": "accel-pr", "request": {"abi": "SPAPR", "accel": "PR"}},
     {"name": "pv-kvm", "request": {"abi": "SPAPR", "pv": ["KVM"]}},
 ]
-# What the guest needs of the agent (relative to agent/; cbuild.py reads fastloop.c and payloads.S when imported) and
-# of the lab (relative to lab/). Staged as DIR/kvmplat/agent/... and DIR/kvmplat/lab/..., never the compiled module.
+# What the guest needs of the agent (relative to agent/, as glob patterns) and of the lab (relative to lab/),
+# staged as DIR/kvmplat/agent/... and DIR/kvmplat/lab/...; never the compiled module.
 AGENT_FILES = (
     "__init__.py",
     "errors.py",
-    "kvm/__init__.py",
-    "kvm/ioctls.py",
-    "kvm/fds.py",
-    "kvm/ffi.py",
-    "kvm/cbuild.py",
-    "kvm/fastloop.c",
-    "kvm/payloads.S",
+    "kvm/*.py",  # the whole KVM layer's source (cbuild.py reads its .c and .S files), never the compiled module
+    "kvm/*.c",
+    "kvm/*.S",
     "platform/__init__.py",
     "platform/model.py",
     "platform/ppc.py",
@@ -70,11 +66,12 @@ def stage(dest: str | Path) -> list[Path]:
     agent = Path(importlib.import_module("kvmplat.agent").__file__ or "").resolve().parent
     out = []
     for src, package, files in ((agent, "agent", AGENT_FILES), (lab, "lab", LAB_FILES)):
-        for rel in files:
-            target = Path(dest) / "kvmplat" / package / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / rel, target)
-            out.append(target)
+        for pattern in files:
+            for path in sorted(src.glob(pattern)):
+                target = Path(dest) / "kvmplat" / package / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                out.append(target)
     return out
 
 
