@@ -58,7 +58,7 @@ class IncomingVm:
         rec.state, rec.destroying = State.MIGRATING, False
         self.rec = rec
         self.c.incoming[self.spec.name] = rec
-        rec.pid = await self.c.template.spawn(self.c.runner_config(self.spec, rec.socket, self.cpuid, self.why))
+        rec.pid = await self.c.template.spawn(self.c.runner_config(rec, self.cpuid, incoming=self.why))
         await self.c.connect(rec, since=0)
         assert rec.runner is not None
         mem = await rec.runner.memory()

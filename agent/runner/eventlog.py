@@ -17,10 +17,10 @@ RING = 4096
 class EventLog:
     """Assigns sequence numbers, keeps the last RING events and hands each to the current listener."""
 
-    def __init__(self, listener: Callable[[RunnerEvent], None] | None = None) -> None:
+    def __init__(self, first_seq: int = 1, listener: Callable[[RunnerEvent], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._ring: deque[RunnerEvent] = deque(maxlen=RING)
-        self._next = 1
+        self._next = first_seq
         self.listener = listener
 
     def emit(self, body: StateChange | ConsoleText | ExitReport) -> RunnerEvent:

@@ -66,10 +66,12 @@ class VmRunner:
 
     def __init__(self, config: RunnerConfig) -> None:
         self.name = config.name
-        self.log = EventLog()
+        self.log = EventLog(config.first_seq)
         self.incoming = bool(config.incoming)  # built for a restore or an incoming migration: silent until
-        self.state = State.MIGRATING if self.incoming else State.CREATED  # it arrives (moveops.arrive)
-        self.reason = config.incoming or "created"
+        # it arrives (moveops.arrive); a restart (STOPPED --start--> RUNNING) is a new runner taking over a stopped VM
+        restart = config.restart
+        self.state = State.MIGRATING if self.incoming else State.STOPPED if restart else State.CREATED
+        self.reason = config.incoming or ("stopped; booting again" if restart else "created")
         self._lock = threading.RLock()
         self.lock = self._lock  # moveops acts under it too
         self.cpuid = config.cpuid  # the exact table the guest was given
@@ -83,7 +85,7 @@ class VmRunner:
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
-        if not self.incoming:
+        if not (self.incoming or restart):
             self.log.emit(StateChange("", State.CREATED.name, f"created ({self.machine.image.description})"))
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -91,6 +93,8 @@ class VmRunner:
         """Applies a caller's request (start, pause, resume, stop) through the transition table."""
         with self._lock:
             new = next_state(self.name, self.state, event)
+            if self.machine is None:  # torn down: a restart is a new runner's job (the agent spawns one)
+                raise FailedPrecondition(f"VM {self.name!r} is {self.state.name}: this runner has no guest left")
             if new in _MODE_AFTER:
                 for t in self.threads:
                     t.set_mode(_MODE_AFTER[new])

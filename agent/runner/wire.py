@@ -83,6 +83,8 @@ class RunnerConfig:
     boot: BootSource = BootSource(builtin="probe")
     cpuid: tuple[tuple[int, ...], ...] | None = None  # None: what the host's KVM supports
     image_dirs: tuple[str, ...] | None = None  # the runner checks again what it really opened; None: no check
+    first_seq: int = 1  # the number of its first event: a restarted VM continues its sequence
+    restart: bool = False  # a new runner for a STOPPED VM booting again (STOPPED --start--> RUNNING)
     incoming: str = ""  # a restore or an incoming migration (why): built silent, from a frozen state, not booted
 
 

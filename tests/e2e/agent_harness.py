@@ -12,11 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from kvmplat.client.localagent import AGENT as AGENT_PATH
 from kvmplat.client.localagent import LocalAgent
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
 AgentFactory = Callable[..., "AgentProc"]  # the agent_factory fixture: flags in, a running agent out
+AGENT = str(AGENT_PATH)  # for tests of the agent's own start-up refusals, which run it directly
 # What a bad request may get: the caller's fault, named; never UNKNOWN or INTERNAL.
 BAD_INPUT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,

@@ -40,6 +40,7 @@ def test_requests_go_where_their_verb_says() -> None:
     verbs = (E.START, E.PAUSE, E.RESUME, E.MIGRATE, E.ABORT_MIGRATION, E.MIGRATED, E.ARRIVE, E.ARRIVE_PAUSED)
     assert {(s, e): t for (s, e), t in TRANSITIONS.items() if e in verbs} == {
         (S.CREATED, E.START): S.RUNNING,
+        (S.STOPPED, E.START): S.RUNNING,  # a stopped VM boots again (a new runner)
         (S.RUNNING, E.PAUSE): S.PAUSED,
         (S.PAUSED, E.RESUME): S.RUNNING,
         (S.RUNNING, E.MIGRATE): S.MIGRATING,  # only a running guest is migrated live
@@ -63,8 +64,8 @@ def test_groups_read_off_the_table() -> None:
     assert {S.CREATED, S.RUNNING, S.PAUSED, S.MIGRATING} == LIVE
     assert {S.RUNNING, S.PAUSED, S.MIGRATING} == ACTIVE
     assert allowed_events(S.DESTROYED) == []
-    for ended in (S.STOPPED, S.CRASHED):
-        assert allowed_events(ended) == [E.DESTROY]
+    assert allowed_events(S.STOPPED) == [E.START, E.DESTROY]
+    assert allowed_events(S.CRASHED) == [E.DESTROY]
 
 
 def _reachable(start: State) -> set[State]:
