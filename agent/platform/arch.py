@@ -102,7 +102,9 @@ def settle_ppc(request: PlatformRequest, host: Any) -> PlatformRequest:
     own = ppc_host_arch(host)
     arch = request.arch
     if arch is Arch.X86_64:
-        reason = f"this host is {own.name.lower()} and its KVM runs only PowerPC guests; an x86_64 guest needs an x86 host"
+        reason = (
+            f"this host is {own.name.lower()} and its KVM runs only PowerPC guests; an x86_64 guest needs an x86 host"
+        )
         raise PlatformRefused("arch", "X86_64", reason, _ppc_offer(host))
     if arch is None:
         arch = Arch.PPC if request.bits == 32 or own is Arch.PPC else own
