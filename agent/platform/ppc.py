@@ -110,10 +110,11 @@ def resolve_ppc(request: PlatformRequest, host: PpcHost, max_level: str = "") ->
     if request.bits not in (0, 32, 64):
         raise InvalidArgument.field("platform.bits", f"{request.bits} is not 32 or 64")
     request = settle_ppc(request, host)
-    assert request.arch is not None  # settled
-    abi = request.abi or default_abi_ppc(request.arch, host)
+    arch = request.arch
+    assert arch is not None  # settled
+    abi = request.abi or default_abi_ppc(arch, host)
     _check_abi(abi, host)
-    check_abi_arch(abi, request.arch, powerpc=True)
+    check_abi_arch(abi, arch, powerpc=True)
     request = ceiling_ppc(request, max_level, abi)
     asked = parse_ppc_compat(request.compat)
     accel = _choose_accel(request, abi, asked, host)
@@ -127,10 +128,10 @@ def resolve_ppc(request: PlatformRequest, host: PpcHost, max_level: str = "") ->
         policy=request.policy,
         bits=request.bits,
         accel=accel,
-        cross_arch=is_cross_arch(request.arch, host),
-        notes=(f"accel {accel}: {_FLAVOUR[accel]}", *_arch_notes(request.arch, host), *compat.notes, *pv_notes),
+        cross_arch=is_cross_arch(arch, host),
+        notes=(f"accel {accel}: {_FLAVOUR[accel]}", *_arch_notes(arch, host), *compat.notes, *pv_notes),
         visible_above_level=compat.visible_above,
-        arch=request.arch,
+        arch=arch,
     )
 
 

@@ -29,13 +29,13 @@ __all__ = [
     "PROBE_MAGIC",
     "PROBE_MMIO",
     "PROBE_MSR",
-    "ProbeOutcome",
     "BareOutcome",
+    "ProbeOutcome",
     "assemble_bare64",
     "assemble_probe",
     "probe_regs",
-    "run_bare",
     "put_term_chars",
+    "run_bare",
     "run_probe",
 ]
 

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 
 from google.protobuf.unknown_fields import UnknownFieldSet
 from kvmplat.agent.errors import InvalidArgument, PlatformRefused
-from kvmplat.agent.platform.levels import PPC_LEVELS, X86_LEVELS, x86_level_number
 from kvmplat.agent.platform.arch import ppc_host_arches
 from kvmplat.agent.platform.ceiling import above_ceiling
+from kvmplat.agent.platform.levels import PPC_LEVELS, X86_LEVELS, x86_level_number
 from kvmplat.agent.platform.model import Abi, Accel, Arch, CompatPolicy, EffectivePlatform, PlatformRequest, Pv
 from kvmplat.agent.platform.resolve import level_culprits, resolve
 from kvmplat.agent.platform.x86host import X86Host

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmplat.client.cli import output
-from kvmplat.client.cli.main import EXIT_OK, Commands, Context, UsageError
+from kvmplat.client.cli.main import EXIT_OK, Commands, Context, Refused, UsageError
 from kvmplat.client.specfile import load_spec
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -113,6 +113,8 @@ def _translate(ctx: Context, xml_text: str, source: str) -> pb.VmSpec:
     module = _optional_module(DOMAIN_XML_MODULE, "domain XML translation")
     try:
         translation = module.translate(xml_text)
+    except module.DomainRefused as e:
+        raise Refused(f"{source}: {e}") from None
     except ValueError as e:
         raise UsageError(f"{source}: {e}") from None
     for warning in translation.warnings:

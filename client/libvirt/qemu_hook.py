@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import IO, Any, NamedTuple
 
-from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainXmlError, Translation, translate
+from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainRefused, DomainXmlError, Translation, translate
 from kvmplat.v1 import agent_pb2 as pb
 
 # client.py's CHANNEL_OPTIONS, repeated: the hook does not import the Client (its start-up cost)
@@ -295,6 +295,8 @@ def main(
     run = _Run(argv[0], stderr, agent_factory)
     try:
         t = _translation(data)
+    except DomainRefused as e:  # the same answer the agent would give: the platform is refused
+        return run.refuse(f"platform refused: {e}") if op == ("prepare", "begin") else 0
     except DomainXmlError as e:
         return run.refuse(f"cannot read its domain XML: {e}") if op == ("prepare", "begin") else 0
     if action[1] and not t.opt_in:
