@@ -6,7 +6,7 @@
 Prints one JSON line per result: {"host": ...} first, then per case {"case", "predicted", "kernel_agrees", ...},
 then {"probe": ...} (the built-in payload under KVM_RUN) and a final {"summary": ...}. A case is
 {"name": str, "vcpus": int, "request": {"abi", "pv", "compat", "policy", "bits", "accel"}} with enum names as strings.
-Runs on Debian's ppc64el python3 with cffi in ABI mode (kvmabi.ensure_kvmc); nothing here imports `_kvmc` before it.
+Runs on Debian's ppc64el python3 with cffi in ABI mode (kvm.ffi.ensure_kvmc); nothing here imports `_kvmc` before it.
 """
 
 from __future__ import annotations
