@@ -31,6 +31,7 @@ __all__ = [
     "abi_arches",
     "arch_width",
     "check_abi_arch",
+    "check_ppc_arch",
     "default_abi_ppc",
     "is_cross_arch",
     "ppc_host_arch",
@@ -90,7 +91,8 @@ def ppc_host_arches(host: Any) -> tuple[Arch, ...]:
         return (Arch.PPC,)
     if host.kind == "booke":
         return (Arch.PPC64, Arch.PPC)
-    return (Arch.PPC64, Arch.PPC64LE, *((Arch.PPC,) if "pr" in host.accels else ()))
+    runs32 = "pr" in host.accels and host.book3s32 is not False  # learnt; unmeasured fixtures follow KVM_ABI.md
+    return (Arch.PPC64, Arch.PPC64LE, *((Arch.PPC,) if runs32 else ()))
 
 
 def _ppc_offer(host: Any) -> str:
@@ -115,6 +117,25 @@ def settle_ppc(request: PlatformRequest, host: Any) -> PlatformRequest:
     if own is Arch.PPC and arch is not Arch.PPC:
         raise PlatformRefused("arch", arch.name, "this host's core is 32-bit; it runs 32-bit guests only", "PPC")
     return dataclasses.replace(request, arch=arch, bits=bits)
+
+
+def check_ppc_arch(arch: Arch, host: Any) -> None:
+    """Refuses an arch the host's KVM does not run (after the abi checks, which name a BookE/Book3S mismatch)."""
+    if arch not in ppc_host_arches(host):
+        raise PlatformRefused("arch", arch.name, _why_not(arch, host), _ppc_offer(host))
+
+
+def _why_not(arch: Arch, host: Any) -> str:
+    if arch is Arch.PPC64LE:
+        return "there is no little-endian BookE guest"
+    if "pr" not in host.accels:
+        return (
+            "a 32-bit Book3S guest needs book3s_pr (book3s_hv runs only 64-bit sPAPR guests); book3s_pr is absent here"
+        )
+    return (
+        "book3s_pr on this host did not take a 32-bit Book3S PVR when the agent learnt it (KVM_SET_SREGS of "
+        "0x000c0209 was refused or did not read back)"
+    )
 
 
 def default_abi_ppc(arch: Arch, host: Any) -> Abi:

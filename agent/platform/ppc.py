@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from kvmplat.agent.errors import InvalidArgument, PlatformRefused
-from kvmplat.agent.platform.arch import check_abi_arch, default_abi_ppc, is_cross_arch, settle_ppc
+from kvmplat.agent.platform.arch import (
+    check_abi_arch,
+    check_ppc_arch,
+    default_abi_ppc,
+    is_cross_arch,
+    settle_ppc,
+)
 from kvmplat.agent.platform.ceiling import ceiling_ppc
 from kvmplat.agent.platform.model import Abi, Accel, Arch, EffectivePlatform, PlatformRequest, Pv
 from kvmplat.agent.platform.ppc_compat import resolve_compat
@@ -52,6 +58,7 @@ class PpcHost:
     pvinfo_hcall: tuple[int, ...] = ()  # KVM_PPC_GET_PVINFO's four instruction words; () when not offered
     source: str = ""
     arch: str = ""  # uname -m of the host ("ppc64le"); "" derives it from kind and PVR (arch.ppc_host_arch)
+    book3s32: bool | None = None  # book3s_pr took (and read back) a 32-bit Book3S PVR; None: not measured
 
     @property
     def level(self) -> str:
@@ -69,6 +76,7 @@ class PpcHost:
             "name": self.name,
             "source": self.source,
             **({"arch": self.arch} if self.arch else {}),
+            **({"book3s32": self.book3s32} if self.book3s32 is not None else {}),
             "pvr": f"0x{self.pvr:08x}",
             "kind": self.kind,
             "accels": list(self.accels),
@@ -88,6 +96,7 @@ class PpcHost:
             name=str(data["name"]),
             source=str(data.get("source", "")),
             arch=str(data.get("arch", "")),
+            book3s32=None if data.get("book3s32") is None else bool(data["book3s32"]),
             pvr=int(str(data["pvr"]), 16),
             kind=str(data["kind"]),
             accels=tuple(data["accels"]),
@@ -115,6 +124,7 @@ def resolve_ppc(request: PlatformRequest, host: PpcHost, max_level: str = "") ->
     abi = request.abi or default_abi_ppc(arch, host)
     _check_abi(abi, host)
     check_abi_arch(abi, arch, powerpc=True)
+    check_ppc_arch(arch, host)
     request = ceiling_ppc(request, max_level, abi)
     asked = parse_ppc_compat(request.compat)
     accel = _choose_accel(request, abi, asked, host)
