@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +33,8 @@ __all__ = [
 ENV_AGENT = "KVMPLAT_AGENT"
 DEFAULT_ADDRESS = "unix:///run/kvmplat/agent.sock"
 DEFAULT_TIMEOUT = 10.0
+MOVE_TIMEOUT = 3600.0  # snapshots, restores and migrations move whole guest memories
+RESTORE_PIECE = 1 << 20  # bytes of snapshot per RestoreVm message (the agent takes messages up to 4 MiB)
 # gRPC message size limits, the agent's mirrored: requests up to 4 MiB, replies up to 16 MiB.
 CHANNEL_OPTIONS = (("grpc.max_send_message_length", 4 << 20), ("grpc.max_receive_message_length", 16 << 20))
 # How long a failed call may spend asking whether the channel is connected, to tell "agent said UNAVAILABLE" from
@@ -244,6 +246,52 @@ class Client:
     def write_console(self, name: str, data: bytes) -> None:
         """Types `data` at the VM's serial console (WriteConsole)."""
         self._call(self._stub.WriteConsole, pb.WriteConsoleRequest(name=name, data=data), pb.WriteConsoleResponse)
+
+    def snapshot_vm(self, name: str, timeout: float = MOVE_TIMEOUT) -> Iterator[bytes]:
+        """The snapshot of a PAUSED VM, as the file's bytes in pieces (SnapshotVm)."""
+        try:
+            for chunk in self._stub.SnapshotVm(pb.VmRequest(name=name), timeout=timeout):
+                yield chunk.data
+        except grpc.RpcError as e:
+            raise self.error(e) from None
+
+    def snapshot_to_file(self, name: str, path: str) -> int:
+        """Writes the snapshot of a PAUSED VM to `path` (whole or not at all); returns its size in bytes."""
+        tmp = f"{path}.partial"
+        size = 0
+        try:
+            with open(tmp, "wb") as f:
+                for data in self.snapshot_vm(name):
+                    f.write(data)
+                    size += len(data)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return size
+
+    def restore_vm(self, name: str, chunks: Iterable[bytes], paused: bool = False) -> pb.Vm:
+        """Creates VM `name` from a snapshot's bytes (RestoreVm); RUNNING, or PAUSED with `paused`."""
+
+        def requests() -> Iterator[pb.RestoreVmRequest]:
+            yield pb.RestoreVmRequest(name=name, paused=paused)
+            for data in chunks:
+                for i in range(0, len(data), RESTORE_PIECE):
+                    yield pb.RestoreVmRequest(data=data[i : i + RESTORE_PIECE])
+
+        return self._call(self._stub.RestoreVm, requests(), pb.Vm, MOVE_TIMEOUT)
+
+    def restore_from_file(self, name: str, path: str, paused: bool = False) -> pb.Vm:
+        """Creates VM `name` from the snapshot file at `path`."""
+        with open(path, "rb") as f:
+            return self.restore_vm(name, iter(lambda: f.read(RESTORE_PIECE), b""), paused)
+
+    def migrate_vm(self, name: str, target: str, timeout: float = MOVE_TIMEOUT) -> Iterator[pb.MigrationProgress]:
+        """Moves a RUNNING VM to the agent at `target` (MigrateVm); yields progress, the last one with phase "done"."""
+        try:
+            yield from self._stub.MigrateVm(pb.MigrateVmRequest(name=name, target=target), timeout=timeout)
+        except grpc.RpcError as e:
+            raise self.error(e) from None
 
     def watch_events(self, vm: str = "", since_seq: int = 0, follow: bool = True) -> EventStream:
         """Events of `vm` (every VM when empty) with seq > `since_seq`; live too when `follow` (WatchEvents).

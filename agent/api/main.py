@@ -120,6 +120,8 @@ async def serve(args: argparse.Namespace) -> int:
     if lis.insecure:
         log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls the VMs", args.listen)
     controller = await _controller(args)
+    controller.address = args.listen
+    controller.peer_tls = _peer_tls(args)
     await controller.adopt_all()
     stop_metrics = (
         metrics.serve(args.metrics_listen, controller, asyncio.get_running_loop()) if args.metrics_listen else None
@@ -148,6 +150,16 @@ async def serve(args: argparse.Namespace) -> int:
     if lis.socket_path and os.path.exists(lis.socket_path):
         os.unlink(lis.socket_path)
     return 0
+
+
+def _peer_tls(args: argparse.Namespace) -> Any:
+    """This agent's TLS files, read once, for dialling migration targets (None without TLS)."""
+    from kvmplat.agent.registry.peer import PeerTls
+
+    if not (args.tls_cert and args.tls_key and args.tls_client_ca):
+        return None
+    with open(args.tls_cert, "rb") as c, open(args.tls_key, "rb") as k, open(args.tls_client_ca, "rb") as a:
+        return PeerTls(cert=c.read(), key=k.read(), ca=a.read())
 
 
 async def _controller(args: argparse.Namespace) -> Controller:

@@ -176,6 +176,49 @@ class AgentServicer(pbg.AgentServicer):
         await self.c.write_console(request.name, request.data)
         return pb.WriteConsoleResponse()
 
+    @metrics.instrument_stream
+    async def SnapshotVm(self, request: pb.VmRequest, context: Any) -> AsyncIterator[pb.SnapshotChunk]:
+        try:
+            async for data in self.c.snapshot(request.name):
+                yield pb.SnapshotChunk(data=data)
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
+    @_rpc
+    async def RestoreVm(self, request: AsyncIterator[pb.RestoreVmRequest], context: Any) -> pb.Vm:
+        first = await anext(aiter(request), None)
+        if first is None:
+            raise InvalidArgument("RestoreVm: the stream was empty (the first message names the VM)")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield first.data
+            async for r in request:
+                yield r.data
+
+        return await self._vm(await self.c.restore(first.name, first.paused, chunks()))
+
+    @metrics.instrument_stream
+    async def MigrateVm(self, request: pb.MigrateVmRequest, context: Any) -> AsyncIterator[pb.MigrationProgress]:
+        try:
+            async for progress in self.c.migrate(request.name, request.target):
+                yield progress
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
+    async def ReceiveVm(
+        self, request: AsyncIterator[pb.MigrationPacket], context: Any
+    ) -> AsyncIterator[pb.MigrationReply]:
+        try:
+            async for step in self.c.receive(request):
+                if step == "accepted":
+                    yield pb.MigrationReply(accepted=True)
+                elif step == "prepared":
+                    yield pb.MigrationReply(prepared=True)
+                else:
+                    yield pb.MigrationReply(committed=await self._vm(step))
+        except KvmplatError as e:
+            await context.abort_with_status(to_status(e))
+
     def _vm_base(self, rec: VmRecord) -> pb.Vm:
         created = Timestamp()
         created.FromNanoseconds(int(rec.created * 1e9))

@@ -5,7 +5,8 @@ not included from the host's header, because the PowerPC ones must exist on an x
 program against the installed kernel header and compare every size and offset (tests/kvm/test_layouts.py).
 
 The compiled module also holds the runner's vCPU fast loop (fastloop.c: the common exits handled in C without
-returning to Python) and the built-in guest payloads (payloads.S, assembled by the same compiler).
+returning to Python), bulk page and device-state copying for snapshots and migration (pages.c), and the built-in
+guest payloads (payloads.S, assembled by the same compiler).
 """
 
 from __future__ import annotations
@@ -79,6 +80,41 @@ struct kvm_run {
     uint64_t kvm_dirty_regs;
     union { char padding2[2048]; } s;
 };
+struct kvm_fpu {
+    uint8_t fpr[8][16]; uint16_t fcw; uint16_t fsw; uint8_t ftwx; uint8_t pad1; uint16_t last_opcode;
+    uint64_t last_ip; uint64_t last_dp; uint8_t xmm[16][16]; uint32_t mxcsr; uint32_t pad2;
+};
+struct kvm_msr_entry { uint32_t index; uint32_t reserved; uint64_t data; };
+struct kvm_msrs { uint32_t nmsrs; uint32_t pad; struct kvm_msr_entry entries[]; };
+struct kvm_msr_list { uint32_t nmsrs; uint32_t indices[]; };
+struct kvm_lapic_state { char regs[1024]; };
+struct kvm_vcpu_events {
+    struct { uint8_t injected; uint8_t nr; uint8_t has_error_code; uint8_t pending; uint32_t error_code; } exception;
+    struct { uint8_t injected; uint8_t nr; uint8_t soft; uint8_t shadow; } interrupt;
+    struct { uint8_t injected; uint8_t pending; uint8_t masked; uint8_t pad; } nmi;
+    uint32_t sipi_vector;
+    uint32_t flags;
+    struct { uint8_t smm; uint8_t pending; uint8_t smm_inside_nmi; uint8_t latched_init; } smi;
+    struct { uint8_t pending; } triple_fault;
+    uint8_t reserved[26];
+    uint8_t exception_has_payload;
+    uint64_t exception_payload;
+};
+struct kvm_debugregs { uint64_t db[4]; uint64_t dr6; uint64_t dr7; uint64_t flags; uint64_t reserved[9]; };
+struct kvm_xsave { uint32_t region[1024]; };
+struct kvm_xcr { uint32_t xcr; uint32_t reserved; uint64_t value; };
+struct kvm_xcrs { uint32_t nr_xcrs; uint32_t flags; struct kvm_xcr xcrs[16]; uint64_t padding[16]; };
+struct kvm_irqchip { uint32_t chip_id; uint32_t pad; union { char dummy[512]; } chip; };
+struct kvm_pit_channel_state {
+    uint32_t count; uint16_t latched_count; uint8_t count_latched; uint8_t status_latched; uint8_t status;
+    uint8_t read_state; uint8_t write_state; uint8_t write_latch; uint8_t rw_mode; uint8_t mode; uint8_t bcd;
+    uint8_t gate; int64_t count_load_time;
+};
+struct kvm_pit_state2 { struct kvm_pit_channel_state channels[3]; uint32_t flags; uint32_t reserved[9]; };
+struct kvm_clock_data {
+    uint64_t clock; uint32_t flags; uint32_t pad0; uint64_t realtime; uint64_t host_tsc; uint32_t pad[4];
+};
+struct kvm_dirty_log { uint32_t slot; uint32_t padding1; union { void *dirty_bitmap; uint64_t padding2; }; };
 struct kvm_stats_header {
     uint32_t flags; uint32_t name_size; uint32_t num_desc; uint32_t id_offset; uint32_t desc_offset;
     uint32_t data_offset;
@@ -151,6 +187,21 @@ uint64_t kp_vm_first_console_ns(kp_vm *vm);
 int kp_vm_console_input(kp_vm *vm, const uint8_t *data, size_t len);
 int kp_run(kp_vm *vm, int vcpu_fd, struct kvm_run *run, struct kp_vcpu_stats *stats);
 int kp_handle_pio(kp_vm *vm, struct kvm_run *run, struct kp_vcpu_stats *stats);
+struct kp_dev_state {
+    uint32_t version;
+    uint8_t ier, lcr, mcr, scr, dll, dlm, fcr, thri_pending;
+    uint32_t line_len, rx_len;
+    uint64_t first_console_ns;
+    uint8_t line[512];
+    uint8_t rx[4096];
+};
+int kp_vm_save_devices(kp_vm *vm, struct kp_dev_state *out);
+int kp_vm_load_devices(kp_vm *vm, const struct kp_dev_state *in);
+size_t kp_pack_pages(const uint8_t *mem, uint64_t npages, const uint64_t *dirty, uint64_t *next, uint8_t *out,
+                     size_t cap, uint64_t *counts);
+int64_t kp_unpack_pages(uint8_t *mem, uint64_t npages, const uint8_t *in, size_t len);
+uint64_t kp_count_bits(const uint64_t *bitmap, size_t words);
+void kp_or_bits(uint64_t *into, const uint64_t *from, size_t words);
 int kp_ioctl_ptr(int fd, unsigned long req, void *arg);
 int kp_ioctl_val(int fd, unsigned long req, unsigned long arg);
 
@@ -167,6 +218,7 @@ extern const uint32_t kp_entry_probe;
 extern const uint32_t kp_entry_loop;
 extern const uint32_t kp_entry_outloop;
 extern const uint32_t kp_entry_echo;
+extern const uint32_t kp_entry_dirty;
 """
 
 CDEF = X86_STRUCTS + PPC_STRUCTS + FASTLOOP_API
@@ -187,6 +239,7 @@ ffibuilder.set_source(
     + X86_STRUCTS
     + PPC_STRUCTS
     + (HERE / "fastloop.c").read_text()
+    + (HERE / "pages.c").read_text()
     + _asm_block((HERE / "payloads.S").read_text()),
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
     libraries=["pthread"],

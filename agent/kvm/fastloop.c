@@ -51,6 +51,7 @@ extern const uint32_t kp_entry_probe;
 extern const uint32_t kp_entry_loop;
 extern const uint32_t kp_entry_outloop;
 extern const uint32_t kp_entry_echo;
+extern const uint32_t kp_entry_dirty;
 
 #define EXIT_IO 2
 #define EXIT_MMIO 6
@@ -81,6 +82,16 @@ struct kp_uart {
     size_t line_len;
     uint8_t rx[UART_RX_MAX];
     size_t rx_head, rx_len;
+};
+
+#define KP_DEV_STATE_VERSION 1
+struct kp_dev_state {
+    uint32_t version;
+    uint8_t ier, lcr, mcr, scr, dll, dlm, fcr, thri_pending;
+    uint32_t line_len, rx_len;
+    uint64_t first_console_ns;
+    uint8_t line[UART_LINE_MAX];
+    uint8_t rx[UART_RX_MAX];
 };
 
 struct kp_vm {

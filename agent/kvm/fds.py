@@ -20,11 +20,13 @@ from typing import Any, Self
 from kvmplat.agent.errors import KvmError, Unavailable
 from kvmplat.agent.kvm._kvmc import ffi, lib
 from kvmplat.agent.kvm.ioctls import REQUESTS, Cap
+from kvmplat.agent.kvm.x86state import KVM_MEM_LOG_DIRTY_PAGES, KvmState, VcpuState, VmState
 
 __all__ = ["ExitReason", "GuestMemory", "Kvm", "MpState", "Vcpu", "Vm"]
 
 KVM_API_VERSION = 12
 CPUID_MAX_ENTRIES = 512
+PAGE = 4096
 
 
 class ExitReason(enum.IntEnum):
@@ -109,7 +111,7 @@ class _Fd:
             self.close()
 
 
-class Kvm(_Fd):
+class Kvm(_Fd, KvmState):
     """/dev/kvm."""
 
     kind = "kvm"
@@ -170,12 +172,19 @@ def _entry_row(e: Any) -> tuple[int, ...]:
 
 
 class GuestMemory:
-    """Anonymous memory mapped into a VM at `gpa`; freed when closed (after its VM stops using it)."""
+    """Guest RAM at `gpa`: a memfd mapped shared, so the agent can map the same pages to copy them out (snapshot,
+    migration) or in (restore) without a detour through the runner; freed when closed (after its VM stops using it)."""
 
     def __init__(self, size: int, gpa: int = 0) -> None:
         self.size = size
         self.gpa = gpa
-        self._map: mmap.mmap | None = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.fd = os.memfd_create("kvmplat-guest", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, size)
+            self._map: mmap.mmap | None = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
+        except OSError:
+            os.close(self.fd)
+            raise
         self._cdata = ffi.from_buffer(self._map)
         self.host_addr = int(ffi.cast("uintptr_t", self._cdata))
 
@@ -199,9 +208,16 @@ class GuestMemory:
             ffi.release(self._cdata)
             self._map.close()
             self._map = None
+            os.close(self.fd)
+            self.fd = -1
+
+    @property
+    def pages(self) -> int:
+        """The number of 4 KiB pages."""
+        return self.size // PAGE
 
 
-class Vm(_Fd):
+class Vm(_Fd, VmState):
     """A VM fd: memory slots, irqchip, vCPUs."""
 
     kind = "vm"
@@ -214,16 +230,25 @@ class Vm(_Fd):
     def add_memory(self, size: int, gpa: int = 0, flags: int = 0) -> GuestMemory:
         """Maps fresh anonymous memory and installs it as the next slot (KVM_SET_USER_MEMORY_REGION)."""
         mem = GuestMemory(size, gpa)
-        region = ffi.new("struct kvm_userspace_memory_region *")
-        region.slot, region.flags = len(self._slots), flags
-        region.guest_phys_addr, region.memory_size, region.userspace_addr = gpa, size, mem.host_addr
         try:
-            self._ioctl("KVM_SET_USER_MEMORY_REGION", region)
+            self.set_user_memory_region(len(self._slots), flags, mem)
         except KvmError:
             mem.close()
             raise
         self._slots.append(mem)
         return mem
+
+    def set_user_memory_region(self, slot: int, flags: int, mem: GuestMemory) -> None:
+        """KVM_SET_USER_MEMORY_REGION: installs `mem` as `slot` (or changes an installed slot's flags)."""
+        region = ffi.new("struct kvm_userspace_memory_region *")
+        region.slot, region.flags = slot, flags
+        region.guest_phys_addr, region.memory_size, region.userspace_addr = mem.gpa, mem.size, mem.host_addr
+        self._ioctl("KVM_SET_USER_MEMORY_REGION", region)
+
+    def log_dirty_pages(self, on: bool) -> None:
+        """Turns dirty-page logging on or off for every slot (KVM_MEM_LOG_DIRTY_PAGES)."""
+        for slot, mem in enumerate(self._slots):
+            self.set_user_memory_region(slot, KVM_MEM_LOG_DIRTY_PAGES if on else 0, mem)
 
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR (three pages Intel VMX needs for real mode)."""
@@ -269,7 +294,7 @@ def _enable_cap_arg(cap: Cap | int, args: tuple[int, ...]) -> Any:
     return arg
 
 
-class Vcpu(_Fd):
+class Vcpu(_Fd, VcpuState):
     """A vCPU fd and its kvm_run mapping."""
 
     kind = "vcpu"

@@ -56,14 +56,21 @@ class Cap(enum.IntEnum):
     USER_MEMORY = 3
     SET_TSS_ADDR = 4
     EXT_CPUID = 7
+    MP_STATE = 14
     NR_VCPUS = 9
     NR_MEMSLOTS = 10
     PIT2 = 33
+    PIT_STATE2 = 35
+    ADJUST_CLOCK = 39
+    VCPU_EVENTS = 41
     SET_IDENTITY_MAP_ADDR = 37
     PPC_SEGSTATE = 43
+    DEBUGREGS = 50
     PPC_PAIRED_SINGLES = 48
     PPC_OSI = 52
     ENABLE_CAP = 54
+    XSAVE = 55
+    XCRS = 56
     PPC_GET_PVINFO = 57
     PPC_BOOKE_SREGS = 62
     PPC_SMT = 64
@@ -88,10 +95,12 @@ _X, _P = "x86", "ppc"
 _TABLE: tuple[tuple[str, str, int, dict[str, str] | None, Cap | None], ...] = (
     ("KVM_GET_API_VERSION", "", 0x00, None, None),
     ("KVM_CREATE_VM", "", 0x01, None, None),
+    ("KVM_GET_MSR_INDEX_LIST", "RW", 0x02, {_X: "struct kvm_msr_list"}, None),
     ("KVM_CHECK_EXTENSION", "", 0x03, None, None),
     ("KVM_GET_VCPU_MMAP_SIZE", "", 0x04, None, None),
     ("KVM_GET_SUPPORTED_CPUID", "RW", 0x05, {_X: "struct kvm_cpuid2"}, Cap.EXT_CPUID),
     ("KVM_CREATE_VCPU", "", 0x41, None, None),
+    ("KVM_GET_DIRTY_LOG", "W", 0x42, {_X: "struct kvm_dirty_log"}, None),
     (
         "KVM_SET_USER_MEMORY_REGION",
         "W",
@@ -103,17 +112,37 @@ _TABLE: tuple[tuple[str, str, int, dict[str, str] | None, Cap | None], ...] = (
     ("KVM_SET_IDENTITY_MAP_ADDR", "W", 0x48, {_X: "uint64_t"}, Cap.SET_IDENTITY_MAP_ADDR),
     ("KVM_CREATE_IRQCHIP", "", 0x60, None, Cap.IRQCHIP),
     ("KVM_IRQ_LINE", "W", 0x61, {_X: "struct kvm_irq_level", _P: "struct kvm_irq_level"}, Cap.IRQCHIP),
+    ("KVM_GET_IRQCHIP", "RW", 0x62, {_X: "struct kvm_irqchip"}, Cap.IRQCHIP),
+    ("KVM_SET_IRQCHIP", "R", 0x63, {_X: "struct kvm_irqchip"}, Cap.IRQCHIP),
     ("KVM_CREATE_PIT2", "W", 0x77, {_X: "struct kvm_pit_config"}, Cap.PIT2),
+    ("KVM_SET_CLOCK", "W", 0x7B, {_X: "struct kvm_clock_data"}, Cap.ADJUST_CLOCK),
+    ("KVM_GET_CLOCK", "R", 0x7C, {_X: "struct kvm_clock_data"}, Cap.ADJUST_CLOCK),
     ("KVM_RUN", "", 0x80, None, None),
     ("KVM_GET_REGS", "R", 0x81, {_X: "struct kvm_regs", _P: "struct ppc_kvm_regs"}, None),
     ("KVM_SET_REGS", "W", 0x82, {_X: "struct kvm_regs", _P: "struct ppc_kvm_regs"}, None),
     ("KVM_GET_SREGS", "R", 0x83, {_X: "struct kvm_sregs", _P: "struct ppc_kvm_sregs"}, None),
     ("KVM_SET_SREGS", "W", 0x84, {_X: "struct kvm_sregs", _P: "struct ppc_kvm_sregs"}, None),
+    ("KVM_GET_MSRS", "RW", 0x88, {_X: "struct kvm_msrs"}, None),
+    ("KVM_SET_MSRS", "W", 0x89, {_X: "struct kvm_msrs"}, None),
+    ("KVM_GET_FPU", "R", 0x8C, {_X: "struct kvm_fpu"}, None),
+    ("KVM_SET_FPU", "W", 0x8D, {_X: "struct kvm_fpu"}, None),
+    ("KVM_GET_LAPIC", "R", 0x8E, {_X: "struct kvm_lapic_state"}, Cap.IRQCHIP),
+    ("KVM_SET_LAPIC", "W", 0x8F, {_X: "struct kvm_lapic_state"}, Cap.IRQCHIP),
     ("KVM_SET_CPUID2", "W", 0x90, {_X: "struct kvm_cpuid2"}, Cap.EXT_CPUID),
     ("KVM_GET_MP_STATE", "R", 0x98, {_X: "struct kvm_mp_state", _P: "struct kvm_mp_state"}, None),
     ("KVM_SET_MP_STATE", "W", 0x99, {_X: "struct kvm_mp_state", _P: "struct kvm_mp_state"}, None),
+    ("KVM_GET_PIT2", "R", 0x9F, {_X: "struct kvm_pit_state2"}, Cap.PIT_STATE2),
+    ("KVM_SET_PIT2", "W", 0xA0, {_X: "struct kvm_pit_state2"}, Cap.PIT_STATE2),
+    ("KVM_GET_VCPU_EVENTS", "R", 0x9F, {_X: "struct kvm_vcpu_events"}, Cap.VCPU_EVENTS),
+    ("KVM_SET_VCPU_EVENTS", "W", 0xA0, {_X: "struct kvm_vcpu_events"}, Cap.VCPU_EVENTS),
+    ("KVM_GET_DEBUGREGS", "R", 0xA1, {_X: "struct kvm_debugregs"}, Cap.DEBUGREGS),
+    ("KVM_SET_DEBUGREGS", "W", 0xA2, {_X: "struct kvm_debugregs"}, Cap.DEBUGREGS),
     ("KVM_PPC_GET_PVINFO", "W", 0xA1, {_X: "struct kvm_ppc_pvinfo", _P: "struct kvm_ppc_pvinfo"}, Cap.PPC_GET_PVINFO),
     ("KVM_ENABLE_CAP", "W", 0xA3, {_X: "struct kvm_enable_cap", _P: "struct kvm_enable_cap"}, Cap.ENABLE_CAP),
+    ("KVM_GET_XSAVE", "R", 0xA4, {_X: "struct kvm_xsave"}, Cap.XSAVE),
+    ("KVM_SET_XSAVE", "W", 0xA5, {_X: "struct kvm_xsave"}, Cap.XSAVE),
+    ("KVM_GET_XCRS", "R", 0xA6, {_X: "struct kvm_xcrs"}, Cap.XCRS),
+    ("KVM_SET_XCRS", "W", 0xA7, {_X: "struct kvm_xcrs"}, Cap.XCRS),
     ("KVM_PPC_GET_SMMU_INFO", "R", 0xA6, {_P: "struct kvm_ppc_smmu_info"}, Cap.PPC_GET_SMMU_INFO),
     ("KVM_GET_ONE_REG", "W", 0xAB, {_X: "struct kvm_one_reg", _P: "struct kvm_one_reg"}, Cap.ONE_REG),
     ("KVM_SET_ONE_REG", "W", 0xAC, {_X: "struct kvm_one_reg", _P: "struct kvm_one_reg"}, Cap.ONE_REG),

@@ -2,7 +2,7 @@
 # Every guest instruction is emulated on kvm_pvm (~1 us each), so the payloads are tiny and idle in hlt.
 # Absolute addresses inside the blob are written as (label - kp_payload_blob + LOAD).
 #
-# Parameters (written by the loader, kvmplat.agent.guest.builtin): 0x500 u8 vCPU count.
+# Parameters (written by the loader, kvmplat.agent.guest.builtin): 0x500 u8 vCPU count, 0x508 u32 memory size.
 # Scratch: 0x502 u8 whose turn it is to print (probe), 0x504 u16 timer ticks, 0x506 u16 seconds (loop),
 # 0x510..0x51f the four CPUID result registers. Stacks: 0x7000 - 0x100 * vCPU index (bx at entry).
 # Port 0x3f8 is COM1 (output), port 0xf4 the kvmplat exit port (any write powers the guest off).
@@ -14,6 +14,7 @@
 .set TICKS, 0x504
 .set SECONDS, 0x506
 .set REGS, 0x510
+.set MEMSIZE, 0x508
 
 .globl kp_payload_blob
 .globl kp_payload_blob_size
@@ -21,6 +22,7 @@
 .globl kp_entry_loop
 .globl kp_entry_outloop
 .globl kp_entry_echo
+.globl kp_entry_dirty
 
 # The master 8259 in the usual way (ICW1 edge/cascade/ICW4, vectors from 0x08, slave on IR2, 8086 mode), then the
 # interrupt mask: a payload unmasks only the lines it serves.
@@ -191,6 +193,28 @@ outloop_again:
     outb %al, %dx
     jmp outloop_again
 
+# dirty: writes a counter into every page from 1 MiB to the end of memory, round after round, forever (the
+# migration benchmark's busy guest). DS has a 4 GiB limit (the loader's "unreal mode"), so 32-bit addresses reach
+# all of memory from real mode. Other vCPUs sleep with interrupts off.
+dirty_start:
+    cli
+    testw %bx, %bx
+    jnz dirty_idle
+    movl MEMSIZE, %ebx
+    xorl %ecx, %ecx
+dirty_round:
+    incl %ecx
+    movl $0x100000, %edi
+dirty_page:
+    movl %ecx, (%edi)
+    addl $4096, %edi
+    cmpl %ebx, %edi
+    jb dirty_page
+    jmp dirty_round
+dirty_idle:
+    hlt
+    jmp dirty_idle
+
 # echo: the boot vCPU unmasks the UART's receive interrupt (IRQ 4, vector 0x0c) at the PIC and the UART, prints
 # "kvmplat-echo: ready", then sleeps in hlt; what the console sends is written straight back. The idle loop drains
 # the receiver with interrupts off before each sti;hlt, so input that arrived before IER was set is not stranded.
@@ -324,3 +348,4 @@ kp_entry_probe: .long probe_start - kp_payload_blob
 kp_entry_loop: .long loop_start - kp_payload_blob
 kp_entry_outloop: .long outloop_start - kp_payload_blob
 kp_entry_echo: .long echo_start - kp_payload_blob
+kp_entry_dirty: .long dirty_start - kp_payload_blob

@@ -27,6 +27,7 @@ from kvmplat.agent.errors import (
 from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
 from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.registry.peer import PeerTls
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
@@ -35,7 +36,7 @@ from kvmplat.v1 import agent_pb2 as pb
 __all__ = ["Controller", "VmRecord"]
 
 log = logging.getLogger("kvmplat.agent")
-LIVE = (State.CREATED, State.RUNNING, State.PAUSED)
+LIVE = (State.CREATED, State.RUNNING, State.PAUSED, State.MIGRATING)
 # Sequence numbers are reserved in blocks: before the agent publishes an event beyond the block recorded in the VM's
 # state file, it durably records the next block. A runner that died while no agent watched may have emitted events
 # nobody saw; the agent's own CRASHED event then takes the number after the recorded block: above every number any
@@ -60,6 +61,8 @@ class VmRecord:
     runner: RunnerClient | None = None
     greeted: bool = False  # the runner answered hello: its replay reached last_seq, the newest number it used
     destroying: bool = False
+    moving: str = ""  # what a snapshot or migration is doing with the VM; other requests wait until it is done
+    saved: bool = False  # PAUSED and unchanged since a whole snapshot was taken: destroy may stop it first
     _fixed: dict[str, Any] = field(default_factory=dict, repr=False)  # spec and effective platform as JSON, once
 
     @property
@@ -107,15 +110,20 @@ class Controller:
         self.bus = Bus()
         self.vms: dict[str, VmRecord] = {}
         self.closing = False
-        self._creating: set[str] = set()
+        self.creating: set[str] = set()  # names being created or arriving: taken
+        self.incoming: dict[str, VmRecord] = {}  # VMs arriving (restore, migration): not listed, but they hold memory
+        self.seq_block = SEQ_BLOCK
+        self.peer_tls: PeerTls | None = None  # this agent's certificate, key and CA, for dialling migration targets
+        self.address = ""  # where this agent listens (named in migration events)
 
     # --- resources ---------------------------------------------------------------------------------------------
     def used(self) -> tuple[int, int]:
         """Memory (MiB) and vCPUs held by VMs that still have a guest."""
-        live = [r for r in self.vms.values() if r.state in LIVE]
+        live = [r for r in (*self.vms.values(), *self.incoming.values()) if r.state in LIVE]
         return sum(r.spec.memory_mib for r in live), sum(r.spec.vcpus for r in live)
 
-    def _reserve(self, spec: pb.VmSpec) -> None:
+    def reserve(self, spec: pb.VmSpec) -> None:
+        """Refuses a VM beyond the memory or vCPUs this agent has left."""
         mem, cpus = self.used()
         if mem + spec.memory_mib > self.total_memory_mib:
             left = self.total_memory_mib - mem
@@ -137,14 +145,21 @@ class Controller:
         except KeyError:
             raise NotFound(f"no VM named {name!r}") from None
 
+    def idle(self, name: str) -> VmRecord:
+        """The record of VM `name`, refused while a snapshot or migration works on it."""
+        rec = self.get(name)
+        if rec.moving:
+            raise FailedPrecondition(f"VM {name!r} is {rec.moving}; try again when that is done")
+        return rec
+
     async def create(self, spec: pb.VmSpec, start: bool) -> VmRecord:
         """Validates, resolves the platform, spawns the runner; the VM is CREATED (or RUNNING with `start`)."""
         validate_spec(spec, self.limits)
-        if spec.name in self.vms or spec.name in self._creating:
+        if spec.name in self.vms or spec.name in self.creating:
             raise AlreadyExists(f"a VM named {spec.name!r} exists already")
         effective, cpuid = self.platforms.resolve(spec.platform)
-        self._reserve(spec)
-        self._creating.add(spec.name)
+        self.reserve(spec)
+        self.creating.add(spec.name)
         try:
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
             config = {
@@ -161,15 +176,16 @@ class Controller:
             self.vms[spec.name] = rec
             # durable, and waited for, before any event can arrive
             await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
-            await self._connect(rec, since=0)
+            await self.connect(rec, since=0)
         finally:
-            self._creating.discard(spec.name)
+            self.creating.discard(spec.name)
         return await self.act(spec.name, Event.START) if start else rec
 
     async def act(self, name: str, event: Event) -> VmRecord:
         """start, pause, resume or stop, checked against the transition table before the runner is asked."""
-        rec = self.get(name)
+        rec = self.idle(name)
         next_state(name, rec.state, event)
+        rec.saved = False
         if rec.runner is None or rec.runner.closed:
             raise FailedPrecondition(f"VM {name!r} has no runner (it is {rec.state.name}: {rec.reason})")
         await rec.runner.call(event.value)
@@ -177,7 +193,9 @@ class Controller:
 
     async def destroy(self, name: str) -> None:
         """Ends the VM's runner and forgets the VM (STOPPED or CRASHED VMs, or CREATED ones)."""
-        rec = self.get(name)
+        rec = self.idle(name)
+        if rec.saved and rec.state is State.PAUSED:  # its state lives on in a snapshot: nothing is lost
+            await self.act(name, Event.STOP)
         next_state(name, rec.state, Event.DESTROY)
         rec.destroying = True
         if rec.runner is not None and not rec.runner.closed:
@@ -207,6 +225,30 @@ class Controller:
             raise FailedPrecondition(f"VM {name!r} is {rec.state.name}: its console takes input only while RUNNING")
         await rec.runner.call("console", data=base64.b64encode(data).decode())
 
+    def snapshot(self, name: str) -> AsyncIterator[bytes]:
+        """The snapshot of a PAUSED VM, as the file's bytes in pieces (SnapshotVm)."""
+        from kvmplat.agent.registry import snapops
+
+        return snapops.snapshot(self, name)
+
+    async def restore(self, name: str, paused: bool, chunks: AsyncIterator[bytes]) -> VmRecord:
+        """A VM built from a snapshot stream, checked whole first (RestoreVm)."""
+        from kvmplat.agent.registry import snapops
+
+        return await snapops.restore(self, name, paused, chunks)
+
+    def migrate(self, name: str, target: str) -> AsyncIterator[pb.MigrationProgress]:
+        """Moves a RUNNING VM live to the agent at `target` (MigrateVm)."""
+        from kvmplat.agent.registry import migration
+
+        return migration.migrate(self, name, target)
+
+    def receive(self, packets: AsyncIterator[pb.MigrationPacket]) -> AsyncIterator[Any]:
+        """The target's side of a migration (ReceiveVm): "accepted", "prepared", then the VmRecord."""
+        from kvmplat.agent.registry import migration
+
+        return migration.receive(self, packets)
+
     def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[pb.Event]:
         """Events of one VM (or all), resumable after `since`."""
         if vm:
@@ -214,7 +256,8 @@ class Controller:
         return self.bus.watch(vm, since, follow)
 
     # --- runners -----------------------------------------------------------------------------------------------
-    async def _connect(self, rec: VmRecord, since: int) -> None:
+    async def connect(self, rec: VmRecord, since: int) -> None:
+        """Connects to the runner of `rec` and says hello (its events after `since` follow)."""
         rec.runner = await RunnerClient.connect(
             rec.socket, lambda e: self._on_event(rec, e), lambda: self._on_lost(rec)
         )
@@ -282,7 +325,7 @@ class Controller:
 
     async def _adopt(self, rec: VmRecord) -> None:
         try:
-            await self._connect(rec, since=0)
+            await self.connect(rec, since=0)
             log.info("re-adopted VM %s (runner pid %d, %s)", rec.name, rec.pid, rec.state.name)
         except RunnerLost as e:
             if rec.runner is not None:

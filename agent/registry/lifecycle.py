@@ -5,6 +5,12 @@
                         │  └──stop / guest exit──> STOPPED ──destroy──> DESTROYED
                         └────── crash (from CREATED, RUNNING, PAUSED) ──> CRASHED ──destroy──> DESTROYED
 
+    Migration (both agents' VMs pass through MIGRATING):
+    source  RUNNING ──migrate──> MIGRATING ──migrated──> STOPPED (then destroyed by the agent)
+                                     └──abort migration──> RUNNING   (any failure: the guest runs on as it was)
+    target  (incoming runner, silent) MIGRATING ──arrive──> RUNNING, or ──arrive paused──> PAUSED (a restore)
+                                     └──destroy──> DESTROYED        (a transfer that failed leaves nothing)
+
 Every RPC and every runner happening is an `Event`; whether it is allowed in a state is decided here and nowhere
 else. A refused transition is an `IllegalTransition` (FAILED_PRECONDITION at the gRPC edge) naming both states.
 """
@@ -21,14 +27,15 @@ __all__ = ["TRANSITIONS", "Event", "IllegalTransition", "State", "allowed_events
 
 
 class State(enum.Enum):
-    """VM states; the first five are the proto's VmState values, DESTROYED is the end of the record."""
+    """VM states; the first six are the proto's VmState values, DESTROYED is the end of the record."""
 
     CREATED = 1
     RUNNING = 2
     PAUSED = 3
     STOPPED = 4
     CRASHED = 5
-    DESTROYED = 6
+    MIGRATING = 6
+    DESTROYED = 7
 
 
 class Event(enum.Enum):
@@ -41,6 +48,11 @@ class Event(enum.Enum):
     DESTROY = "destroy"
     GUEST_EXIT = "guest exit"  # the guest powered off or reset
     CRASH = "crash"  # the guest or its runner failed
+    MIGRATE = "migrate"  # live migration begins: dirty logging on, the guest keeps running
+    ABORT_MIGRATION = "abort migration"  # the migration failed: the guest runs on here
+    MIGRATED = "migrated"  # the target confirmed: the guest runs there now
+    ARRIVE = "arrive"  # an incoming VM (migration or restore) starts running here
+    ARRIVE_PAUSED = "arrive paused"  # an incoming VM is restored paused
 
 
 S, E = State, Event
@@ -60,6 +72,14 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = MappingProxyType(
         (S.PAUSED, E.CRASH): S.CRASHED,
         (S.STOPPED, E.DESTROY): S.DESTROYED,
         (S.CRASHED, E.DESTROY): S.DESTROYED,
+        (S.RUNNING, E.MIGRATE): S.MIGRATING,
+        (S.MIGRATING, E.ABORT_MIGRATION): S.RUNNING,
+        (S.MIGRATING, E.MIGRATED): S.STOPPED,
+        (S.MIGRATING, E.ARRIVE): S.RUNNING,
+        (S.MIGRATING, E.ARRIVE_PAUSED): S.PAUSED,
+        (S.MIGRATING, E.GUEST_EXIT): S.STOPPED,  # the guest powered off while its memory was being copied
+        (S.MIGRATING, E.CRASH): S.CRASHED,
+        (S.MIGRATING, E.DESTROY): S.DESTROYED,  # an incoming VM whose transfer failed
     }
 )
 del S, E

@@ -41,6 +41,11 @@ class ConsoleReader:
         self._thread = threading.Thread(target=self._main, name="console", daemon=True)
         self._thread.start()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether stop() was called."""
+        return self._stop.is_set()
+
     def stop(self) -> None:
         """Delivers what is left and ends the thread."""
         if self._stop.is_set():

@@ -33,6 +33,13 @@ class EventLog:
                 listener(event)  # under the lock, so listeners see events in sequence order
         return event
 
+    def renumber(self, first_seq: int) -> None:
+        """Makes `first_seq` the next number (an incoming VM continues its source's sequence); only before any event."""
+        with self._lock:
+            if self._ring:
+                raise ValueError("events were emitted already")
+            self._next = first_seq
+
     def attach(self, listener: Callable[[dict[str, Any]], None] | None, since: int) -> None:
         """Replays the ring after `since` to `listener`, then makes it the listener: one step, no gap, no reorder."""
         with self._lock:

@@ -56,7 +56,7 @@ class Machine:
 def load_image(boot: dict[str, str], memory_size: int, vcpus: int, image_dirs: list[str] | None = None) -> GuestImage:
     """The GuestImage for a boot section of the configuration (built-in payload or Linux kernel)."""
     if boot.get("builtin"):
-        return builtin_image(boot["builtin"], vcpus)
+        return builtin_image(boot["builtin"], vcpus, memory_size)
     from kvmplat.agent.linux import load_linux  # only Linux guests pay for the loader
 
     kernel = _read(boot["kernel"], "spec.boot.kernel", image_dirs)
@@ -81,7 +81,10 @@ def _read(path: str, field_name: str, image_dirs: list[str] | None) -> bytes:
 def build_machine(config: dict[str, Any]) -> Machine:
     """Creates the VM described by `config` (vcpus, memory_mib, boot, cpuid rows); nothing runs yet."""
     memory_size = int(config["memory_mib"]) * MIB
-    image = load_image(config["boot"], memory_size, int(config["vcpus"]), config.get("image_dirs"))
+    if config.get("incoming"):  # memory and CPU state come from a snapshot or a migration, not from a boot image
+        image = GuestImage(segments=(), bsp=CpuState(), ap=None, description=str(config["incoming"]))
+    else:
+        image = load_image(config["boot"], memory_size, int(config["vcpus"]), config.get("image_dirs"))
     kvm = Kvm()
     vm = kvm.create_vm()
     try:

@@ -20,6 +20,7 @@ from typing import Any
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm.fds import Vcpu
 from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.runner import moveops
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
 from kvmplat.agent.runner.eventlog import EventLog
@@ -49,9 +50,12 @@ class VmRunner:
     def __init__(self, config: dict[str, Any]) -> None:
         self.name: str = config["name"]
         self.log = EventLog(int(config.get("first_seq", 1)))
-        self.state = State.CREATED
-        self.reason = "created"
+        self.incoming = bool(config.get("incoming"))  # built for a restore or an incoming migration: silent until
+        self.state = State.MIGRATING if self.incoming else State.CREATED  # it arrives (moveops.arrive)
+        self.reason = str(config["incoming"]) if self.incoming else "created"
         self._lock = threading.RLock()
+        self.lock = self._lock  # moveops acts under it too
+        self.cpuid: list[list[int]] | None = config.get("cpuid")  # the exact table the guest was given
         self._exits: queue.Queue[tuple[int, Outcome]] = queue.Queue()
         self.machine: Machine | None = build_machine(config)
         self.threads = [VcpuThread(v, self.machine.cvm, self._on_vcpu_exit) for v in self.machine.vcpus]
@@ -62,9 +66,10 @@ class VmRunner:
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
-        self.log.emit(
-            "state", {"from": "", "to": State.CREATED.name, "reason": f"created ({self.machine.image.description})"}
-        )
+        if not self.incoming:
+            self.log.emit(
+                "state", {"from": "", "to": State.CREATED.name, "reason": f"created ({self.machine.image.description})"}
+            )
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def request(self, event: Event) -> State:
@@ -88,6 +93,18 @@ class VmRunner:
         old, self.state, self.reason = self.state, new, reason
         self.log.emit("state", {"from": old.name, "to": new.name, "reason": reason})
 
+    def transition(self, new: State, reason: str) -> None:
+        """Records a state change (under `lock`) as an event."""
+        self._transition(new, reason)
+
+    def teardown(self) -> None:
+        """Ends the vCPU threads and frees the VM (under `lock`)."""
+        self._teardown()
+
+    def on_console(self, text: str) -> None:
+        """Console text from the reader: milestones, panic watch, an event."""
+        self._on_console(text)
+
     def _on_vcpu_exit(self, index: int, outcome: Outcome) -> None:
         self._exits.put((index, outcome))  # handled on another thread: this vCPU's thread must not join itself
 
@@ -95,7 +112,7 @@ class VmRunner:
         while True:
             index, outcome = self._exits.get()
             with self._lock:
-                if self.state not in (State.RUNNING, State.PAUSED):
+                if self.state not in (State.RUNNING, State.PAUSED, State.MIGRATING):
                     continue  # a second vCPU reporting the same end, or an end racing a stop
                 body = self._exit_body(index, outcome)
                 self._teardown()  # drains the console first, so the guest's last lines come before its end
@@ -228,6 +245,11 @@ class VmRunner:
         except (OSError, ValueError):
             pass  # the agent went away; events wait in the ring for the next hello
         finally:
+            if self.incoming:  # its agent went away before it arrived: nobody will ever claim it, so it goes
+                self._done.set()
+                if self._listener is not None:
+                    with contextlib.suppress(OSError):
+                        self._listener.shutdown(socket.SHUT_RDWR)
             if self.log.listener is forward:
                 self.log.attach(None, 0)
             out.put(None)
@@ -248,6 +270,8 @@ class VmRunner:
             return {"state": self.state.name, "reason": self.reason, "pid": os.getpid(), "last_seq": self.log.last_seq}
         if op in ("start", "pause", "resume", "stop"):
             return {"state": self.request(Event(op)).name, "reason": self.reason}
+        if op in moveops.OPS:
+            return moveops.dispatch(self, msg)
         if op == "stats":
             return self.stats()
         if op == "console":

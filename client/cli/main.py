@@ -47,6 +47,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kvmplat.client.cli.console",
     "kvmplat.client.cli.demo",
     "kvmplat.client.cli.image",
+    "kvmplat.client.cli.moving",
     "kvmplat.client.cli.scheduling",
 )
 

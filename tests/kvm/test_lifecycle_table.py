@@ -23,6 +23,14 @@ EXPECTED = {
     (State.PAUSED, Event.CRASH): State.CRASHED,
     (State.STOPPED, Event.DESTROY): State.DESTROYED,
     (State.CRASHED, Event.DESTROY): State.DESTROYED,
+    (State.RUNNING, Event.MIGRATE): State.MIGRATING,
+    (State.MIGRATING, Event.ABORT_MIGRATION): State.RUNNING,
+    (State.MIGRATING, Event.MIGRATED): State.STOPPED,
+    (State.MIGRATING, Event.ARRIVE): State.RUNNING,
+    (State.MIGRATING, Event.ARRIVE_PAUSED): State.PAUSED,
+    (State.MIGRATING, Event.GUEST_EXIT): State.STOPPED,
+    (State.MIGRATING, Event.CRASH): State.CRASHED,
+    (State.MIGRATING, Event.DESTROY): State.DESTROYED,
 }
 
 

@@ -52,6 +52,7 @@ class VmState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAUSED: _ClassVar[VmState]
     STOPPED: _ClassVar[VmState]
     CRASHED: _ClassVar[VmState]
+    MIGRATING: _ClassVar[VmState]
 ABI_UNSPECIFIED: Abi
 BARE_METAL: Abi
 SPAPR: Abi
@@ -77,6 +78,7 @@ RUNNING: VmState
 PAUSED: VmState
 STOPPED: VmState
 CRASHED: VmState
+MIGRATING: VmState
 
 class PlatformSpec(_message.Message):
     __slots__ = ("abi", "pv", "compat", "compat_policy", "bits", "accel", "arch")
@@ -424,3 +426,111 @@ class WriteConsoleRequest(_message.Message):
 class WriteConsoleResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class RestoreVmRequest(_message.Message):
+    __slots__ = ("name", "paused", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    paused: bool
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class MigrateVmRequest(_message.Message):
+    __slots__ = ("name", "target")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    target: str
+    def __init__(self, name: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class MigrationProgress(_message.Message):
+    __slots__ = ("phase", "round", "bytes_sent", "dirty_pages", "expected_downtime_ms", "downtime_ms", "total_ms", "target", "pages_sent", "zero_pages")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_PAGES_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PAGES_SENT_FIELD_NUMBER: _ClassVar[int]
+    ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    round: int
+    bytes_sent: int
+    dirty_pages: int
+    expected_downtime_ms: int
+    downtime_ms: int
+    total_ms: int
+    target: str
+    pages_sent: int
+    zero_pages: int
+    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., dirty_pages: _Optional[int] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., target: _Optional[str] = ..., pages_sent: _Optional[int] = ..., zero_pages: _Optional[int] = ...) -> None: ...
+
+class CpuidEntry(_message.Message):
+    __slots__ = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    EAX_FIELD_NUMBER: _ClassVar[int]
+    EBX_FIELD_NUMBER: _ClassVar[int]
+    ECX_FIELD_NUMBER: _ClassVar[int]
+    EDX_FIELD_NUMBER: _ClassVar[int]
+    function: int
+    index: int
+    flags: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+    def __init__(self, function: _Optional[int] = ..., index: _Optional[int] = ..., flags: _Optional[int] = ..., eax: _Optional[int] = ..., ebx: _Optional[int] = ..., ecx: _Optional[int] = ..., edx: _Optional[int] = ...) -> None: ...
+
+class MigrationOffer(_message.Message):
+    __slots__ = ("spec", "effective_platform", "cpuid", "arch", "source")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    CPUID_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    spec: VmSpec
+    effective_platform: EffectivePlatform
+    cpuid: _containers.RepeatedCompositeFieldContainer[CpuidEntry]
+    arch: str
+    source: str
+    def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., effective_platform: _Optional[_Union[EffectivePlatform, _Mapping]] = ..., cpuid: _Optional[_Iterable[_Union[CpuidEntry, _Mapping]]] = ..., arch: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class MigrationCommit(_message.Message):
+    __slots__ = ("first_seq",)
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    first_seq: int
+    def __init__(self, first_seq: _Optional[int] = ...) -> None: ...
+
+class MigrationPacket(_message.Message):
+    __slots__ = ("offer", "pages", "state", "commit")
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    offer: MigrationOffer
+    pages: bytes
+    state: bytes
+    commit: MigrationCommit
+    def __init__(self, offer: _Optional[_Union[MigrationOffer, _Mapping]] = ..., pages: _Optional[bytes] = ..., state: _Optional[bytes] = ..., commit: _Optional[_Union[MigrationCommit, _Mapping]] = ...) -> None: ...
+
+class MigrationReply(_message.Message):
+    __slots__ = ("accepted", "prepared", "committed")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    prepared: bool
+    committed: Vm
+    def __init__(self, accepted: _Optional[bool] = ..., prepared: _Optional[bool] = ..., committed: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...

@@ -94,6 +94,26 @@ class AgentStub:
                 request_serializer=kvmplat_dot_v1_dot_agent__pb2.WriteConsoleRequest.SerializeToString,
                 response_deserializer=kvmplat_dot_v1_dot_agent__pb2.WriteConsoleResponse.FromString,
                 _registered_method=True)
+        self.SnapshotVm = channel.unary_stream(
+                '/kvmplat.v1.Agent/SnapshotVm',
+                request_serializer=kvmplat_dot_v1_dot_agent__pb2.VmRequest.SerializeToString,
+                response_deserializer=kvmplat_dot_v1_dot_agent__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
+        self.RestoreVm = channel.stream_unary(
+                '/kvmplat.v1.Agent/RestoreVm',
+                request_serializer=kvmplat_dot_v1_dot_agent__pb2.RestoreVmRequest.SerializeToString,
+                response_deserializer=kvmplat_dot_v1_dot_agent__pb2.Vm.FromString,
+                _registered_method=True)
+        self.MigrateVm = channel.unary_stream(
+                '/kvmplat.v1.Agent/MigrateVm',
+                request_serializer=kvmplat_dot_v1_dot_agent__pb2.MigrateVmRequest.SerializeToString,
+                response_deserializer=kvmplat_dot_v1_dot_agent__pb2.MigrationProgress.FromString,
+                _registered_method=True)
+        self.ReceiveVm = channel.stream_stream(
+                '/kvmplat.v1.Agent/ReceiveVm',
+                request_serializer=kvmplat_dot_v1_dot_agent__pb2.MigrationPacket.SerializeToString,
+                response_deserializer=kvmplat_dot_v1_dot_agent__pb2.MigrationReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -175,6 +195,35 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotVm(self, request, context):
+        """A PAUSED VM's complete state as a snapshot (format: README.md, "Snapshots"), streamed in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreVm(self, request_iterator, context):
+        """Creates a VM from a snapshot streamed in chunks (the first message names it). The whole snapshot is checked
+        before anything is built: a damaged one is INVALID_ARGUMENT, one this host cannot honour FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateVm(self, request, context):
+        """Moves a RUNNING VM to another agent, live: progress while it goes, the last message once it runs there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveVm(self, request_iterator, context):
+        """Agent to agent: the target's side of MigrateVm (the source agent calls it with its own certificate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +286,26 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.WriteConsole,
                     request_deserializer=kvmplat_dot_v1_dot_agent__pb2.WriteConsoleRequest.FromString,
                     response_serializer=kvmplat_dot_v1_dot_agent__pb2.WriteConsoleResponse.SerializeToString,
+            ),
+            'SnapshotVm': grpc.unary_stream_rpc_method_handler(
+                    servicer.SnapshotVm,
+                    request_deserializer=kvmplat_dot_v1_dot_agent__pb2.VmRequest.FromString,
+                    response_serializer=kvmplat_dot_v1_dot_agent__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'RestoreVm': grpc.stream_unary_rpc_method_handler(
+                    servicer.RestoreVm,
+                    request_deserializer=kvmplat_dot_v1_dot_agent__pb2.RestoreVmRequest.FromString,
+                    response_serializer=kvmplat_dot_v1_dot_agent__pb2.Vm.SerializeToString,
+            ),
+            'MigrateVm': grpc.unary_stream_rpc_method_handler(
+                    servicer.MigrateVm,
+                    request_deserializer=kvmplat_dot_v1_dot_agent__pb2.MigrateVmRequest.FromString,
+                    response_serializer=kvmplat_dot_v1_dot_agent__pb2.MigrationProgress.SerializeToString,
+            ),
+            'ReceiveVm': grpc.stream_stream_rpc_method_handler(
+                    servicer.ReceiveVm,
+                    request_deserializer=kvmplat_dot_v1_dot_agent__pb2.MigrationPacket.FromString,
+                    response_serializer=kvmplat_dot_v1_dot_agent__pb2.MigrationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -563,6 +632,114 @@ class Agent:
             '/kvmplat.v1.Agent/WriteConsole',
             kvmplat_dot_v1_dot_agent__pb2.WriteConsoleRequest.SerializeToString,
             kvmplat_dot_v1_dot_agent__pb2.WriteConsoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvmplat.v1.Agent/SnapshotVm',
+            kvmplat_dot_v1_dot_agent__pb2.VmRequest.SerializeToString,
+            kvmplat_dot_v1_dot_agent__pb2.SnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreVm(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kvmplat.v1.Agent/RestoreVm',
+            kvmplat_dot_v1_dot_agent__pb2.RestoreVmRequest.SerializeToString,
+            kvmplat_dot_v1_dot_agent__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvmplat.v1.Agent/MigrateVm',
+            kvmplat_dot_v1_dot_agent__pb2.MigrateVmRequest.SerializeToString,
+            kvmplat_dot_v1_dot_agent__pb2.MigrationProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveVm(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/kvmplat.v1.Agent/ReceiveVm',
+            kvmplat_dot_v1_dot_agent__pb2.MigrationPacket.SerializeToString,
+            kvmplat_dot_v1_dot_agent__pb2.MigrationReply.FromString,
             options,
             channel_credentials,
             insecure,
