@@ -47,6 +47,7 @@ LAB_FILES = (
     "kvm/ffi.py",
     "kvm/cbuild.py",
     "kvm/fastloop.c",
+    "kvm/pages.c",
     "kvm/payloads.S",
     "platform/__init__.py",
     "platform/arch.py",
