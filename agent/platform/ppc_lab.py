@@ -44,6 +44,7 @@ LAB_FILES = (
     "kvm/__init__.py",
     "kvm/ioctls.py",
     "kvm/fds.py",
+    "kvm/x86state.py",
     "kvm/ffi.py",
     "kvm/cbuild.py",
     "kvm/fastloop.c",
