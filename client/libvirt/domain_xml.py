@@ -52,8 +52,10 @@ __all__ = [
     "DomainRefused",
     "DomainXmlError",
     "Translation",
+    "parse_document",
     "to_domain_xml",
     "translate",
+    "translate_root",
 ]
 
 # libvirt's own domain documents are kilobytes; a cap far above that bounds memory and time for hostile input.
@@ -301,7 +303,11 @@ def _meta(root: Element) -> Meta:
 
 def translate(xml_text: str) -> Translation:
     """Translate one libvirt domain document into a VmSpec with warnings; raise DomainXmlError when unreadable."""
-    root = parse_document(xml_text)
+    return translate_root(parse_document(xml_text))
+
+
+def translate_root(root: Element) -> Translation:
+    """`translate` of a document already parsed by `parse_document`."""
     _check_single(root)
     notes: list[str] = []
     kind = _domain_type(root, notes)
