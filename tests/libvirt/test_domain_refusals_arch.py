@@ -67,6 +67,6 @@ def test_the_hook_refuses_the_start_the_same_way_without_an_agent_call() -> None
 
     err = io.StringIO()
     data = io.BytesIO(_domain("x86_64", "pc", CORE2DUO).encode())
-    env = {"KVMPLAT_HOOK_CONFIG": "/nonexistent"}
+    env = {"KVMPLAT_HOOK_CONFIG": "/dev/null"}  # an empty configuration: all defaults
     status = hook_main(["d", "prepare", "begin", "-"], data, io.StringIO(), err, env, agent_factory=no_agent)  # type: ignore[arg-type]
     assert status == 1 and "platform refused" in err.getvalue() and "core2duo" in err.getvalue()
