@@ -37,7 +37,7 @@ DEFAULT_CASES: list[dict[str, Any]] = [
 # Bare-metal cases whose admission is then proven by running a probe without PAPR (issue 13 item 3).
 BARE_CASES = {"bare-metal-ppc64": "ppc64", "bare-metal-ppc32": "ppc32"}
 PROBE32 = "/lab/probe32.bin"  # lab/ppc/probe32.S, assembled by ppc_prepare
-# Relative to the agent/ folder; cbuild.py reads fastloop.c and payloads.S when imported.
+# Relative to the agent/ folder; cbuild.py reads its C sources (fastloop.c, pages.c, payloads.S) when imported.
 LAB_FILES = (
     "__init__.py",
     "errors.py",

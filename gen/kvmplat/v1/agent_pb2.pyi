@@ -137,7 +137,7 @@ class BootSpec(_message.Message):
     def __init__(self, builtin: _Optional[str] = ..., kernel: _Optional[str] = ..., initrd: _Optional[str] = ..., cmdline: _Optional[str] = ...) -> None: ...
 
 class VmSpec(_message.Message):
-    __slots__ = ("name", "vcpus", "memory_mib", "platform", "boot", "labels")
+    __slots__ = ("name", "vcpus", "memory_mib", "platform", "boot", "labels", "uuid")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -151,13 +151,15 @@ class VmSpec(_message.Message):
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     BOOT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
     name: str
     vcpus: int
     memory_mib: int
     platform: PlatformSpec
     boot: BootSpec
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., platform: _Optional[_Union[PlatformSpec, _Mapping]] = ..., boot: _Optional[_Union[BootSpec, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    uuid: str
+    def __init__(self, name: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., platform: _Optional[_Union[PlatformSpec, _Mapping]] = ..., boot: _Optional[_Union[BootSpec, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., uuid: _Optional[str] = ...) -> None: ...
 
 class VmStats(_message.Message):
     __slots__ = ("exits", "exits_by_reason", "unhandled_pio", "unhandled_mmio", "console_bytes", "memory_bytes", "started", "first_console_byte", "linux_banner", "kvmplat_init")
