@@ -373,6 +373,10 @@ class Vcpu(_Fd, VcpuState):
         """KVM_SET_SREGS from the bytes of this host architecture's kvm_sregs."""
         self._struct_in("KVM_SET_SREGS", data)
 
+    def get_regs_bytes(self) -> bytes:
+        """KVM_GET_REGS as the bytes of this host architecture's kvm_regs."""
+        return self._struct_out("KVM_GET_REGS")
+
     def set_regs_bytes(self, data: bytes) -> None:
         """KVM_SET_REGS from the bytes of this host architecture's kvm_regs."""
         self._struct_in("KVM_SET_REGS", data)

@@ -111,6 +111,10 @@ class SimPpcKernel:
         pvr = struct.unpack("<I", call.arg[:4])[0]
         if self.flavour != "pr" and pvr != self.host.pvr:
             raise _fail(call)
+        # whether PR takes a 32-bit Book3S PVR is the host's learnt answer (learn._learn_book3s32; true on the lab's
+        # KVM-PR kernel, tests/golden/ppc/lab/pr.console)
+        if self.flavour == "pr" and self.host.book3s32 is False and pvr < 0x330000:
+            raise _fail(call)
         self.pvr[call.fd] = pvr
         features = struct.unpack("<I", call.arg[OFF_E_FEATURES : OFF_E_FEATURES + 4])[0]
         if self.flavour == "booke" and features & SREGS_E_64:

@@ -31,6 +31,8 @@ def _recorded(flavour: str) -> tuple[PpcHost, list[dict[str, object]]]:
 
 def _kernel_said(case: dict[str, object]) -> int | None:
     """errno of the recorded KVM_SET_ONE_REG (0: accepted), None when the case set no ARCH_COMPAT."""
+    if "predicted" not in case or str(case["case"]) not in REQUESTS:  # a probe run, not a prediction
+        return None
     if case["predicted"] == "admitted":
         raw = int(str(case.get("compat_raw", "0")), 16)
         return 0 if raw >> 24 == 0x0F and case["kernel_agrees"] else None
@@ -60,7 +62,7 @@ def test_the_simulator_answers_arch_compat_as_the_recorded_kernel(flavour: str) 
         said = _kernel_said(case)
         if said is None:
             continue
-        level = level_by_name(str(REQUESTS[str(case["case"])]["compat"]))
+        level = level_by_name(str(REQUESTS[str(case["case"])].get("compat", "")))
         assert level is not None
         assert _sim_set_compat(host, flavour, level.logical_pvr) == said, (flavour, case["case"])
         checked += 1
