@@ -21,7 +21,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import chaoscheck
 import chaosfaults
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stopping after {i} rounds: --max-seconds {args.max_seconds:g} reached", file=sys.stderr)
                 break
             one_round(agent, i, args, totals)
-    enospc_ok = True if args.no_enospc else chaosfaults.enospc_check(Path(agent.tmp.parent), totals.detail)
+    enospc_ok = True if args.no_enospc else chaosfaults.enospc_check(totals.detail)
     for line in totals.detail:
         print(line, file=sys.stderr)
     summary = {k: v for k, v in vars(totals).items() if k != "detail"} | {"enospc_ok": enospc_ok}

@@ -14,13 +14,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import agentproc
 import grpc
 from kvmplat.agent.registry.strays import runners_of
+from kvmplat.client.errors import KvmplatError
+from kvmplat.client.localagent import AgentNotStarted, LocalAgent
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
@@ -30,49 +31,45 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconne
 
 
 class Agent:
-    """A kvmplat-agent on a fixed socket and state dir, which can be SIGKILLed and started again."""
+    """A kvmplat-agent on a fixed socket and state dir (TMP/state), which can be SIGKILLed and started again."""
 
-    def __init__(self, tmp: Path, state_dir: Path | None = None) -> None:
-        self.tmp, self.state_dir = tmp, str(state_dir or tmp / "state")
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.state_dir = tmp, str(tmp / "state")
         self.address = f"unix://{tmp}/agent.sock"
         self.stub = pbg.AgentStub(grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS))  # type: ignore[no-untyped-call]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tmp / "agent.log"
+        self.local: LocalAgent | None = None
 
     def start(self) -> None:
-        """Starts the agent and waits until it answers."""
-        with self.log.open("ab") as log:
-            argv = [agentproc.AGENT, "--listen", self.address, "--state-dir", self.state_dir]
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
-        agentproc.wait_ready(self.address, self.proc, self.log)
+        """Starts the agent (kvmplat.client.localagent) and waits until it answers."""
+        try:
+            self.local = LocalAgent.start(self.tmp, timeout=120, new_session=True)
+        except AgentNotStarted as e:
+            raise SystemExit(str(e)) from None
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
+        assert self.local is not None
+        self.local.proc.kill()
+        self.local.proc.wait()
+        self.local.client.close()
 
     def stop(self) -> None:
         """Destroys every VM, stops the agent, and kills any runner of its state dir left over."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(grpc.RpcError):
-                for vm in self.stub.ListVms(pb.ListVmsRequest(), timeout=30).vms:
-                    for rpc in ("StopVm", "DestroyVm"):
-                        with contextlib.suppress(grpc.RpcError):
-                            getattr(self.stub, rpc)(pb.VmRequest(name=vm.spec.name), timeout=30)
-            self.proc.terminate()
-            self.proc.wait(30)
+        if self.local is not None:
+            with contextlib.suppress(KvmplatError):
+                self.local.stop()
         for pid in runners_of(self.state_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
     @classmethod
     @contextlib.contextmanager
-    def private(cls, prefix: str, state_dir: Path | None = None) -> Iterator[Agent]:
-        """A started agent in a temp dir of its own, stopped and removed afterwards."""
+    def private(cls, prefix: str, before: Callable[[Path], None] = lambda _: None) -> Iterator[Agent]:
+        """A started agent in a temp dir of its own (`before` prepares it), stopped and removed afterwards."""
         tmp = Path(tempfile.mkdtemp(prefix=f"kvmplat-{prefix}-"))
-        agent = cls(tmp, state_dir)
+        agent = cls(tmp)
         try:
+            before(tmp)
             agent.start()
             yield agent
         finally:
@@ -237,22 +234,27 @@ class Faults:
             self.agent.start()
 
 
-def enospc_check(base: Path, detail: list[str]) -> bool:
+def enospc_check(detail: list[str]) -> bool:
     """On a 4 MiB tmpfs state dir: two VMs, then the disk filled: a new VM is refused (RESOURCE_EXHAUSTED, one line),
     the two stay listed and running across a SIGKILL of the agent, and once space is back a VM can be created."""
-    mnt = Path(tempfile.mkdtemp(prefix="kvmplat-enospc-"))
+    mounted: list[Path] = []
+
+    def mount(tmp: Path) -> None:
+        (tmp / "state").mkdir()
+        cmd = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(tmp / "state")]
+        subprocess.run(cmd, check=True, capture_output=True)
+        mounted.append(tmp / "state")
+
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True, capture_output=True)
+        with Agent.private("enospc", mount) as agent:
+            return _full_disk(agent, Path(agent.state_dir), detail)
     except (OSError, subprocess.CalledProcessError) as e:
         detail.append(f"enospc: cannot mount a tmpfs (needs root): {e}")
-        mnt.rmdir()
         return False
-    try:
-        with Agent.private("enospc", mnt / "state") as agent:
-            return _full_disk(agent, mnt, detail)
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        mnt.rmdir()
+        for m in mounted:
+            subprocess.run(["umount", "--lazy", str(m)], check=False)
+            shutil.rmtree(m.parent, ignore_errors=True)
 
 
 def _full_disk(agent: Agent, mnt: Path, detail: list[str]) -> bool:

@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="event streams following all VMs: one run (and JSON line) per number given (default 50 200)",
     )
     p.add_argument("--clients", type=int, default=8, help="clients cycling VMs (default 8)")
-    p.add_argument("--agent", default=agentproc.AGENT, help="the kvmplat-agent to measure (default: this venv's)")
+    p.add_argument("--agent", default=str(agentproc.AGENT), help="the kvmplat-agent to measure (default: this venv's)")
     return p.parse_args(argv)
 
 

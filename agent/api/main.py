@@ -65,9 +65,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics (default: off)")
+    p.add_argument(
+        "--max-level",
+        default="",
+        metavar="LEVEL",
+        help="a level ceiling: offer nothing above it (x86-64-v1..v4; power6..power10 on PowerPC); default: none",
+    )
     placement.add_flags(p)
     p.add_argument("--version", action="version", version=f"kvmplat-agent {__version__}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_level:
+        import platform
+
+        from kvmplat.agent.platform.ceiling import parse_max_level
+
+        try:
+            args.max_level = parse_max_level(args.max_level, platform.machine().startswith("ppc"))
+        except ValueError as e:
+            p.error(str(e))
+    return args
 
 
 class _JsonFormatter(logging.Formatter):
@@ -187,7 +203,7 @@ async def _controller(args: argparse.Namespace) -> Controller:
 
     store = Store(args.state_dir)
     with Kvm() as kvm:
-        platforms = Platforms(kvm, args.state_dir)
+        platforms = Platforms(kvm, args.state_dir, args.max_level)
         per_vm_vcpus = min(kvm.check_extension(Cap.MAX_VCPUS) or kvm.check_extension(Cap.NR_VCPUS) or 1, 254)
     image_dirs = tuple(args.image_dir or [os.environ.get("KVMPLAT_IMAGE_DIR") or DEFAULT_IMAGE_DIR])
     total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)

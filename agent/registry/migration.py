@@ -33,6 +33,7 @@ from kvmplat.agent.registry.guestmem import PAGE, GuestMapping, count_bits
 from kvmplat.agent.registry.incoming import IncomingVm
 from kvmplat.agent.registry.lifecycle import State
 from kvmplat.agent.registry.peer import PeerError, peer_channel
+from kvmplat.agent.registry.runnerlink import RunnerClient
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
@@ -89,15 +90,17 @@ class _Source:
         while (chunk := await asyncio.to_thread(next, pages, None)) is not None:
             await self.send(pb.MigrationPacket(pages=chunk))
 
-    async def runner(self, op: str, **args: Any) -> dict[str, Any]:
+    @property
+    def runner(self) -> RunnerClient:
+        """The VM's runner; Unavailable when it is gone."""
         if self.rec.runner is None or self.rec.runner.closed:
             raise Unavailable(f"VM {self.rec.name!r} lost its runner during the migration")
-        return await self.rec.runner.call(op, timeout=30.0, **args)
+        return self.rec.runner
 
 
 async def _offer(s: _Source) -> None:
-    mem = await s.runner("memory")
-    rows = [pb.CpuidEntry(**dict(zip(pb.CpuidEntry.DESCRIPTOR.fields_by_name, r, strict=False))) for r in mem["cpuid"]]
+    mem = await s.runner.memory()
+    rows = [pb.CpuidEntry(**dict(zip(pb.CpuidEntry.DESCRIPTOR.fields_by_name, r, strict=False))) for r in mem.cpuid]
     offer = pb.MigrationOffer(
         spec=s.rec.spec,
         effective_platform=s.rec.effective,
@@ -108,7 +111,7 @@ async def _offer(s: _Source) -> None:
     s.call = pbg.AgentStub(s.peer).ReceiveVm(timeout=MOVE_TIMEOUT)  # type: ignore[no-untyped-call]
     await s.send(pb.MigrationPacket(offer=offer))
     await s.expect("accepted")
-    s.mapping = GuestMapping(int(mem["pid"]), int(mem["fd"]), int(mem["size"]))
+    s.mapping = GuestMapping(mem.pid, mem.fd, mem.size)
 
 
 async def _precopy(s: _Source) -> AsyncIterator[tuple[pb.MigrationProgress, bytes]]:
@@ -120,7 +123,7 @@ async def _precopy(s: _Source) -> AsyncIterator[tuple[pb.MigrationProgress, byte
         start, before = time.monotonic(), s.bytes_sent
         await s.send_pages(dirty)
         rate = max(s.bytes_sent - before, PAGE) / max(time.monotonic() - start, 1e-6)
-        dirty = base64.b64decode((await s.runner("dirty"))["bitmap"])
+        dirty = base64.b64decode((await s.runner.dirty()).bitmap)
         s.dirty_pages = count_bits(dirty)
         s.expected_s = s.dirty_pages * PAGE / rate
         yield s.progress("precopy"), dirty
@@ -138,12 +141,12 @@ def _or(a: bytes, b: bytes) -> bytes:
 async def _switch(s: _Source, pending: bytes) -> float:
     """Stop and copy; returns when the target runs the VM (the downtime in seconds)."""
     t_stop = time.monotonic()
-    final = await s.runner("migrate_stop")
-    await s.send_pages(_or(pending, base64.b64decode(final["bitmap"])))
-    state = {"state": final["state"], "milestones": {}}
+    final = await s.runner.migrate_stop()
+    await s.send_pages(_or(pending, base64.b64decode(final.bitmap)))
+    state = {"state": final.state, "milestones": {}}
     await s.send(pb.MigrationPacket(state=json.dumps(state, separators=(",", ":")).encode()))
     await s.expect("prepared")
-    first_seq = int(final["last_seq"]) + 2  # the source's own last event ("migrated to ...") takes the one between
+    first_seq = final.last_seq + 2  # the source's own last event ("migrated to ...") takes the one between
     try:
         await s.send(pb.MigrationPacket(commit=pb.MigrationCommit(first_seq=first_seq)))
         await s.expect("committed")
@@ -189,7 +192,7 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
             s.peer = peer
             await _offer(s)
             yield s.progress("offer")
-            await s.runner("migrate_begin", target=target)
+            await s.runner.migrate_begin(target)
             began = True
             pending = b""
             async for progress, dirty in _precopy(s):
@@ -200,7 +203,7 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
             committed = True
             with contextlib.suppress(grpc.RpcError):
                 await s.call.done_writing()
-        await s.runner("migrate_done", target=target)
+        await s.runner.migrate_done(target)
         rec.moving = ""
         await c.destroy(name)
         total = time.monotonic() - s.t0
@@ -208,7 +211,7 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
     except BaseException as e:  # any failure (the target's, the network's, ours, a cancelled call) resumes at home
         if began and not committed:
             with contextlib.suppress(KvmplatError):
-                await asyncio.shield(s.runner("migrate_abort", why=str(_peer_error(s, e))))
+                await asyncio.shield(s.runner.migrate_abort(str(_peer_error(s, e))))
         if s.call is not None:
             s.call.cancel()
         if not isinstance(e, Exception):

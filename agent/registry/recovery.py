@@ -12,6 +12,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from kvmplat.agent.errors import KvmplatError, ResourceExhausted
+from kvmplat.agent.registry.lifecycle import Event
 from kvmplat.agent.registry.runnerlink import RunnerClient
 from kvmplat.agent.registry.strays import end_strays, runners_of
 
@@ -56,7 +57,7 @@ async def _end_runner(c: Controller, rec: VmRecord) -> None:
     try:
         runner = await RunnerClient.connect(rec.socket, lambda e: None, lambda: None)
         with contextlib.suppress(KvmplatError):
-            await runner.call("destroy", timeout=5.0)
+            await runner.request(Event.DESTROY, timeout=5.0)
         await runner.close()
     except KvmplatError:
         if rec.pid in runners_of(str(c.store.root)):  # never a pid that is no longer our runner's

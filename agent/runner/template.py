@@ -6,36 +6,33 @@ and a VM starts in milliseconds. Each runner is forked once, into a session of i
 that end (SIGCHLD wakes its loop), and when the template goes (with its agent) the runners live on, re-adopted
 through their sockets by the next agent.
 
-Protocol on the template's stdin/stdout (JSON lines): {"op": "spawn", "id": N, "config": {...}} ->
-{"id": N, "ok": true, "pid": P} once the runner listens on config["socket"], or {"id": N, "ok": false, "error":
-{kind, message}}. Spawns overlap: the template forks a runner as soon as it is asked and answers each once that
-runner reports (or dies), in whatever order they finish, so one VM's build never waits behind another's.
-The template exits when the agent closes its stdin.
+Protocol on the template's stdin/stdout (wire.py lines): Spawn(config, id) -> SpawnReply(id, Spawned(pid)) once the
+runner listens on config.socket, or SpawnReply(id, the Failure that stopped it). Spawns overlap: the template forks a
+runner as soon as it is asked and answers each once that runner reports (or dies), in whatever order they finish,
+so one VM's build never waits behind another's. The template exits when the agent closes its stdin.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import selectors
 import signal
 import socket
 import sys
 from collections.abc import Iterable
-from typing import Any
 
-from kvmplat.agent.errors import InvalidArgument, KvmplatError
+from kvmplat.agent.errors import HostError, InvalidArgument
 from kvmplat.agent.linux import layout as linux_layout
 from kvmplat.agent.registry.strays import RUNNER_COMM
 from kvmplat.agent.runner import vmrunner
 from kvmplat.agent.runner.vcpu import install_kick_handler
-from kvmplat.agent.runner.wire import decode, encode
+from kvmplat.agent.runner.wire import Failure, RunnerConfig, Spawn, Spawned, SpawnReply, decode, encode, failure_of
 
 __all__ = ["fork_runner", "main", "ready_reply"]
 
 
-def fork_runner(config: dict[str, Any], template_fds: Iterable[int] = ()) -> int:
+def fork_runner(config: RunnerConfig, template_fds: Iterable[int] = ()) -> int:
     """Forks a runner for `config` into a session of its own; returns the pipe on which it reports readiness.
     `template_fds` (the template's own: its selector, signal pipe, other runners' readiness pipes) are closed in the
     runner."""
@@ -53,14 +50,18 @@ def fork_runner(config: dict[str, Any], template_fds: Iterable[int] = ()) -> int
     return r
 
 
-def ready_reply(data: bytes) -> dict[str, Any]:
-    """The reply to a spawn from what its runner wrote on the readiness pipe before closing it."""
+def ready_reply(data: bytes) -> Spawned | Failure:
+    """The answer to a spawn from what its runner wrote on the readiness pipe before closing it."""
     if not data:
-        return {"ok": False, "error": {"kind": "HostError", "message": "the runner died while starting"}}
-    return dict(json.loads(data))
+        return failure_of(HostError("the runner died while starting"))
+    try:
+        reply = decode(data)
+    except ValueError as e:
+        return failure_of(HostError(f"the runner's report: {e}"))
+    return reply if isinstance(reply, Spawned | Failure) else failure_of(HostError("the runner said nonsense"))
 
 
-def _runner_main(config: dict[str, Any], ready_fd: int) -> None:
+def _runner_main(config: RunnerConfig, ready_fd: int) -> None:
     """The runner process: build the VM, listen, report readiness, serve until destroyed."""
     code = 0
     try:
@@ -70,25 +71,21 @@ def _runner_main(config: dict[str, Any], ready_fd: int) -> None:
         os.dup2(os.open(os.devnull, os.O_RDWR), 0)
         os.dup2(os.open(os.devnull, os.O_RDWR), 1)
         runner, listener = _start(config)
-        os.write(ready_fd, encode({"ok": True, "pid": os.getpid()}))
+        os.write(ready_fd, encode(Spawned(os.getpid())))
         os.close(ready_fd)
         runner.serve(listener)
         runner.wait_destroyed()
         listener.close()  # its path is the agent's to remove: by now a new VM of the same name may listen there
-    except KvmplatError as e:
-        os.write(ready_fd, encode({"ok": False, "error": {"kind": type(e).__name__, "message": str(e)}}))
-        code = 1
     except BaseException as e:
-        msg = f"runner failed: {type(e).__name__}: {e}"
         with contextlib.suppress(OSError):
-            os.write(ready_fd, encode({"ok": False, "error": {"kind": "HostError", "message": msg}}))
+            os.write(ready_fd, encode(failure_of(e)))
         code = 1
     os._exit(code)
 
 
-def _start(config: dict[str, Any]) -> tuple[vmrunner.VmRunner, socket.socket]:
+def _start(config: RunnerConfig) -> tuple[vmrunner.VmRunner, socket.socket]:
     install_kick_handler()
-    path = config["socket"]
+    path = config.socket
     if len(path.encode()) > 107:
         raise InvalidArgument.field("state_dir", f"runner socket path too long for a unix socket: {path}")
     runner = vmrunner.VmRunner(config)
@@ -108,27 +105,26 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _request(line: bytes, template_fds: Iterable[int]) -> tuple[Any, int | None, dict[str, Any] | None]:
+def _request(line: bytes, template_fds: Iterable[int]) -> tuple[int, int | None, Failure | None]:
     """A request's id and, when it asks for a spawn, the readiness pipe of the runner forked for it; otherwise the
-    reply that refuses it."""
-    rid = None
+    failure that refuses it."""
     try:
         msg = decode(line)
-        rid = msg.get("id")
-        if msg.get("op") != "spawn":
-            return rid, None, {"ok": False, "error": {"kind": "InvalidArgument", "message": "unknown op"}}
-        return rid, fork_runner(msg["config"], template_fds), None
-    except (ValueError, KeyError, TypeError) as e:
-        return rid, None, {"ok": False, "error": {"kind": "InvalidArgument", "message": f"bad request: {e}"}}
+    except ValueError as e:
+        return 0, None, failure_of(InvalidArgument(f"bad request: {e}"))
+    if not isinstance(msg, Spawn):
+        return 0, None, failure_of(InvalidArgument("unknown request"))
+    return msg.id, fork_runner(msg.config, template_fds), None
 
 
 class _Server:
-    """The template's loop: requests on stdin, the readiness pipes of runners starting, replies on stdout."""
+    """The template's loop: requests on stdin, the readiness pipes of runners starting, replies on stdout, and
+    SIGCHLD (a runner ended: reap it, no polling)."""
 
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.sel.register(0, selectors.EVENT_READ, None)
-        self.sigchld, wake = os.pipe()  # SIGCHLD writes here: a runner ended, reap it (no polling)
+        self.sigchld, wake = os.pipe()
         for fd in (self.sigchld, wake):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(wake)
@@ -138,8 +134,8 @@ class _Server:
         self.partial = b""
         self.open = True
 
-    def reply(self, rid: Any, reply: dict[str, Any]) -> None:
-        sys.stdout.buffer.write(encode({"id": rid, **reply}))
+    def reply(self, rid: int, answer: Spawned | Failure) -> None:
+        sys.stdout.buffer.write(encode(SpawnReply(rid, answer)))
         sys.stdout.buffer.flush()
 
     def on_stdin(self) -> None:
@@ -156,17 +152,14 @@ class _Server:
             elif refusal is not None:
                 self.reply(rid, refusal)
 
-    def on_ready_pipe(self, fd: int, rid: Any, got: bytearray) -> None:
+    def on_ready_pipe(self, fd: int, rid: int, got: bytearray) -> None:
         chunk = os.read(fd, 1 << 16)
         if chunk:
             got += chunk
             return
         self.sel.unregister(fd)
         os.close(fd)
-        try:
-            self.reply(rid, ready_reply(bytes(got)))
-        except ValueError as e:
-            self.reply(rid, {"ok": False, "error": {"kind": "HostError", "message": f"runner's report: {e}"}})
+        self.reply(rid, ready_reply(bytes(got)))
 
     def reap(self) -> None:
         with contextlib.suppress(BlockingIOError):
