@@ -31,6 +31,7 @@ from kvmplat.agent.runner.wire import (
     RunnerStats,
     Spawn,
     Spawned,
+    SpawnReply,
     StateChange,
     StateReply,
     decode,
@@ -93,7 +94,9 @@ move_args = st.one_of(
 failures = st.builds(Failure, text, text, st.lists(st.tuples(text, text), max_size=3).map(tuple))
 messages = st.one_of(
     configs.map(Spawn),
+    st.builds(Spawn, configs, ints),
     st.builds(Spawned, ints),
+    st.builds(SpawnReply, ints, st.builds(Spawned, ints) | failures),
     st.builds(Call, ints, text, ints, text, st.none() | move_args),
     st.builds(Reply, ints, move_results),
     st.builds(RunnerEvent, ints, st.floats(allow_nan=False, allow_infinity=False), bodies),
