@@ -222,6 +222,7 @@ class RunnerClient:
             pass
         finally:
             self.closed = True
+            self._writer.close()  # the socket now, not when this client is collected (an EOF leaves it open)
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(RunnerLost("the runner closed its connection"))
