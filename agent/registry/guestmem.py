@@ -18,7 +18,7 @@ from kvmplat.agent.kvm._kvmc import ffi, lib
 __all__ = ["CHUNK", "PAGE", "GuestMapping", "count_bits"]
 
 PAGE = 4096
-CHUNK = 2 << 20  # bytes of packed pages per message: large enough to amortise a gRPC message, well under its limit
+CHUNK = 8 << 20  # bytes of packed pages per message: large enough to amortise a gRPC message, under its limit (16 MiB)
 
 
 def count_bits(bitmap: bytes) -> int:

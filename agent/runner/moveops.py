@@ -21,6 +21,7 @@ from kvmplat.agent.registry.lifecycle import Event, State, next_state
 from kvmplat.agent.runner import vmstate
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.machine import Machine
+from kvmplat.agent.runner.throttle import Throttle
 from kvmplat.agent.runner.vcpu import Mode
 
 if TYPE_CHECKING:
@@ -67,8 +68,23 @@ def migrate_begin(r: VmRunner, msg: dict[str, Any]) -> dict[str, Any]:
     m = _machine(r, State.RUNNING)
     m.vm.log_dirty_pages(True)
     m.vm.get_dirty_log(0, m.memory.pages)
+    r.throttle = Throttle(r.threads)
     r.transition(new, f"migrating to {msg.get('target', '?')}")
     return {}
+
+
+def throttle(r: VmRunner, msg: dict[str, Any]) -> dict[str, Any]:
+    """Auto-converge: holds the vCPUs paused `percent` % of each period from now on."""
+    _machine(r, State.MIGRATING)
+    if r.throttle is not None:
+        r.throttle.set(int(msg.get("percent", 0)))
+    return {}
+
+
+def _unthrottle(r: VmRunner, resume: bool) -> None:
+    if r.throttle is not None:
+        r.throttle.end(resume)
+        r.throttle = None
 
 
 def dirty(r: VmRunner, msg: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +95,7 @@ def dirty(r: VmRunner, msg: dict[str, Any]) -> dict[str, Any]:
 def migrate_stop(r: VmRunner, msg: dict[str, Any]) -> dict[str, Any]:
     """Stops the guest for the final copy: vCPUs parked, console drained; the last dirty pages and the state."""
     m = _machine(r, State.MIGRATING)
+    _unthrottle(r, False)
     _park(r)
     r.console.stop()  # its last lines are events here; a partial line stays in the UART and moves with it
     return {"bitmap": _bitmap(m), "state": vmstate.freeze(m), "last_seq": r.log.last_seq}
@@ -89,6 +106,7 @@ def migrate_abort(r: VmRunner, msg: dict[str, Any]) -> dict[str, Any]:
     new = next_state(r.name, r.state, Event.ABORT_MIGRATION)
     m = _machine(r, State.MIGRATING)
     m.vm.log_dirty_pages(False)
+    _unthrottle(r, False)
     if r.console.stopped:
         r.console = ConsoleReader(m.console_fd, m.cvm, r.on_console)
     for t in r.threads:
@@ -101,6 +119,7 @@ def migrate_done(r: VmRunner, msg: dict[str, Any]) -> dict[str, Any]:
     """MIGRATING -> STOPPED: the target runs the VM now; this copy is freed."""
     new = next_state(r.name, r.state, Event.MIGRATED)
     _machine(r, State.MIGRATING)
+    _unthrottle(r, False)
     r.teardown()
     r.transition(new, f"migrated to {msg.get('target', '?')}")
     return {"state": new.name}
@@ -136,6 +155,7 @@ OPS = {
     "freeze": freeze,
     "migrate_begin": migrate_begin,
     "dirty": dirty,
+    "throttle": throttle,
     "migrate_stop": migrate_stop,
     "migrate_abort": migrate_abort,
     "migrate_done": migrate_done,
