@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     _setup_logging(args.log_format, args.log_level)
     from kvmplat.agent.errors import KvmplatError
+    from kvmplat.agent.registry.guestmem import keep_freed_memory
+
+    keep_freed_memory()
 
     try:
         code = asyncio.run(serve(args))
