@@ -37,7 +37,8 @@ from kvmplat.client.agent import Client
 from kvmplat.v1 import agent_pb2 as pb
 
 WARM_S = 2.0  # the guest runs this long before it moves
-RATE_S = 1.0  # the busy guest's dirty rate is measured over this long, just before it moves
+RATE_S = 2.0  # the busy guest's dirty rate is measured over this long, just before it moves
+PROBES = 32  # counters read to tell how far its sweep got
 
 
 def ours(mib: int, dirtying: bool, src: str, dst: str) -> tuple[float, float, float, int]:
@@ -47,31 +48,37 @@ def ours(mib: int, dirtying: bool, src: str, dst: str) -> tuple[float, float, fl
     with Client(src, timeout=60) as a, Client(dst, timeout=60) as b:
         a.create_vm(spec, start=True)
         time.sleep(WARM_S)
-        rate = _sweep_rate(lambda: _memfd_word(a.get_vm(name).runner_pid), mib) if dirtying else 0.0
+        rate = _sweep_rate(lambda: _memfd_words(a.get_vm(name).runner_pid, mib), mib) if dirtying else 0.0
         last = list(a.migrate_vm(name, dst))[-1]
         b.stop_vm(name)
         b.destroy_vm(name)
     return float(last.total_ms), float(last.downtime_ms), rate, int(last.throttle_percent)
 
 
-def _memfd_word(pid: int) -> int:
-    """The counter the busy guest last wrote into its page at 1 MiB, read through its runner's memfd."""
+def _probes(mib: int) -> list[int]:
+    """Guest addresses whose counters tell how far the busy guest got: one per 1/PROBES of its sweep."""
+    step = ((mib - 1) << 20) // PROBES // 4096 * 4096
+    return [(1 << 20) + i * step for i in range(PROBES)]
+
+
+def _memfd_words(pid: int, mib: int) -> int:
+    """The sum of the counters the busy guest wrote at the probe addresses, read through its runner's memfd."""
     for fd in os.listdir(f"/proc/{pid}/fd"):
         if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:kvmplat-guest"):
             f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY)
             try:
-                return int.from_bytes(os.pread(f, 4, 1 << 20), "little")
+                return sum(int.from_bytes(os.pread(f, 4, a), "little") for a in _probes(mib))
             finally:
                 os.close(f)
     raise RuntimeError(f"runner {pid} has no guest memfd")
 
 
-def _sweep_rate(word: Callable[[], int], mib: int) -> float:
-    """MiB/s the busy guest writes (its sweeps over memory per second, from its round counter, times its size)."""
-    c0, t0 = word(), time.monotonic()
+def _sweep_rate(words: Callable[[], int], mib: int) -> float:
+    """MiB/s the busy guest writes: how many probe addresses its sweeps passed in RATE_S, times their spacing."""
+    c0, t0 = words(), time.monotonic()
     time.sleep(RATE_S)
-    c1, t1 = word(), time.monotonic()
-    return round((c1 - c0) * (mib - 1) / (t1 - t0), 1)
+    c1, t1 = words(), time.monotonic()
+    return round((c1 - c0) * (mib - 1) / PROBES / (t1 - t0), 1)
 
 
 def multiboot_dirtier() -> bytes:
@@ -148,11 +155,13 @@ def _await_marker(con: Path, dirtying: bool) -> None:
         time.sleep(0.05)
 
 
-def _qemu_word(src: Qmp, tmp: Path) -> int:
-    """The counter QEMU's busy guest last wrote at 1 MiB (QMP pmemsave)."""
-    out = tmp / "word"
-    src.cmd("pmemsave", val=1 << 20, size=4, filename=str(out))
-    return int.from_bytes(out.read_bytes(), "little")
+def _qemu_words(src: Qmp, tmp: Path, mib: int) -> int:
+    """The sum of the counters QEMU's busy guest wrote at the probe addresses (QMP pmemsave)."""
+    out, total = tmp / "word", 0
+    for a in _probes(mib):
+        src.cmd("pmemsave", val=a, size=4, filename=str(out))
+        total += int.from_bytes(out.read_bytes(), "little")
+    return total
 
 
 def theirs(mib: int, dirtying: bool, tmp: Path) -> tuple[float, float, float, int, str]:
@@ -174,7 +183,7 @@ def theirs(mib: int, dirtying: bool, tmp: Path) -> tuple[float, float, float, in
     ):
         _await_marker(con, dirtying)
         time.sleep(WARM_S)
-        rate = _sweep_rate(lambda: _qemu_word(src, tmp), mib) if dirtying else 0.0
+        rate = _sweep_rate(lambda: _qemu_words(src, tmp, mib), mib) if dirtying else 0.0
         src.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
         src.cmd("migrate-set-capabilities", capabilities=[{"capability": "auto-converge", "state": True}])
         src.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
