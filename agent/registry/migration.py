@@ -4,10 +4,11 @@
     offer (spec, effective platform, CPUID) ──>    same platform here? (compat.check_incoming) else refused
                                           <──      accepted: a silent incoming runner, memory mapped
     RUNNING -> MIGRATING, dirty logging on
-    round 1: every page; round n: the pages dirtied during round n-1, until the rest fits the downtime goal
+    round 1: every page; round n: the pages dirtied during round n-1, until the rest would take at most
+    DOWNTIME_LIMIT_S at the measured bandwidth; a guest that dirties faster than that is slowed down (auto-converge)
     vCPUs parked; last dirty pages; state ──>      state loaded, vCPUs parked
-                                          <──      prepared
-    commit (first event number) ──>                MIGRATING -> RUNNING: listed, running
+    commit (first event number) ──>         <──    prepared
+                                                   MIGRATING -> RUNNING: listed, running (only after a good load)
                                           <──      committed
     MIGRATING -> STOPPED ("migrated to ..."), destroyed
 
@@ -164,10 +165,10 @@ async def _switch(s: _Source, pending: bytes) -> float:
     await s.send_pages(_or(pending, base64.b64decode(final["bitmap"])))
     state = {"state": final["state"], "milestones": {}}
     await s.send(pb.MigrationPacket(state=json.dumps(state, separators=(",", ":")).encode()))
-    await s.expect("prepared")
     first_seq = int(final["last_seq"]) + 2  # the source's own last event ("migrated to ...") takes the one between
-    try:
+    try:  # the commit follows at once (one round trip less): the target commits only once the state loaded
         await s.send(pb.MigrationPacket(commit=pb.MigrationCommit(first_seq=first_seq)))
+        await s.expect("prepared")
         await s.expect("committed")
     except (grpc.RpcError, KvmplatError) as e:
         if not await _target_runs(s):
