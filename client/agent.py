@@ -1,6 +1,23 @@
 """`Client`: a typed, synchronous wrapper over the Agent stubs. Every unary call has a timeout; every failure is one
-of `kvmplat.client.errors`. Imports are kept to grpc and the generated stubs because the libvirt hook reuses this
-module on every domain start (see reference/GRPC.md §3.2).
+of `kvmplat.client.errors` (a `KvmplatError`). Imports are kept to grpc and the generated stubs: a short-lived
+caller (a hook, a script) pays for nothing else.
+
+    from kvmplat.client.agent import Client
+    from kvmplat.client.specfile import parse_spec
+    from kvmplat.v1 import agent_pb2 as pb
+
+    spec = pb.VmSpec(name="web1", vcpus=1, memory_mib=16, boot=pb.BootSpec(builtin="loop"),
+                     platform=pb.PlatformSpec(pv=[pb.KVM], compat="x86-64-v2", compat_policy=pb.BEST_EFFORT))
+    # or from the JSON a spec file holds: parse_spec('{"name": "web1", ..., "platform": {"pv": "kvm"}}')
+    with Client() as c:                          # address: KVMPLAT_AGENT, else unix:///run/kvmplat/agent.sock
+        vm = c.create_vm(spec, start=True)       # a pb.Vm; its name is vm.spec.name
+        print(pb.VmState.Name(vm.state))         # enums are ints: pb.VmState.Name(2) == "RUNNING", pb.RUNNING == 2
+        for ev in c.watch_events("web1", follow=True):
+            kind = ev.WhichOneof("kind")         # "state", "console", "exit" or "error"
+            if kind == "state":
+                print(ev.seq, pb.VmState.Name(ev.state.to), ev.state.reason)
+
+README.md ("Python") has the whole example, and `kvmplat.client.errors` the error tree.
 """
 
 from __future__ import annotations
@@ -14,7 +31,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import grpc
-from kvmplat.client.errors import KvmplatError, from_rpc_error
+from kvmplat.client.errors import AddressError, KvmplatError, from_rpc_error
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pb_grpc
 
@@ -42,10 +59,6 @@ CHANNEL_OPTIONS = (("grpc.max_send_message_length", 4 << 20), ("grpc.max_receive
 _READY_PROBE_S = 0.2
 
 T = TypeVar("T")
-
-
-class AddressError(ValueError):
-    """An agent address in none of the accepted forms (unix:///path, unix:path, tcp://host:port)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,22 @@ class EventStream:
 
 
 class Client:
-    """A connection to one kvmplat agent; also a context manager that closes the channel."""
+    """A connection to one kvmplat agent; also a context manager that closes the channel.
+
+    `address` defaults to the environment's KVMPLAT_AGENT, else unix:///run/kvmplat/agent.sock (forms:
+    unix:///PATH, unix:PATH, tcp://HOST:PORT; TLS files in `tls` for tcp). `timeout` bounds each unary call.
+
+    Messages are the generated protobuf classes of `kvmplat.v1.agent_pb2` (imported as `pb`):
+      - a VmSpec is built with keyword arguments, `pb.VmSpec(name=..., vcpus=..., memory_mib=...,
+        boot=pb.BootSpec(builtin="loop") or pb.BootSpec(kernel=PATH, initrd=..., cmdline=...),
+        platform=pb.PlatformSpec(abi=pb.BARE_METAL, pv=[pb.KVM], compat="x86-64-v2", compat_policy=pb.STRICT))`,
+        or read from protobuf JSON with `kvmplat.client.specfile.parse_spec(text)` / `load_spec(path)`;
+      - a VM's name is `vm.spec.name`; its state `vm.state` is an int of the VmState enum: compare it with
+        `pb.RUNNING`, name it with `pb.VmState.Name(vm.state)` (likewise `pb.Abi.Name`, `pb.Pv.Name`);
+      - an Event carries one of `state`, `console`, `exit`, `error`: `ev.WhichOneof("kind")` says which;
+        `ev.state.to` is the new state (`from` is a Python keyword: `getattr(ev.state, "from")`).
+    Every failure raises a `kvmplat.client.errors.KvmplatError` subclass (Unreachable when no agent answers).
+    """
 
     def __init__(
         self,
@@ -195,9 +223,11 @@ class Client:
             self._stub.GetCapabilities, pb.GetCapabilitiesRequest(refresh=refresh), pb.Capabilities, timeout
         )
 
-    def check_platform(self, spec: pb.VmSpec) -> pb.EffectivePlatform:
-        """The effective platform the agent would give `spec`, or the refusal as an error (CheckPlatform)."""
-        reply = self._call(self._stub.CheckPlatform, pb.CheckPlatformRequest(spec=spec), pb.CheckPlatformResponse)
+    def check_platform(self, spec: pb.VmSpec, platform_only: bool = False) -> pb.EffectivePlatform:
+        """A dry run of `create_vm(spec)`: the effective platform, or the refusal create_vm would give, as an error;
+        `platform_only` resolves spec.platform alone (CheckPlatform)."""
+        request = pb.CheckPlatformRequest(spec=spec, platform_only=platform_only)
+        reply = self._call(self._stub.CheckPlatform, request, pb.CheckPlatformResponse)
         return reply.effective_platform
 
     def create_vm(self, spec: pb.VmSpec, start: bool = False) -> pb.Vm:
@@ -205,7 +235,7 @@ class Client:
         return self._call(self._stub.CreateVm, pb.CreateVmRequest(spec=spec, start=start), pb.Vm)
 
     def start_vm(self, name: str) -> pb.Vm:
-        """Starts a CREATED VM (StartVm)."""
+        """Starts a CREATED VM, or boots a STOPPED one again from its spec (StartVm)."""
         return self._call(self._stub.StartVm, pb.VmRequest(name=name), pb.Vm)
 
     def pause_vm(self, name: str) -> pb.Vm:
@@ -217,12 +247,12 @@ class Client:
         return self._call(self._stub.ResumeVm, pb.VmRequest(name=name), pb.Vm)
 
     def stop_vm(self, name: str) -> pb.Vm:
-        """Stops a VM for good (StopVm)."""
+        """Stops a VM: its guest ends; `start_vm` boots it again (StopVm)."""
         return self._call(self._stub.StopVm, pb.VmRequest(name=name), pb.Vm)
 
-    def destroy_vm(self, name: str) -> None:
-        """Frees a VM and everything it held (DestroyVm)."""
-        self._call(self._stub.DestroyVm, pb.VmRequest(name=name), pb.DestroyVmResponse)
+    def destroy_vm(self, name: str, force: bool = False) -> None:
+        """Frees a VM and everything it held; `force` stops a RUNNING or PAUSED VM first (DestroyVm)."""
+        self._call(self._stub.DestroyVm, pb.VmRequest(name=name, force=force), pb.DestroyVmResponse)
 
     def get_vm(self, name: str) -> pb.Vm:
         """One VM by name (GetVm)."""
@@ -295,7 +325,8 @@ class Client:
 
     def watch_events(self, vm: str = "", since_seq: int = 0, follow: bool = True) -> EventStream:
         """Events of `vm` (every VM when empty) with seq > `since_seq`; live too when `follow` (WatchEvents).
-        Without `follow` the whole call has the client's timeout; a followed stream has none."""
+        Without `follow` the whole call has the client's timeout; a followed stream has none, and a followed stream
+        of one VM ends (the iteration stops, no error) when that VM is destroyed."""
         request = pb.WatchEventsRequest(vm=vm, since_seq=since_seq, follow=follow)
         call = self._stub.WatchEvents(request, timeout=None if follow else self.timeout)
         return EventStream(call, self)

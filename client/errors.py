@@ -9,13 +9,15 @@
     ├── PermissionDenied     PERMISSION_DENIED, UNAUTHENTICATED
     ├── Unavailable          UNAVAILABLE sent by the agent (a runner cannot be reached)
     ├── AgentFailed          INTERNAL, UNKNOWN, DATA_LOSS, UNIMPLEMENTED (the agent's HostError)
-    └── Unreachable          the agent could not be reached or did not answer (client side)
-        └── DeadlineExceeded   no answer within the call's timeout
+    ├── Unreachable          the agent could not be reached or did not answer (client side)
+    │   └── DeadlineExceeded   no answer within the call's timeout
+    └── AddressError         a bad agent address or TLS file, found before any call (client side; a ValueError too)
 
-Everything except `Unreachable` is the agent's answer (the CLI exits 1); `Unreachable` is a connection problem
-(the CLI exits 2). `from_rpc_error` is the one place that turns a `grpc.RpcError` into one of these, through
-`ERRORS_BY_CODE`. grpc_status (and googleapis-common-protos) is imported only when an error carries rich details,
-so a short-lived caller such as the libvirt hook pays nothing for it on the happy path.
+Everything except `Unreachable` and `AddressError` is the agent's answer (the CLI exits 1); those two are the
+caller's or the connection's problem (the CLI exits 2). `from_rpc_error` is the one place that turns a
+`grpc.RpcError` into one of these, through `ERRORS_BY_CODE`. grpc_status (and googleapis-common-protos) is imported
+only when an error carries rich details, so a short-lived caller such as the libvirt hook pays nothing for it on the
+happy path.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import grpc
 
 __all__ = [
     "ERRORS_BY_CODE",
+    "AddressError",
     "AgentFailed",
     "AlreadyExists",
     "DeadlineExceeded",
@@ -123,6 +126,14 @@ class Unreachable(KvmplatError):
 
 class DeadlineExceeded(Unreachable):
     """The agent did not answer within the call's timeout."""
+
+
+class AddressError(KvmplatError, ValueError):
+    """An agent address in none of the accepted forms (unix:///path, unix:path, tcp://host:port), or TLS files that
+    cannot be used; raised by the client before any call (a ValueError too, as it always was)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "")
 
 
 _C = grpc.StatusCode

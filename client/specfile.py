@@ -2,9 +2,10 @@
 
 Field names may be snake_case or camelCase (as json_format accepts). Enum values are friendlier than protobuf's
 JSON: case-insensitive, with or without the enum's prefix (`BARE_METAL`, `abi_bare_metal`, `kvm`, `PV_KVM`,
-`best_effort`); `normalise` rewrites them to their canonical names before json_format parses the result, and refuses
-an unknown field or value with a message that names it and what is allowed. No policy here: whether the host can
-give the platform is the agent's call (CheckPlatform).
+`best_effort`), and a repeated enum field takes one value without brackets (`"pv": "kvm"`); `normalise` rewrites
+them to their canonical names before json_format parses the result, and refuses an unknown field or value with a
+message that names it and what is allowed; json_format's own errors are shown as `field.path: why`. No policy
+here: whether the host can give the platform is the agent's call (CheckPlatform).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def _normalise_field(value: Any, field: FieldDescriptor, path: str) -> Any:
         return {k: _normalise_single(v, value_field, f"{path}[{k!r}]") for k, v in value.items()}
     if field.is_repeated and isinstance(value, list):
         return [_normalise_single(v, field, f"{path}[{i}]") for i, v in enumerate(value)]
+    if field.is_repeated and field.enum_type is not None and isinstance(value, str | int) and value is not True:
+        return [_normalise_single(value, field, path)]  # "pv": "kvm" means the list of that one value
     return _normalise_single(value, field, path)
 
 
@@ -99,7 +102,17 @@ def parse_spec(text: str, source: str = "spec") -> pb.VmSpec:
     except SpecError as e:
         raise SpecError(f"{source}: {e}") from None
     except json_format.ParseError as e:
-        raise SpecError(f"{source}: {e}") from None
+        raise SpecError(f"{source}: {_tidy(str(e))}") from None
+
+
+def _tidy(message: str) -> str:
+    """json_format's nested "Failed to parse a field: Failed to parse b field: why at VmSpec.a.." as `a.b: why`."""
+    path = []
+    while m := re.match(r"Failed to parse (\w+) field: ", message):
+        path.append(m.group(1))
+        message = message[m.end() :]
+    message = re.sub(r" at VmSpec[\w.\[\]]*\.?$", "", message).rstrip(".")
+    return f"{'.'.join(path)}: {message}" if path else message
 
 
 def load_spec(path: str | Path) -> pb.VmSpec:

@@ -1,7 +1,8 @@
 """`kvmplat-agent`: the per-host daemon. Serves kvmplat.v1.Agent (plus gRPC health and reflection) on a unix
 socket or TCP, keeps its VMs' records in --state-dir, and re-adopts their runners when it restarts.
 
-Exit codes: 0 after SIGTERM/SIGINT, 2 for bad flags or a host that cannot run VMs (the reason on stderr).
+Exit codes: 0 after SIGTERM/SIGINT, 2 for bad flags, a host that cannot run VMs, a state directory or socket another
+live agent holds, or an OS error such as a busy port (the reason on stderr, one line, no traceback).
 """
 
 from __future__ import annotations
@@ -97,43 +98,60 @@ def _host_memory_mib() -> int:
 
 async def serve(args: argparse.Namespace) -> int:
     """Runs the agent until SIGTERM or SIGINT."""
-    from grpc_health.v1 import health_pb2
-    from kvmplat.agent.api import metrics, sdnotify
+    from kvmplat.agent.api.exclusive import StateLock, check_socket_free
     from kvmplat.agent.api.tls import listener
 
     lis = listener(args)
-    if lis.insecure:
-        log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls the VMs", args.listen)
-    controller = await _controller(args)
-    controller.address = args.listen
-    controller.peer_tls = _peer_tls(args)
+    lock = StateLock(args.state_dir)  # held until this process ends: one agent per state directory
+    try:
+        if lis.socket_path:
+            check_socket_free(lis.socket_path)  # before anything could unlink a live agent's socket
+        if lis.insecure:
+            log.warning("serving plain-text gRPC on %s (--insecure): anyone who reaches it controls VMs", args.listen)
+        controller = await _controller(args)
+        controller.address = args.listen
+        controller.peer_tls = _peer_tls(args)
+        try:
+            return await _serve(args, lis, controller)
+        finally:
+            await controller.close()
+    finally:
+        lock.release()
+
+
+async def _serve(args: argparse.Namespace, lis: Any, controller: Controller) -> int:
+    """Adopts the VMs, serves metrics (when asked) and gRPC until a signal; the controller is closed by the caller."""
+    from grpc_health.v1 import health_pb2
+    from kvmplat.agent.api import metrics, sdnotify
+
     await controller.adopt_all()
     stop_metrics = (
         metrics.serve(args.metrics_listen, controller, asyncio.get_running_loop()) if args.metrics_listen else None
     )
     server, health_servicer, service = _grpc_server(lis.interceptors, controller)
-    lis.add_port(server)  # a unix socket is created 0600: only its owner may drive VMs
-    await server.start()
-    lis.secure_socket()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, controller.platforms.describe())
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sdnotify.notify("READY=1")
-    await stop.wait()
-    sdnotify.notify("STOPPING=1")
-    log.info("shutting down; running VMs keep running and are re-adopted at the next start")
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace=2.0)
-    await controller.close()
-    if stop_metrics:
-        stop_metrics()
-    if lis.socket_path and os.path.exists(lis.socket_path):
-        os.unlink(lis.socket_path)
+    try:
+        lis.add_port(server)  # a unix socket is created 0600: only its owner may drive VMs
+        await server.start()
+        lis.secure_socket()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        where = controller.platforms.describe()
+        log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, where)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sdnotify.notify("READY=1")
+        await stop.wait()
+        sdnotify.notify("STOPPING=1")
+        log.info("shutting down; running VMs keep running and are re-adopted at the next start")
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=2.0)
+        if lis.socket_path and os.path.exists(lis.socket_path):
+            os.unlink(lis.socket_path)
+    finally:
+        if stop_metrics:
+            stop_metrics()
     return 0
 
 
@@ -191,9 +209,11 @@ def _grpc_server(interceptors: list[Any], controller: Controller) -> tuple[Any, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of kvmplat-agent."""
+    """Entry point of kvmplat-agent: no traceback for what an operator must fix (flags, a busy port or state
+    directory, a host without KVM): one line and exit 2."""
     args = parse_args(argv)
     _setup_logging(args.log_format, args.log_level)
+    from kvmplat.agent.api.exclusive import InUse
     from kvmplat.agent.errors import KvmplatError
     from kvmplat.agent.registry.guestmem import keep_freed_memory
 
@@ -201,12 +221,24 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         code = asyncio.run(serve(args))
-    except (ValueError, KvmplatError) as e:
-        if args.log_format == "json":
-            log.error("kvmplat-agent: %s", e)  # the journal stays one JSON object a line
-        else:
-            print(f"kvmplat-agent: {e}", file=sys.stderr)
+    except (ValueError, KvmplatError, InUse, OSError, RuntimeError) as e:
+        _fatal(args, _one_line(e))
         code = 2
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line; an OSError names its file and says what the errno means."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _fatal(args: argparse.Namespace, text: str) -> None:
+    if args.log_format == "json":
+        log.error("kvmplat-agent: %s", text)  # the journal stays one JSON object a line
+    else:
+        print(f"kvmplat-agent: {text}", file=sys.stderr)

@@ -191,8 +191,13 @@ def serve(listen: str, controller: Controller, loop: asyncio.AbstractEventLoop) 
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"--metrics-listen takes HOST:PORT, not {listen!r}")
-    REGISTRY.register(ControllerCollector(controller, loop))
-    httpd, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
+    collector = ControllerCollector(controller, loop)
+    REGISTRY.register(collector)
+    try:
+        httpd, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
+    except OSError as e:
+        REGISTRY.unregister(collector)
+        raise ValueError(f"--metrics-listen {listen}: {e.strerror or e}") from None
 
     def stop() -> None:
         httpd.shutdown()

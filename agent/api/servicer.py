@@ -125,7 +125,7 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def CheckPlatform(self, request: pb.CheckPlatformRequest, context: Any) -> pb.CheckPlatformResponse:
-        return pb.CheckPlatformResponse(effective_platform=self.c.check(request.spec))
+        return pb.CheckPlatformResponse(effective_platform=self.c.check(request.spec, request.platform_only))
 
     @_rpc
     async def CreateVm(self, request: pb.CreateVmRequest, context: Any) -> pb.Vm:
@@ -152,7 +152,7 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def DestroyVm(self, request: pb.VmRequest, context: Any) -> pb.DestroyVmResponse:
-        await self.c.destroy(request.name)
+        await self.c.destroy(request.name, force=request.force)
         return pb.DestroyVmResponse()
 
     @_rpc

@@ -47,10 +47,16 @@ class Listener:
     def add_port(self, server: grpc.aio.Server) -> None:
         """Binds the port; a unix socket is created 0600 (umask) so no one else can connect before chmod."""
         if self.socket_path is None:
-            if self.credentials is None:
-                server.add_insecure_port(self.target)
-            else:
-                server.add_secure_port(self.target, self.credentials)
+            try:
+                if self.credentials is None:
+                    server.add_insecure_port(self.target)
+                else:
+                    server.add_secure_port(self.target, self.credentials)
+            except RuntimeError:  # grpc's "Failed to bind" (its core logged the errno a line above)
+                raise ValueError(
+                    f"--listen tcp://{self.target}: cannot listen there (the port is in use, or the address is not "
+                    "this host's)"
+                ) from None
             return
         os.makedirs(os.path.dirname(self.socket_path) or ".", mode=0o755, exist_ok=True)
         if os.path.exists(self.socket_path):

@@ -75,6 +75,6 @@ def _image_path(path: str, field: str, limits: Limits) -> tuple[str, str] | None
     dirs = [os.path.realpath(d) for d in limits.image_dirs]
     if not any(os.path.commonpath([real, d]) == d for d in dirs):
         return (field, f"{path} is outside the image directories ({', '.join(limits.image_dirs) or 'none configured'})")
-    if not os.path.isfile(real):
+    if not os.path.isfile(real) or not os.access(real, os.R_OK):
         return (field, f"{path} is not a readable file")
     return None

@@ -133,9 +133,21 @@ class Controller:
             raise ResourceExhausted(f"spec.vcpus {spec.vcpus} exceeds what is left: {left} vCPUs")
 
     # --- requests ----------------------------------------------------------------------------------------------
-    def check(self, spec: pb.VmSpec) -> pb.EffectivePlatform:
-        """The effective platform the spec would get, or the refusal."""
-        return self.platforms.resolve(spec.platform)[0]
+    def check(self, spec: pb.VmSpec, platform_only: bool = False) -> pb.EffectivePlatform:
+        """A dry run of `create`: the effective platform the spec would get, or the refusal `create` would give now
+        (the same checks, in the same order, by the same code; only a VM of the same name is not a refusal).
+        `platform_only`: the platform's resolution alone, for a guest kvmplat will not run."""
+        if platform_only:
+            return self.platforms.resolve(spec.platform)[0]
+        return self._admit(spec)[0]
+
+    def _admit(self, spec: pb.VmSpec) -> tuple[pb.EffectivePlatform, list[list[int]]]:
+        """Everything `create` checks before it spawns a runner: the spec's fields, limits, boot source and images,
+        the platform, and what is left of the host; returns the effective platform and its CPUID table."""
+        validate_spec(spec, self.limits)
+        effective, cpuid = self.platforms.resolve(spec.platform)
+        self.reserve(spec)
+        return effective, cpuid
 
     def get(self, name: str) -> VmRecord:
         """The record of VM `name`."""
@@ -157,22 +169,11 @@ class Controller:
         validate_spec(spec, self.limits)
         if spec.name in self.vms or spec.name in self.creating:
             raise AlreadyExists(f"a VM named {spec.name!r} exists already")
-        effective, cpuid = self.platforms.resolve(spec.platform)
-        self.reserve(spec)
+        effective, cpuid = self._admit(spec)
         self.creating.add(spec.name)
         try:
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
-            config = {
-                "name": spec.name,
-                "vcpus": spec.vcpus,
-                "memory_mib": spec.memory_mib,
-                "socket": rec.socket,
-                "boot": json_format.MessageToDict(spec.boot, preserving_proto_field_name=True),
-                "cpuid": cpuid,
-                # the runner checks again what it really opened: a path swapped after validation is refused
-                "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
-            }
-            rec.pid = await self.template.spawn(config)
+            rec.pid = await self.template.spawn(self._runner_config(rec, cpuid))
             self.vms[spec.name] = rec
             # durable, and waited for, before any event can arrive
             await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
@@ -181,21 +182,63 @@ class Controller:
             self.creating.discard(spec.name)
         return await self.act(spec.name, Event.START) if start else rec
 
+    def _runner_config(self, rec: VmRecord, cpuid: list[list[int]], restart: bool = False) -> dict[str, Any]:
+        """What the runner template needs to build the VM of `rec`."""
+        spec = rec.spec
+        return {
+            "name": spec.name,
+            "vcpus": spec.vcpus,
+            "memory_mib": spec.memory_mib,
+            "socket": rec.socket,
+            "boot": json_format.MessageToDict(spec.boot, preserving_proto_field_name=True),
+            "cpuid": cpuid,
+            # the runner checks again what it really opened: a path swapped after validation is refused
+            "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
+            "first_seq": rec.last_seq + 1,  # one VM, one sequence: a restart continues it
+            "restart": restart,
+        }
+
     async def act(self, name: str, event: Event) -> VmRecord:
-        """start, pause, resume or stop, checked against the transition table before the runner is asked."""
+        """start, pause, resume or stop, checked against the transition table before the runner is asked; start of a
+        STOPPED VM boots its spec again in a new runner."""
         rec = self.idle(name)
         next_state(name, rec.state, event)
         rec.saved = False
+        if event is Event.START and rec.state is State.STOPPED:
+            await self._restart(rec)
         if rec.runner is None or rec.runner.closed:
             raise FailedPrecondition(f"VM {name!r} has no runner (it is {rec.state.name}: {rec.reason})")
         await rec.runner.call(event.value)
         return rec
 
-    async def destroy(self, name: str) -> None:
-        """Ends the VM's runner and forgets the VM (STOPPED or CRASHED VMs, or CREATED ones)."""
+    async def _restart(self, rec: VmRecord) -> None:
+        """Replaces a STOPPED VM's runner by a fresh one for the same spec (admitted again: the host may have less
+        room, or another platform truth, than when the VM was created). The new runner starts out STOPPED."""
+        if rec.name in self.creating:
+            raise FailedPrecondition(f"VM {rec.name!r} is being started already")
+        effective, cpuid = self._admit(rec.spec)
+        self.creating.add(rec.name)
+        try:
+            old, rec.runner = rec.runner, None  # from here its loss is not this VM's crash
+            if old is not None and not old.closed:
+                with contextlib.suppress(KvmplatError):
+                    await old.call("destroy")
+                await old.close()
+            self.store.unlink_socket(rec.name)
+            rec.effective, rec._fixed = effective, {}
+            rec.pid = await self.template.spawn(self._runner_config(rec, cpuid, restart=True))
+            await self.connect(rec, since=rec.last_seq)
+        finally:
+            self.creating.discard(rec.name)
+
+    async def destroy(self, name: str, force: bool = False) -> None:
+        """Ends the VM's runner and forgets the VM (STOPPED or CRASHED VMs, or CREATED ones; with `force`, a RUNNING
+        or PAUSED VM is stopped first)."""
         rec = self.idle(name)
-        if rec.saved and rec.state is State.PAUSED:  # its state lives on in a snapshot: nothing is lost
-            await self.act(name, Event.STOP)
+        forced = force and rec.state in (State.RUNNING, State.PAUSED)
+        if forced or (rec.saved and rec.state is State.PAUSED):  # a saved one's state lives on in a snapshot
+            with contextlib.suppress(FailedPrecondition):  # it may end on its own meanwhile: then it is STOPPED
+                await self.act(name, Event.STOP)
         next_state(name, rec.state, Event.DESTROY)
         rec.destroying = True
         if rec.runner is not None and not rec.runner.closed:
@@ -258,9 +301,10 @@ class Controller:
     # --- runners -----------------------------------------------------------------------------------------------
     async def connect(self, rec: VmRecord, since: int) -> None:
         """Connects to the runner of `rec` and says hello (its events after `since` follow)."""
-        rec.runner = await RunnerClient.connect(
-            rec.socket, lambda e: self._on_event(rec, e), lambda: self._on_lost(rec)
+        runner = await RunnerClient.connect(
+            rec.socket, lambda e: self._on_event(rec, e), lambda: self._on_lost(rec, runner)
         )
+        rec.runner = runner
         hello = await rec.runner.call("hello", since=since)
         rec.pid = int(hello["pid"])
         rec.state, rec.reason = State[hello["state"]], str(hello["reason"])
@@ -290,9 +334,9 @@ class Controller:
             with contextlib.suppress(Exception):  # the writer has logged it
                 done.result()
 
-    def _on_lost(self, rec: VmRecord) -> None:
-        if self.closing or rec.destroying or self.vms.get(rec.name) is not rec:
-            return
+    def _on_lost(self, rec: VmRecord, runner: RunnerClient) -> None:
+        if self.closing or rec.destroying or self.vms.get(rec.name) is not rec or rec.runner is not runner:
+            return  # an old runner replaced by a restart is no loss
         rec.runner = None
         if rec.state in LIVE:
             alive = _alive(rec.pid)

@@ -3,6 +3,8 @@
     CREATED ──start──> RUNNING ──pause──> PAUSED
                         ^  │  <──resume──   │
                         │  └──stop / guest exit──> STOPPED ──destroy──> DESTROYED
+                        │                            │
+                        └──────────start─────────────┘  (a fresh boot of the same spec, by a new runner)
                         └────── crash (from CREATED, RUNNING, PAUSED) ──> CRASHED ──destroy──> DESTROYED
 
     Migration (both agents' VMs pass through MIGRATING):
@@ -70,6 +72,7 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = MappingProxyType(
         (S.PAUSED, E.STOP): S.STOPPED,
         (S.PAUSED, E.GUEST_EXIT): S.STOPPED,  # the guest ended just as the pause landed
         (S.PAUSED, E.CRASH): S.CRASHED,
+        (S.STOPPED, E.START): S.RUNNING,  # the agent boots the spec again in a new runner
         (S.STOPPED, E.DESTROY): S.DESTROYED,
         (S.CRASHED, E.DESTROY): S.DESTROYED,
         (S.RUNNING, E.MIGRATE): S.MIGRATING,

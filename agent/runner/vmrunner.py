@@ -52,8 +52,10 @@ class VmRunner:
         self.name: str = config["name"]
         self.log = EventLog(int(config.get("first_seq", 1)))
         self.incoming = bool(config.get("incoming"))  # built for a restore or an incoming migration: silent until
-        self.state = State.MIGRATING if self.incoming else State.CREATED  # it arrives (moveops.arrive)
-        self.reason = str(config["incoming"]) if self.incoming else "created"
+        # it arrives (moveops.arrive); a restart (STOPPED --start--> RUNNING) is a new runner taking over a stopped VM
+        restart = bool(config.get("restart", False))
+        self.state = State.MIGRATING if self.incoming else State.STOPPED if restart else State.CREATED
+        self.reason = str(config["incoming"]) if self.incoming else "stopped; booting again" if restart else "created"
         self._lock = threading.RLock()
         self.lock = self._lock  # moveops acts under it too
         self.cpuid: list[list[int]] | None = config.get("cpuid")  # the exact table the guest was given
@@ -68,16 +70,17 @@ class VmRunner:
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
         self.throttle: Throttle | None = None  # while migrating out: auto-converge (moveops)
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
-        if not self.incoming:
-            self.log.emit(
-                "state", {"from": "", "to": State.CREATED.name, "reason": f"created ({self.machine.image.description})"}
-            )
+        if not (self.incoming or restart):
+            created = f"created ({self.machine.image.description})"
+            self.log.emit("state", {"from": "", "to": State.CREATED.name, "reason": created})
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def request(self, event: Event) -> State:
         """Applies a caller's request (start, pause, resume, stop) through the transition table."""
         with self._lock:
             new = next_state(self.name, self.state, event)
+            if self.machine is None:  # torn down: a restart is a new runner's job (the agent spawns one)
+                raise FailedPrecondition(f"VM {self.name!r} is {self.state.name}: this runner has no guest left")
             if new in _MODE_AFTER:
                 for t in self.threads:
                     t.set_mode(_MODE_AFTER[new])

@@ -34,13 +34,21 @@ def register(commands: Commands) -> None:
     _add_spec_source(p, libvirt=False)
     commands.add_json(p)
     p = commands.add("create", _create, "create a VM from a spec")
-    p.add_argument("name", metavar="NAME", help="VM name (overrides the spec's)")
+    p.add_argument(
+        "name",
+        metavar="NAME",
+        nargs="?",
+        default="",
+        help="VM name (default: the spec's or the XML's; needed with --from-libvirt, where it names the domain)",
+    )
     _add_spec_source(p, libvirt=True)
     p.add_argument("--start", action="store_true", help="start it at once")
     commands.add_json(p)
     for verb, help_text in _VERBS.items():
         p = commands.add(verb, _lifecycle, help_text)
         p.add_argument("name", metavar="NAME")
+        if verb == "destroy":
+            p.add_argument("--force", action="store_true", help="stop a RUNNING or PAUSED VM first (one call)")
         commands.add_json(p)
     commands.add_json(commands.add("list", _list, "every VM on the agent"))
     p = commands.add("show", _show, "one VM in full")
@@ -54,11 +62,11 @@ def register(commands: Commands) -> None:
 
 
 _VERBS = {
-    "start": "start a CREATED VM",
+    "start": "start a CREATED VM, or boot a STOPPED one again",
     "pause": "pause a RUNNING VM",
     "resume": "resume a PAUSED VM",
-    "stop": "stop a VM for good",
-    "destroy": "free a VM and everything it held",
+    "stop": "stop a VM (start boots it again)",
+    "destroy": "free a STOPPED, CRASHED or CREATED VM and everything it held (--force: a running one too)",
 }
 
 
@@ -144,7 +152,11 @@ def _check(ctx: Context) -> int:
 
 
 def _create(ctx: Context) -> int:
+    if ctx.args.from_libvirt is not None and not ctx.args.name:
+        raise UsageError("create --from-libvirt needs NAME: the libvirt domain to translate")
     spec = spec_from_args(ctx, ctx.args.name)
+    if not spec.name:
+        raise UsageError("the VM needs a name: give NAME, or a name in the spec")
     vm = ctx.client().create_vm(spec, start=ctx.args.start)
     ctx.print(output.to_json(vm) if ctx.args.json else output.format_vm_line(vm))
     return EXIT_OK
@@ -153,7 +165,7 @@ def _create(ctx: Context) -> int:
 def _lifecycle(ctx: Context) -> int:
     client, name, verb = ctx.client(), ctx.args.name, ctx.args.command
     if verb == "destroy":
-        client.destroy_vm(name)
+        client.destroy_vm(name, force=ctx.args.force)
         ctx.print(output.to_json(pb.DestroyVmResponse()) if ctx.args.json else f"{name}: destroyed")
         return EXIT_OK
     action = {"start": client.start_vm, "pause": client.pause_vm, "resume": client.resume_vm, "stop": client.stop_vm}
@@ -187,4 +199,10 @@ def _events(ctx: Context) -> int:
             ctx.print(output.to_json(event, one_line=True) if a.json else output.format_event(event))
     finally:
         stream.cancel()
+    if a.follow and a.name:  # a followed stream of one VM ends only when the agent forgets it: say so
+        end = f"{a.name} destroyed"
+        if a.json:
+            ctx.warn(f"{end}: end of its events")  # stdout stays one JSON object a line
+        else:
+            ctx.print(end)
     return EXIT_OK

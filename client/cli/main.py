@@ -3,7 +3,8 @@
 Exit codes (the contract the acceptance checks rely on):
     0  done
     1  refused by the agent: its reason on stderr, one line
-    2  usage error, bad input file, or the agent cannot be reached (one line naming the address)
+    2  usage error, bad input file, an OS error (one line naming the file), or the agent cannot be reached (one
+       line naming the address); an unexpected error (a bug) too, in one line unless KVMPLAT_DEBUG is set
 
 Subcommands live in the modules named by `COMMAND_MODULES`; each exposes `register(commands: Commands) -> None` and
 adds its parsers with `commands.add(name, handler, help)`. A handler takes a `Context` and returns an exit code;
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+ENV_DEBUG = "KVMPLAT_DEBUG"  # set: an unexpected error (a bug) shows its traceback
 
 COMMAND_MODULES: tuple[str, ...] = (
     "kvmplat.client.cli.commands",
@@ -222,7 +224,14 @@ def _exit_code(exc: BaseException, ctx: Context) -> int:
     if isinstance(exc, BrokenPipeError):
         _silence_stdout(ctx)
         return EXIT_OK  # the reader went away (`| head`): nothing left to say
-    raise exc
+    if isinstance(exc, OSError):  # the environment (a missing directory, a full disk): the user's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        ctx.warn(f"{where}{exc.strerror or exc}")
+        return EXIT_USAGE
+    if ctx.env.get(ENV_DEBUG) or not isinstance(exc, Exception):
+        raise exc
+    ctx.warn(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} (a bug; {ENV_DEBUG}=1 shows where)")
+    return EXIT_USAGE
 
 
 def _silence_stdout(ctx: Context) -> None:

@@ -20,7 +20,10 @@ def _labels(ctx: Context) -> int:
 
     labels = labels_from_caps(ctx.client().capabilities())
     if ctx.args.nfd_file:
-        write_nfd_file(ctx.args.nfd_file, format_nfd(labels, ctx.address()))
+        try:
+            write_nfd_file(ctx.args.nfd_file, format_nfd(labels, ctx.address()))
+        except OSError as e:
+            raise UsageError(f"--nfd-file {ctx.args.nfd_file}: cannot write it: {e.strerror or e}") from None
     if ctx.args.json:
         ctx.print(json.dumps(labels, indent=2))
     elif not ctx.args.nfd_file:
@@ -76,6 +79,11 @@ def register(commands: Commands) -> None:
     p.add_argument("--nfd-file", metavar="PATH", help="write node-feature-discovery's local features file atomically")
     p.add_argument("--json", action="store_true", help="print the labels as one JSON object")
     p = commands.add("place", _place, "choose the agent with most room that can run a spec; explain the others")
-    p.add_argument("--spec", required=True, metavar="FILE", help="VmSpec JSON (or YAML) file")
+    p.add_argument("--spec", required=True, metavar="FILE", help="VmSpec as protobuf JSON (as for create)")
     p.add_argument("--agents", required=True, metavar="A,B,C", help="agent addresses, comma-separated")
-    p.add_argument("--json", action="store_true", help='print {"chosen", "rejected", "candidates"} as JSON')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"chosen", "rejected": [{"agent", "reason"}], "candidates": [{"agent", "memoryFreeMib", '
+        '"vcpusFree"}]} (protobuf JSON style)',
+    )

@@ -38,7 +38,16 @@ from kvmplat.client.libvirt.domain_platform import PlatformXmlError, cpu_compat,
 from kvmplat.client.libvirt.domain_units import UnitError, memory_kib
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["MAX_XML_BYTES", "NAMESPACE", "DomainXmlError", "Translation", "to_domain_xml", "translate"]
+__all__ = [
+    "MAX_XML_BYTES",
+    "NAMESPACE",
+    "DomainXmlError",
+    "Translation",
+    "parse_document",
+    "to_domain_xml",
+    "translate",
+    "translate_root",
+]
 
 # libvirt's own domain documents are kilobytes; a cap far above that bounds memory and time for hostile input.
 MAX_XML_BYTES = 2 * 1024 * 1024
@@ -277,7 +286,11 @@ def _meta(root: Element) -> Meta:
 
 def translate(xml_text: str) -> Translation:
     """Translate one libvirt domain document into a VmSpec with warnings; raise DomainXmlError when unreadable."""
-    root = parse_document(xml_text)
+    return translate_root(parse_document(xml_text))
+
+
+def translate_root(root: Element) -> Translation:
+    """`translate` of a document already parsed by `parse_document`."""
     _check_single(root)
     notes: list[str] = []
     kind = _domain_type(root, notes)

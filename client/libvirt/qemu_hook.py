@@ -3,8 +3,10 @@
 Contract (libvirt's hook protocol, https://libvirt.org/hooks.html), run by libvirtd as
 `/etc/libvirt/hooks/qemu NAME OPERATION SUB-OPERATION EXTRA` with the full domain XML on stdin:
 
-    prepare begin   translate the XML, CheckPlatform: exit 0 possible; exit 1 + one line on stderr otherwise
-                    (libvirt aborts the start and shows that line). Unreadable XML is refused the same way.
+    prepare begin   translate the XML, CheckPlatform (opted-in domains: the full dry run of CreateVm, so what
+                    would fail at `start` fails here; others: the platform only): exit 0 possible; exit 1 + one
+                    line on stderr otherwise (libvirt aborts the start and shows that line). Unreadable XML is
+                    refused the same way.
     start begin     domains with <kvmplat:vm run="yes">: CreateVm on the agent (failure aborts the start)
     started begin   those domains: StartVm
     stopped end     those domains: DestroyVm (stopping first if needed); exit status is ignored by libvirt
@@ -23,6 +25,11 @@ comments; a missing default file means all defaults:
     tls_key = /etc/kvmplat/hook.key
     on_unreachable = fail-closed              # or fail-open
     timeout = 5                               # seconds per agent call
+    scope = kvm                               # or opted-in, all: which domains the hook judges (hook_scope)
+
+Domains out of scope pass untouched: exit 0, nothing printed, no agent call. For a domain in scope, `prepare`
+reports the translation's warnings (what kvmplat does not apply: disks, NICs, ...) to the journal (syslog, ident
+kvmplat-hook) and, when the domain is admitted, on stderr (a refusal keeps stderr to its one line).
 
 Start-up cost matters (libvirt waits for the hook at every domain start), so grpc is imported only when the agent
 is called, and nothing beyond grpc and the generated stubs (no grpc_status, health or reflection).
@@ -34,7 +41,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import IO, Any, NamedTuple
 
-from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainXmlError, Translation, translate
+from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainXmlError, Translation, parse_document, translate_root
+from kvmplat.client.libvirt.hook_scope import SCOPES, in_scope
 from kvmplat.v1 import agent_pb2 as pb
 
 # client.py's CHANNEL_OPTIONS, repeated: the hook does not import the Client (its start-up cost)
@@ -62,6 +70,7 @@ class HookConfig(NamedTuple):
     tls_key: str = ""
     on_unreachable: str = "fail-closed"
     timeout: float = 5.0
+    scope: str = "kvm"
 
 
 def _parse_config(text: str, path: str) -> HookConfig:
@@ -76,6 +85,8 @@ def _parse_config(text: str, path: str) -> HookConfig:
         values[key] = value
     if values.get("on_unreachable", "fail-closed") not in ("fail-closed", "fail-open"):
         raise ConfigError(f"{path}: on_unreachable must be fail-closed or fail-open")
+    if values.get("scope", "kvm") not in SCOPES:
+        raise ConfigError(f"{path}: scope must be one of {', '.join(SCOPES)}")
     try:
         values["timeout"] = float(values.get("timeout", 5.0))
     except ValueError:
@@ -158,11 +169,28 @@ class Agent:
 class _Run:
     """One hook invocation: the domain's name, the configuration and where to write."""
 
-    def __init__(self, name: str, stderr: IO[str], agent_factory: Callable[[HookConfig], Agent]) -> None:
+    def __init__(
+        self,
+        name: str,
+        stderr: IO[str],
+        agent_factory: Callable[[HookConfig], Agent],
+        journal: Callable[[str], None] | None = None,
+    ) -> None:
         self.name = name
         self.config = HookConfig()
         self.stderr = stderr
         self.agent_factory = agent_factory
+        self.journal = journal
+
+    def warn(self, warnings: tuple[str, ...], stderr: bool) -> None:
+        """The translation's warnings, one line each, in the journal and (`stderr`) on stderr, for the
+        administrator; a refusal keeps stderr to its one line, which libvirt shows as the start's error."""
+        for w in warnings:
+            line = f"domain {self.name!r}: warning: {' '.join(w.split())}"
+            if stderr:
+                self.say(line)
+            if self.journal is not None:
+                self.journal(line)
 
     def say(self, text: str) -> None:
         """One line on stderr, whitespace collapsed: libvirt shows the hook's stderr as the error's tail."""
@@ -198,11 +226,15 @@ def _describe(t: Translation) -> str:
 
 def _prepare(run: _Run, t: Translation) -> int:
     try:
-        run.call("CheckPlatform", pb.CheckPlatformRequest(spec=t.spec))
+        # a domain kvmplat will run (opted in) gets the full dry run of CreateVm, boot source and all; the others are
+        # run by QEMU, so only their platform is kvmplat's business
+        run.call("CheckPlatform", pb.CheckPlatformRequest(spec=t.spec, platform_only=not t.opt_in))
     except AgentError as e:
+        run.warn(t.warnings, stderr=False)
         if e.code in _UNREACHABLE:
             return run.unreachable(e, "start")
         return run.refuse(f"{_describe(t)}: {e.message}")
+    run.warn(t.warnings, stderr=True)
     return 0
 
 
@@ -264,13 +296,17 @@ def _read_stdin(stdin: IO[bytes]) -> bytes | None:
     return None
 
 
-def _translation(data: bytes | None) -> Translation:
+def _translation(data: bytes | None, scope: str) -> Translation | None:
+    """The domain's translation, or None when it is not in the hook's `scope`."""
     if data is None:
         raise DomainXmlError(f"domain XML is larger than {MAX_XML_BYTES} bytes")
     try:
-        return translate(data.decode("utf-8"))
+        root = parse_document(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise DomainXmlError("domain XML is not UTF-8") from None
+    if not in_scope(root, scope):
+        return None
+    return translate_root(root)
 
 
 def main(
@@ -280,9 +316,28 @@ def main(
     stderr: IO[str],
     env: Mapping[str, str],
     agent_factory: Callable[[HookConfig], Agent] = Agent,
+    journal: Callable[[str], None] | None = None,
 ) -> int:
-    """Runs the hook for argv = [NAME, OPERATION, SUB-OPERATION, EXTRA] (program name excluded); returns the status."""
+    """Runs the hook for argv = [NAME, OPERATION, SUB-OPERATION, EXTRA] (program name excluded); returns the status.
+    `journal` receives the lines meant for the system log (translation warnings). Nothing escapes as a traceback:
+    an unexpected error is one line, and refuses the start where libvirt honours the status (fail closed)."""
     del stdout  # the hook never rewrites the XML libvirt passes through
+    try:
+        return _main(argv, stdin, stderr, env, agent_factory, journal)
+    except Exception as e:  # a bug or a broken environment: libvirt shows stderr's line as the start's error
+        op = (argv[1], argv[2] if len(argv) > 2 else "-") if len(argv) > 1 else ("", "")
+        stderr.write(f"kvmplat: hook failed: {type(e).__name__}: {' '.join(str(e).split())}\n")
+        return 1 if op in _BLOCKING else 0
+
+
+def _main(
+    argv: list[str],
+    stdin: IO[bytes],
+    stderr: IO[str],
+    env: Mapping[str, str],
+    agent_factory: Callable[[HookConfig], Agent],
+    journal: Callable[[str], None] | None,
+) -> int:
     if len(argv) < 2:
         stderr.write("usage: qemu NAME OPERATION [SUB-OPERATION [EXTRA]] < domain.xml (run by libvirtd)\n")
         return 2
@@ -292,15 +347,15 @@ def main(
     if action is None:
         return 0
     blocking = op in _BLOCKING
-    run = _Run(argv[0], stderr, agent_factory)
+    run = _Run(argv[0], stderr, agent_factory, journal)
     try:
-        t = _translation(data)
-    except DomainXmlError as e:
-        return run.refuse(f"cannot read its domain XML: {e}") if op == ("prepare", "begin") else 0
-    if action[1] and not t.opt_in:
-        return 0
-    try:
-        run.config = load_config(env)
+        run.config = load_config(env)  # first: the scope decides whether this domain is ours at all
+        try:
+            t = _translation(data, run.config.scope)
+        except DomainXmlError as e:
+            return run.refuse(f"cannot read its domain XML: {e}") if op == ("prepare", "begin") else 0
+        if t is None or (action[1] and not t.opt_in):
+            return 0
         return action[0](run, t)
     except (ConfigError, OSError) as e:
         return run.refuse(f"hook configuration: {e}") if blocking else 0
@@ -310,8 +365,19 @@ def entry() -> None:
     """Process entry: runs `main` on the process's argv, stdin and environment, then exits at once."""
     import sys
 
-    status = main(sys.argv[1:], sys.stdin.buffer, sys.stdout, sys.stderr, os.environ)
+    status = main(sys.argv[1:], sys.stdin.buffer, sys.stdout, sys.stderr, os.environ, journal=_syslog)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skips interpreter teardown (module GC, grpc's shutdown): libvirt waits on this process at every start.
     os._exit(status)
+
+
+def _syslog(line: str) -> None:
+    """One line to the system log (the journal on systemd hosts), as kvmplat-hook; never fails the hook."""
+    import syslog
+
+    try:
+        syslog.openlog("kvmplat-hook", 0, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_WARNING, line)
+    except OSError:
+        pass

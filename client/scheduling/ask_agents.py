@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmplat.client.agent import AddressError, Client, TlsFiles
-from kvmplat.client.errors import KvmplatError, Unreachable
+from kvmplat.client.errors import InvalidArgument, KvmplatError, ResourceExhausted, Unreachable
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["Offer", "Placement", "Rejection", "ask", "decide", "place", "room_reasons", "score"]
@@ -32,8 +32,8 @@ class Offer:
     vcpus_free: int
 
     def to_json(self) -> dict[str, Any]:
-        """The offer as a JSON object."""
-        return {"agent": self.agent, "memory_free_mib": self.memory_free_mib, "vcpus_free": self.vcpus_free}
+        """The offer as a JSON object in protobuf JSON's style (camelCase; a uint64 such as the memory a string)."""
+        return {"agent": self.agent, "memoryFreeMib": str(self.memory_free_mib), "vcpusFree": self.vcpus_free}
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,14 @@ def room_reasons(spec: pb.VmSpec, caps: pb.Capabilities) -> list[str]:
     return reasons
 
 
+def _only_room(e: KvmplatError) -> bool:
+    """Whether a CheckPlatform refusal is about memory or vCPUs only (room_reasons says it in the place's words)."""
+    if isinstance(e, ResourceExhausted):
+        return True
+    fields = {f for f, _ in getattr(e, "violations", ())}
+    return isinstance(e, InvalidArgument) and bool(fields) and fields <= {"spec.memory_mib", "spec.vcpus"}
+
+
 def ask(agent: str, spec: pb.VmSpec, make_client: ClientFactory) -> Offer | Rejection:
     """One agent's answer: its offer, or why it cannot take the spec."""
     try:
@@ -93,7 +101,8 @@ def ask(agent: str, spec: pb.VmSpec, make_client: ClientFactory) -> Offer | Reje
             except Unreachable:
                 raise
             except KvmplatError as e:
-                reasons.insert(0, f"platform refused: {e.code + ': ' if e.code else ''}{e.one_line()}")
+                if not (reasons and _only_room(e)):  # CheckPlatform (a dry run of create) says what room_reasons say
+                    reasons.insert(0, f"platform refused: {e.code + ': ' if e.code else ''}{e.one_line()}")
     except AddressError as e:
         return Rejection(agent, f"bad address: {e}")
     except Unreachable as e:

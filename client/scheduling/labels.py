@@ -6,13 +6,15 @@ label as is, once the prefix is allowed in nfd-master's `-extra-label-ns`.
 
 Labels (all under `kvmplat.io/`, values `true` unless said):
     arch=<x86_64|ppc64le>        abi.<abi>, pv.<pv>          accel=<default>, accel.<name>
-    <level>                      the level is usable: every feature it needs is offered (missing is empty)
-    <level>.strict               and the guest sees exactly that level (admitted under STRICT)
+    <level>.strict               CheckPlatform admits the level under STRICT: the guest sees exactly that level
+    <level>.best-effort          CheckPlatform admits it under BEST_EFFORT: every feature it needs is offered, and
+                                 features above it that cannot be hidden stay visible (named in the notes)
 Level and accel names outside the label alphabet are rewritten: power7+ is labelled power7-plus.
 
-A level is labelled the way KubeVirt's node labeller labels a CPU model: only when every feature the level needs
-is present. Features above the level that a guest still sees (`unhideable`) do not stop the label; they stop
-`.strict`, which a scheduler selects when a guest must not see more than its level.
+A level label says which policy it is good for, because that is what the agent checks: a bare `<level>=true`
+(published before) was read as "STRICT works here" by schedulers, and the agent refused those guests. Each label is
+copied from the capability flag the agent computes with the same code that admits or refuses a request, and an
+end-to-end test asks CheckPlatform for every label published.
 """
 
 from __future__ import annotations
@@ -42,13 +44,12 @@ def _label_safe(name: str) -> str:
 
 
 def _levels(caps: pb.Capabilities) -> Iterable[tuple[str, str]]:
-    """Labels of the usable levels (`.strict` too where admitted under STRICT)."""
+    """`<level>.strict` and `<level>.best-effort` where the agent admits the level under that policy."""
     for level in caps.levels:
-        usable = not level.missing and (level.best_effort or level.strict)
-        if usable:
-            yield _label_safe(level.name), "true"
         if level.strict and not level.missing:
             yield f"{_label_safe(level.name)}.strict", "true"
+        if level.best_effort and not level.missing:
+            yield f"{_label_safe(level.name)}.best-effort", "true"
 
 
 def labels_from_caps(caps: pb.Capabilities) -> dict[str, str]:

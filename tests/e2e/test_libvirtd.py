@@ -145,7 +145,8 @@ class Libvirtd:
         (b / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(b=b))
         (up / "libvirt" / "qemu.conf").write_text(QEMU_CONF)
         (up / "libvirt" / "hooks" / "qemu").symlink_to(HOOK)
-        (up / "kvmplat" / "hook.conf").write_text(f"agent = {agent_address}\ntimeout = 10\n")
+        # scope = all: the refusal below is of a TCG ppc64le domain, which the default scope (kvm) leaves alone
+        (up / "kvmplat" / "hook.conf").write_text(f"agent = {agent_address}\ntimeout = 10\nscope = all\n")
         # A root libvirtd dies without a libvirt-qemu user, whatever qemu.conf says (LIBVIRTD.md pitfall 3).
         (up / "passwd").write_text(
             Path("/etc/passwd").read_text() + "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin\n"

@@ -21,6 +21,7 @@ EXPECTED = {
     (State.PAUSED, Event.STOP): State.STOPPED,
     (State.PAUSED, Event.GUEST_EXIT): State.STOPPED,
     (State.PAUSED, Event.CRASH): State.CRASHED,
+    (State.STOPPED, Event.START): State.RUNNING,  # issue 18: a STOPPED VM boots again (a new runner)
     (State.STOPPED, Event.DESTROY): State.DESTROYED,
     (State.CRASHED, Event.DESTROY): State.DESTROYED,
     (State.RUNNING, Event.MIGRATE): State.MIGRATING,

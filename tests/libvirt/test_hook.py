@@ -47,13 +47,27 @@ class FakeAgent:
         pass
 
 
-def run(argv: list[str], xml: str | bytes, agent: FakeAgent, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def run(
+    argv: list[str],
+    xml: str | bytes,
+    agent: FakeAgent,
+    env: dict[str, str] | None = None,
+    journal: list[str] | None = None,
+) -> tuple[int, str, str]:
     """main() on in-memory streams; returns (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     data = xml.encode() if isinstance(xml, str) else xml
     env = {"KVMPLAT_HOOK_CONFIG": "", **(env or {})}
-    status = main(argv, io.BytesIO(data), out, err, env, agent_factory=agent)  # type: ignore[arg-type]
+    sink = journal.append if journal is not None else None
+    status = main(argv, io.BytesIO(data), out, err, env, agent_factory=agent, journal=sink)  # type: ignore[arg-type]
     return status, out.getvalue(), err.getvalue()
+
+
+def conf(tmp_path: Path, text: str) -> dict[str, str]:
+    """The environment pointing the hook at a hook.conf holding `text`."""
+    path = tmp_path / "hook.conf"
+    path.write_text(text)
+    return {"KVMPLAT_HOOK_CONFIG": str(path)}
 
 
 PREPARE = ["web1", "prepare", "begin", "-"]
@@ -67,7 +81,13 @@ def no_system_config(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_prepare_admits_a_possible_platform() -> None:
     agent = FakeAgent()
-    assert run(PREPARE, X86, agent) == (0, "", "")
+    status, out, err = run(PREPARE, X86, agent)
+    assert (status, out) == (0, "")
+    # issue 18: the administrator sees what kvmplat will not apply, even when the platform is admitted
+    assert err.splitlines() == [
+        "kvmplat: domain 'web1': warning: os/type machine 'pc': kvmplat runs its own minimal PC, not QEMU's chipset",
+        "kvmplat: domain 'web1': warning: no os/kernel and no kvmplat:boot: kvmplat cannot boot from disks or firmware",
+    ]
     method, request = agent.calls[0]
     assert method == "CheckPlatform" and request.spec.name == "web1" and list(request.spec.platform.pv) == []
 

@@ -54,11 +54,17 @@ def test_a_level_needs_every_feature_and_strict_needs_exactness() -> None:
         ]
     )
     labels = labels_from_caps(caps)
-    assert labels == {
-        "kvmplat.io/x86-64-v1": "true",
+    assert labels == {  # each level label names the policy it is admitted under (issue 18: no bare level label)
+        "kvmplat.io/x86-64-v1.best-effort": "true",
         "kvmplat.io/x86-64-v1.strict": "true",
-        "kvmplat.io/x86-64-v2": "true",
+        "kvmplat.io/x86-64-v2.best-effort": "true",
     }
+
+
+def test_no_level_label_without_its_policy() -> None:
+    """Before issue 18, `x86-64-v2=true` was published where only BEST_EFFORT was admitted; schedulers read STRICT."""
+    caps = pb.Capabilities(levels=[pb.CompatLevel(name="x86-64-v2", best_effort=True, unhideable=["avx2"])])
+    assert labels_from_caps(caps) == {"kvmplat.io/x86-64-v2.best-effort": "true"}
 
 
 def test_output_is_sorted_and_deterministic() -> None:

@@ -341,10 +341,12 @@ class GetCapabilitiesRequest(_message.Message):
     def __init__(self, refresh: _Optional[bool] = ...) -> None: ...
 
 class CheckPlatformRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "platform_only")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_ONLY_FIELD_NUMBER: _ClassVar[int]
     spec: VmSpec
-    def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ...) -> None: ...
+    platform_only: bool
+    def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., platform_only: _Optional[bool] = ...) -> None: ...
 
 class CheckPlatformResponse(_message.Message):
     __slots__ = ("effective_platform",)
@@ -361,10 +363,12 @@ class CreateVmRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., start: _Optional[bool] = ...) -> None: ...
 
 class VmRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DestroyVmResponse(_message.Message):
     __slots__ = ()

@@ -127,7 +127,9 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckPlatform(self, request, context):
-        """Resolves a platform without creating anything: the effective platform, or the refusal as a gRPC error.
+        """A dry run of CreateVm: the effective platform the spec would get, or the refusal CreateVm would give (limits,
+        boot source, image paths, name, platform, what the host has left), as a gRPC error. Nothing is created; a VM of
+        the same name existing already is not a refusal. With `platform_only`, the platform alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,13 +160,15 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StopVm(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A STOPPED VM can be started again: a fresh boot of the same spec.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DestroyVm(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Refused for a RUNNING or PAUSED VM unless `force` (then it is stopped first).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
