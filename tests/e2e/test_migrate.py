@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from agent_harness import AgentFactory, AgentProc, loop_spec
+from agent_harness import AGENT, AgentFactory, AgentProc, loop_spec
+from google.protobuf import json_format
 from kvmplat.agent.registry.snapshot import read_snapshot
 from kvmplat.client.errors import KvmplatError
 from kvmplat.v1 import agent_pb2 as pb
@@ -162,6 +164,28 @@ def test_the_guest_sees_the_same_cpuid_on_the_target(agent_factory: AgentFactory
     list(a.client.migrate_vm("cv", b.address))
     assert cpuid_view(b, "cv") == home
     assert snapshot_cpuid(b, "cv", tmp_path) == table
+
+
+def _has_max_level() -> bool:
+    out = subprocess.run([AGENT, "--help"], capture_output=True, text=True, check=False).stdout
+    return "--max-level" in out
+
+
+def test_a_target_below_the_guests_level_refuses_before_any_transfer(agent_factory: AgentFactory) -> None:
+    if not _has_max_level():
+        pytest.skip("this agent has no --max-level yet (issue 13): the test runs once it has")
+    a, b = agent_factory(), agent_factory("--max-level", "x86-64-v1")
+    spec = loop_spec("ce")
+    json_format.ParseDict({"compat": "x86-64-v2", "compat_policy": "BEST_EFFORT", "pv": ["KVM"]}, spec.platform)
+    a.client.create_vm(spec, start=True)
+    progress: list[pb.MigrationProgress] = []
+    with pytest.raises(KvmplatError) as info:
+        progress.extend(a.client.migrate_vm("ce", b.address))
+    assert info.value.code == "FAILED_PRECONDITION"
+    assert re.search(r"sse4|ssse3|popcnt|cx16|lahf|x86-64-v1|x86-64-v2", str(info.value)), str(info.value)
+    assert progress == []  # refused with the offer: not one page moved
+    assert b.list_vms().vms == [] and not list((b.state_dir / "vms").glob("*.json"))
+    assert a.get("ce").state == pb.RUNNING
 
 
 def test_a_target_killed_mid_transfer_leaves_the_vm_running_at_home(agent_factory: AgentFactory) -> None:
