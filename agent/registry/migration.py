@@ -220,13 +220,13 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
                 yield progress
             yield s.progress("stop-and-copy")
             downtime = await _switch(s, pending)
+            total = time.monotonic() - s.t0  # the VM runs on the target: what follows is the source's cleanup
             committed = True
             with contextlib.suppress(grpc.RpcError):
                 await s.call.done_writing()
         await s.runner("migrate_done", target=target)
         rec.moving = ""
         await c.destroy(name)
-        total = time.monotonic() - s.t0
         yield s.progress("done", downtime_ms=int(downtime * 1000), total_ms=int(total * 1000), target=target)
     except BaseException as e:  # any failure (the target's, the network's, ours, a cancelled call) resumes at home
         if began and not committed:
