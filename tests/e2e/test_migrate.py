@@ -1,7 +1,8 @@
 """Snapshots and live migration on real guests: the guest does not notice (the loop guest's tick counter runs on,
-the echo guest answers), a damaged snapshot is refused before anything is built, a failed migration leaves the VM
-running at home and nothing on the target. Two agents on this host, on unix sockets (the mTLS path between agents
-over TCP is in test_migrate_tls.py)."""
+the echo guest answers, its CPUID view and table are the same), a damaged snapshot is refused before anything is
+built, a target below the guest's level refuses before any transfer, a failed migration leaves the VM running at
+home and nothing on the target. Two agents on this host, on unix sockets (agents in two network namespaces over
+mutual TLS: tests/security/test_migrate_netns.py; a Linux guest moved mid-boot: tests/linux/test_linux_debian.py)."""
 
 from __future__ import annotations
 
