@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The agent's flags (documented in README.md)."""
     from kvmplat.agent import __version__
     from kvmplat.agent.api.tls import add_flags
+    from kvmplat.agent.registry import placement
 
     p = argparse.ArgumentParser(prog="kvmplat-agent", description="kvmplat per-host agent")
     p.add_argument(
@@ -65,8 +66,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics (default: off)")
+    p.add_argument(
+        "--max-level",
+        default="",
+        metavar="LEVEL",
+        help="a level ceiling: offer nothing above it (x86-64-v1..v4; power6..power10 on PowerPC); default: none",
+    )
+    placement.add_flags(p)
     p.add_argument("--version", action="version", version=f"kvmplat-agent {__version__}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_level:
+        import platform
+
+        from kvmplat.agent.platform.ceiling import parse_max_level
+
+        try:
+            args.max_level = parse_max_level(args.max_level, platform.machine().startswith("ppc"))
+        except ValueError as e:
+            p.error(str(e))
+    return args
 
 
 class _JsonFormatter(logging.Formatter):
@@ -100,8 +118,10 @@ async def serve(args: argparse.Namespace) -> int:
     """Runs the agent until SIGTERM or SIGINT."""
     from kvmplat.agent.api.exclusive import StateLock, check_socket_free
     from kvmplat.agent.api.tls import listener
+    from kvmplat.agent.registry.placement import config_from_args
 
     lis = listener(args)
+    placement = config_from_args(args)
     lock = StateLock(args.state_dir)  # held until this process ends: one agent per state directory
     try:
         if lis.socket_path:
@@ -112,19 +132,24 @@ async def serve(args: argparse.Namespace) -> int:
         controller.address = args.listen
         controller.peer_tls = _peer_tls(args)
         try:
-            return await _serve(args, lis, controller)
+            return await _serve(args, lis, controller, placement)
         finally:
             await controller.close()
     finally:
         lock.release()
 
 
-async def _serve(args: argparse.Namespace, lis: Any, controller: Controller) -> int:
-    """Adopts the VMs, serves metrics (when asked) and gRPC until a signal; the controller is closed by the caller."""
+async def _serve(args: argparse.Namespace, lis: Any, controller: Controller, placement: Any) -> int:
+    """Adopts the VMs, joins Placement (when configured), serves metrics (when asked) and gRPC until a signal; the
+    controller is closed by the caller."""
     from grpc_health.v1 import health_pb2
     from kvmplat.agent.api import metrics, sdnotify
 
     await controller.adopt_all()
+    if placement is not None:  # after re-adoption: the allocations are reconciled with the VMs held
+        from kvmplat.agent.api.placement import join
+
+        await join(controller, placement, args.state_dir)
     stop_metrics = (
         metrics.serve(args.metrics_listen, controller, asyncio.get_running_loop()) if args.metrics_listen else None
     )
@@ -152,6 +177,8 @@ async def _serve(args: argparse.Namespace, lis: Any, controller: Controller) -> 
     finally:
         if stop_metrics:
             stop_metrics()
+        if controller.claims is not None:
+            controller.claims.close()
     return 0
 
 
@@ -177,7 +204,7 @@ async def _controller(args: argparse.Namespace) -> Controller:
 
     store = Store(args.state_dir)
     with Kvm() as kvm:
-        platforms = Platforms(kvm, args.state_dir)
+        platforms = Platforms(kvm, args.state_dir, args.max_level)
         per_vm_vcpus = min(kvm.check_extension(Cap.MAX_VCPUS) or kvm.check_extension(Cap.NR_VCPUS) or 1, 254)
     image_dirs = tuple(args.image_dir or [os.environ.get("KVMPLAT_IMAGE_DIR") or DEFAULT_IMAGE_DIR])
     total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)

@@ -115,6 +115,10 @@ class AgentServicer(pbg.AgentServicer):
     async def GetCapabilities(self, request: pb.GetCapabilitiesRequest, context: Any) -> pb.Capabilities:
         if request.refresh:
             await asyncio.to_thread(self.c.platforms.refresh)
+            if self.c.claims is not None:  # Placement's traits follow the new measurement
+                from kvmplat.agent.api.placement import published_traits
+
+                await self.c.claims.publish_traits(published_traits(self.c))
         caps = pb.Capabilities(agent_version=__version__, builtin_payloads=list(PUBLIC_BUILTINS))
         self.c.platforms.fill_capabilities(caps)
         mem, cpus = self.c.used()

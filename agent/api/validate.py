@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from dataclasses import dataclass
 
 from kvmplat.agent.errors import InvalidArgument
@@ -42,9 +43,18 @@ def validate_spec(spec: pb.VmSpec, limits: Limits) -> None:
         v.append(("spec.vcpus", f"must be 1 to {limits.max_vcpus} (this host's maximum per VM), not {spec.vcpus}"))
     if not 1 <= spec.memory_mib <= limits.max_memory_mib:
         v.append(("spec.memory_mib", f"must be 1 to {limits.max_memory_mib} MiB (this host), not {spec.memory_mib}"))
+    if spec.uuid and not _canonical_uuid(spec.uuid):
+        v.append(("spec.uuid", f"{spec.uuid!r} is not a UUID in canonical form (lower-case 8-4-4-4-12 hex)"))
     v += _boot_violations(spec.boot, limits)
     if v:
         raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in v), v)
+
+
+def _canonical_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def _boot_violations(boot: pb.BootSpec, limits: Limits) -> list[tuple[str, str]]:

@@ -31,19 +31,29 @@ DEFAULT_CASES: list[dict[str, Any]] = [
     {"name": "accel-hv", "request": {"abi": "SPAPR", "accel": "HV"}},
     {"name": "accel-pr", "request": {"abi": "SPAPR", "accel": "PR"}},
     {"name": "pv-kvm", "request": {"abi": "SPAPR", "pv": ["KVM"]}},
+    {"name": "bare-metal-ppc64", "request": {"abi": "BARE_METAL", "arch": "PPC64"}},
+    {"name": "bare-metal-ppc32", "request": {"abi": "BARE_METAL", "arch": "PPC"}},
 ]
-# Relative to the agent/ folder; cbuild.py reads fastloop.c and payloads.S when imported.
+# Bare-metal cases whose admission is then proven by running a probe without PAPR (issue 13 item 3).
+BARE_CASES = {"bare-metal-ppc64": "ppc64", "bare-metal-ppc32": "ppc32"}
+PROBE32 = "/lab/probe32.bin"  # lab/ppc/probe32.S, assembled by ppc_prepare
+# Relative to the agent/ folder; cbuild.py reads its C sources (fastloop.c, pages.c, payloads.S) when imported.
 LAB_FILES = (
     "__init__.py",
     "errors.py",
     "kvm/__init__.py",
     "kvm/ioctls.py",
     "kvm/fds.py",
+    "kvm/x86state.py",
     "kvm/ffi.py",
     "kvm/cbuild.py",
     "kvm/fastloop.c",
+    "kvm/pages.c",
     "kvm/payloads.S",
     "platform/__init__.py",
+    "platform/arch.py",
+    "platform/ceiling.py",
+    "platform/levels.py",
     "platform/model.py",
     "platform/ppc.py",
     "platform/ppc_apply.py",
@@ -71,15 +81,16 @@ def stage(dest: str | Path) -> list[Path]:
 
 def parse_request(data: dict[str, Any]) -> Any:
     """A PlatformRequest from a case's JSON (enum names as strings)."""
-    from kvmplat.agent.platform.model import Abi, Accel, CompatPolicy, PlatformRequest, Pv
+    from kvmplat.agent.platform.model import Abi, Accel, Arch, CompatPolicy, PlatformRequest, Pv
 
     return PlatformRequest(
         abi=Abi[data["abi"]] if data.get("abi") else None,
         pv=frozenset(Pv[p] for p in data.get("pv", [])),
         compat=str(data.get("compat", "")),
         policy=CompatPolicy[data.get("policy", "STRICT")],
-        bits=int(data.get("bits", 64)),
+        bits=int(data.get("bits", 0)),
         accel=Accel[data.get("accel", "AUTO")],
+        arch=Arch[data["arch"]] if data.get("arch") else None,
     )
 
 
@@ -104,6 +115,7 @@ def run_case(case: dict[str, Any], host: Any, fds: Any) -> dict[str, Any]:
     plan = plan_ppc(eff, int(case.get("vcpus", 2)), ppc_vm_type(request.accel, eff, host))
     results = _apply(plan, fds, apply_ppc)
     line.update(predicted="admitted", accel=eff.accel, compat=eff.compat, compat_raw=f"0x{eff.compat_raw:08x}")
+    line.update(arch=eff.arch.name if eff.arch else None, cross_arch=eff.cross_arch)
     line.update(notes=list(eff.notes), kernel_agrees=plan_ok(results, plan))
     line["kernel"] = [_result_json(r) for r in results if not r.ok] or f"{len(results)} steps as planned"
     pvinfo = [r for r in results if r.step.name == "KVM_PPC_GET_PVINFO" and r.ok]
@@ -144,6 +156,56 @@ def run_payload(kvm: Any, host: Any) -> dict[str, Any]:
     }
 
 
+def run_bare_probe(kvm: Any, case: dict[str, Any], host: Any, probe32: str) -> dict[str, Any]:
+    """Runs a bare-metal case the agent admitted: its probe on the flavour chosen, KVM_CAP_PPC_PAPR never enabled."""
+    from kvmplat.agent.platform.ppc import resolve_ppc
+    from kvmplat.agent.platform.ppc_payload import (
+        BARE32_MSR,
+        BARE64_MSR,
+        MSR_SF,
+        PROBE32_EA,
+        PROBE_MAGIC,
+        PROBE_MMIO,
+        assemble_bare64,
+        run_bare,
+    )
+    from kvmplat.agent.platform.ppc_plan import VM_TYPES
+
+    kind = BARE_CASES[case["name"]]
+    eff = resolve_ppc(parse_request(case["request"]), host)
+    line: dict[str, Any] = {"bare": kind, "case": case["name"] + "-run", "accel": eff.accel, "papr": False}
+    wide = kind == "ppc64"
+    blob = assemble_bare64() if wide else Path(probe32).read_bytes()
+    with kvm.create_vm(VM_TYPES[eff.accel]) as vm, vm.create_vcpu(0) as vcpu:
+        out = run_bare(
+            vm, vcpu, blob, BARE64_MSR if wide else BARE32_MSR, 0 if wide else eff.compat_raw, 1 if wide else 2
+        )
+    line.update(stores=[[f"{a:#x}", f"{v:#x}"] for a, v in out.stores], msr=f"{out.msr:#x}", last_exit=out.last_exit)
+    ran = bool(out.stores) and out.stores[0] == (PROBE_MMIO, PROBE_MAGIC)
+    if not wide:
+        line["sf_clear"] = out.msr >= 0 and not out.msr & MSR_SF
+        line["ea_32bit"] = len(out.stores) > 1 and out.stores[1][0] == PROBE32_EA
+        ran = ran and line["sf_clear"]
+    line.update(ran=ran, kernel_agrees=ran)
+    return line
+
+
+def _bare_runs(
+    kvm: Any, cases: list[dict[str, Any]], lines: list[dict[str, Any]], host: Any, probe32: str
+) -> list[Any]:
+    """The probe runs of every admitted bare-metal case (a failure to run is the kernel disagreeing, recorded)."""
+    admitted = {ln["case"] for ln in lines if ln.get("predicted") == "admitted"}
+    out = []
+    for case in cases:
+        if case["name"] in BARE_CASES and case["name"] in admitted:
+            try:
+                out.append(run_bare_probe(kvm, case, host, probe32))
+            except Exception as e:  # the kernel said no where the agent predicted yes: recorded, the lab fails
+                out.append({"bare": BARE_CASES[case["name"]], "case": case["name"] + "-run", "ran": False,
+                            "kernel_agrees": False, "error": f"{type(e).__name__}: {e}"})  # fmt: skip
+    return out
+
+
 def lab_main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> int:
     """The lab's entry: one JSON line per result; exit status 0 when the kernel agreed with every prediction."""
     args = _parser().parse_args(argv)
@@ -165,6 +227,9 @@ def lab_main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> in
         emit(line)
     agrees = all(line["kernel_agrees"] is not False for line in lines)
     if kvm is not None and not args.no_probe:
+        for line in _bare_runs(kvm, cases, lines, host, args.probe32):
+            emit(line)
+            agrees = agrees and line["kernel_agrees"] is True
         probe = run_payload(kvm, host)
         emit(probe)
         agrees = agrees and bool(probe.get("mmio_exit"))
@@ -193,7 +258,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m kvmplat.agent.platform.ppc_lab", description=__doc__.split("\n")[0])
     p.add_argument("--cases", help="JSON list of cases (default: the issue 8 set)")
     p.add_argument("--simulate", metavar="HOST_JSON", help="dry run against a simulated kernel of this host")
-    p.add_argument("--no-probe", action="store_true", help="skip the built-in payload run")
+    p.add_argument("--no-probe", action="store_true", help="skip the probe runs (built-in payload, bare metal)")
+    p.add_argument("--probe32", default=PROBE32, help=f"the assembled 32-bit Book3S probe (default {PROBE32})")
     p.add_argument("--abi-mode", action="store_true", help="use cffi ABI mode even if the compiled module loads")
     p.add_argument("--stage", metavar="DIR", help="copy the files the lab needs to DIR/kvmplat/agent and exit")
     return p

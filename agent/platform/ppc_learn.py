@@ -6,6 +6,7 @@ test (GET_PVINFO on the VM fd is non-zero only under PR).
 
 from __future__ import annotations
 
+import platform
 import re
 import struct
 from pathlib import Path
@@ -13,7 +14,17 @@ from typing import Any
 
 from kvmplat.agent.platform.ppc import CAP_PPC_GET_PVINFO, PROBED_CAPS, PpcHost
 from kvmplat.agent.platform.ppc_apply import KvmFds, PpcFds, StepResult, apply_ppc
-from kvmplat.agent.platform.ppc_plan import Expect, Step, _step, check_extension, create_vcpu, create_vm, get_sregs
+from kvmplat.agent.platform.ppc_levels import BOOK3S32_DEFAULT_PVR
+from kvmplat.agent.platform.ppc_plan import (
+    Expect,
+    Step,
+    _step,
+    check_extension,
+    create_vcpu,
+    create_vm,
+    get_sregs,
+    set_sregs,
+)
 
 __all__ = ["cpuinfo_pvr", "learn_ppc_host"]
 
@@ -39,11 +50,14 @@ def learn_ppc_host(kvm: Any, name: str = "", source: str = "", cpuinfo: str | No
     vm_caps: dict[str, dict[int, int]] = {}
     pvr = 0
     pvinfo: tuple[int, tuple[int, ...]] = (0, ())
+    book3s32: bool | None = None
     for accel, vm_type in forced:
         learnt = _learn_vm(fds, vm_type)
         if learnt is None:
             continue
         vm_caps[accel], vm_pvr, vm_pvinfo = learnt
+        if accel == "pr":
+            book3s32 = _learn_book3s32(fds)
         pvr = pvr or vm_pvr
         pvinfo = vm_pvinfo if vm_pvinfo[1] else pvinfo
     if not pvr:
@@ -59,6 +73,8 @@ def learn_ppc_host(kvm: Any, name: str = "", source: str = "", cpuinfo: str | No
         pvinfo_flags=pvinfo[0],
         pvinfo_hcall=pvinfo[1],
         source=source,
+        arch=platform.machine() if platform.machine().startswith("ppc") else "",
+        book3s32=book3s32,
     )
 
 
@@ -85,6 +101,23 @@ def _learn_vm(fds: PpcFds, vm_type: int) -> tuple[dict[int, int], int, tuple[int
         return vm_caps, pvr, pvinfo
     finally:
         fds.release()
+
+
+def _learn_book3s32(fds: PpcFds) -> bool:
+    """Whether book3s_pr takes a 32-bit Book3S PVR (mac99's 7400): KVM_SET_SREGS and read back."""
+    pvr32 = BOOK3S32_DEFAULT_PVR
+    steps = [
+        create_vm(2),
+        create_vcpu(0),
+        get_sregs("vcpu0", Expect("zero"), "sregs to edit"),
+        set_sregs("vcpu0", ((0, struct.pack("<I", pvr32)),), "learn: a 32-bit Book3S PVR"),
+        get_sregs("vcpu0", Expect("out", pvr32, 0, 4), "learn: read back"),
+    ]
+    try:
+        results = apply_ppc(steps, fds)
+    finally:
+        fds.release()
+    return len(results) == len(steps) and all(r.ok for r in results)
 
 
 def _pvinfo_step() -> Step:

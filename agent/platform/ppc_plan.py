@@ -196,6 +196,8 @@ def plan_refusal_probe(request: PlatformRequest, host: PpcHost, refusal: Platfor
     forced = {Accel.HV: "hv", Accel.PR: "pr"}.get(request.accel, "")
     if refusal.field == "accel" and forced and forced not in host.accels:
         return [create_vm(VM_TYPES[forced], einval)]
+    if refusal.field in ("abi", "bits", "arch") and "book3s_pr is absent" in refusal.reason:
+        return [create_vm(VM_TYPES["pr"], einval)]  # only book3s_pr could run it, and the kernel has none
     try:
         asked = parse_ppc_compat(request.compat)
     except Exception:

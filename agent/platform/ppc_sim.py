@@ -98,6 +98,8 @@ class SimPpcKernel:
         pvr = struct.unpack("<I", call.arg[:4])[0]
         if self.flavour != "pr" and pvr != self.host.pvr:
             raise self._fail(call)
+        if self.flavour == "pr" and self.host.book3s32 is False and pvr < 0x330000:  # a 32-bit Book3S PVR
+            raise self._fail(call)
         self.pvr[call.fd] = pvr
         features = struct.unpack("<I", call.arg[OFF_E_FEATURES : OFF_E_FEATURES + 4])[0]
         if self.flavour == "booke" and features & SREGS_E_64:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid as uuidlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
 from kvmplat.agent.registry.lifecycle import Event, State, next_state
 from kvmplat.agent.registry.peer import PeerTls
+from kvmplat.agent.registry.placement import Claims, consumer_of
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
@@ -115,12 +117,17 @@ class Controller:
         self.seq_block = SEQ_BLOCK
         self.peer_tls: PeerTls | None = None  # this agent's certificate, key and CA, for dialling migration targets
         self.address = ""  # where this agent listens (named in migration events)
+        self.pending: dict[str, pb.VmSpec] = {}  # VMs being created: they hold resources already
+        self.claims: Claims | None = None  # with Placement: every VM's resources are claimed there too
 
     # --- resources ---------------------------------------------------------------------------------------------
     def used(self) -> tuple[int, int]:
-        """Memory (MiB) and vCPUs held by VMs that still have a guest."""
-        live = [r for r in (*self.vms.values(), *self.incoming.values()) if r.state in LIVE]
-        return sum(r.spec.memory_mib for r in live), sum(r.spec.vcpus for r in live)
+        """Memory (MiB) and vCPUs held by VMs that still have a guest, or are being created. With Placement every
+        VM holds its claim until it is destroyed (a STOPPED VM may start again), so every VM counts."""
+        recs = (*self.vms.values(), *self.incoming.values())
+        live = [r.spec for r in recs if r.state in LIVE or self.claims is not None]
+        live += self.pending.values()
+        return sum(s.memory_mib for s in live), sum(s.vcpus for s in live)
 
     def reserve(self, spec: pb.VmSpec) -> None:
         """Refuses a VM beyond the memory or vCPUs this agent has left."""
@@ -141,12 +148,14 @@ class Controller:
             return self.platforms.resolve(spec.platform)[0]
         return self._admit(spec)[0]
 
-    def _admit(self, spec: pb.VmSpec) -> tuple[pb.EffectivePlatform, list[list[int]]]:
+    def _admit(self, spec: pb.VmSpec, held: bool = False) -> tuple[pb.EffectivePlatform, list[list[int]]]:
         """Everything `create` checks before it spawns a runner: the spec's fields, limits, boot source and images,
-        the platform, and what is left of the host; returns the effective platform and its CPUID table."""
+        the platform, and what is left of the host (unless the VM is `held`: a STOPPED VM with its Placement claim);
+        returns the effective platform and its CPUID table."""
         validate_spec(spec, self.limits)
         effective, cpuid = self.platforms.resolve(spec.platform)
-        self.reserve(spec)
+        if not (held and self.claims is not None):
+            self.reserve(spec)
         return effective, cpuid
 
     def get(self, name: str) -> VmRecord:
@@ -170,16 +179,20 @@ class Controller:
         if spec.name in self.vms or spec.name in self.creating:
             raise AlreadyExists(f"a VM named {spec.name!r} exists already")
         effective, cpuid = self._admit(spec)
+        spec = self._with_uuid(spec)
         self.creating.add(spec.name)
+        self.pending[spec.name] = spec
         try:
+            await self._claim(spec)
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
-            rec.pid = await self.template.spawn(self._runner_config(rec, cpuid))
+            rec.pid = await self._spawn(spec, self._runner_config(rec, cpuid))
             self.vms[spec.name] = rec
             # durable, and waited for, before any event can arrive
             await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
             await self.connect(rec, since=0)
         finally:
             self.creating.discard(spec.name)
+            self.pending.pop(spec.name, None)
         return await self.act(spec.name, Event.START) if start else rec
 
     def _runner_config(self, rec: VmRecord, cpuid: list[list[int]], restart: bool = False) -> dict[str, Any]:
@@ -216,7 +229,7 @@ class Controller:
         room, or another platform truth, than when the VM was created). The new runner starts out STOPPED."""
         if rec.name in self.creating:
             raise FailedPrecondition(f"VM {rec.name!r} is being started already")
-        effective, cpuid = self._admit(rec.spec)
+        effective, cpuid = self._admit(rec.spec, held=True)
         self.creating.add(rec.name)
         try:
             old, rec.runner = rec.runner, None  # from here its loss is not this VM's crash
@@ -249,6 +262,51 @@ class Controller:
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
         self.records.delete(name)
         self.bus.forget(name)
+        if self.claims is not None:
+            await self.claims.release(consumer_of(rec.spec.uuid, name, rec.created), name)
+
+    # --- placement claims ----------------------------------------------------------------------------------------
+    def _uuid_taken(self, vm_uuid: str) -> bool:
+        recs = (*self.vms.values(), *self.incoming.values())
+        return vm_uuid in {s.uuid for s in (*(r.spec for r in recs), *self.pending.values())}
+
+    def _with_uuid(self, spec: pb.VmSpec) -> pb.VmSpec:
+        """The spec with its UUID (a new one when empty); AlreadyExists when another VM here has it."""
+        if not spec.uuid:
+            spec = _copy(spec)
+            spec.uuid = str(uuidlib.uuid4())
+        if self._uuid_taken(spec.uuid):
+            raise AlreadyExists(f"spec.uuid {spec.uuid} belongs to another VM on this agent")
+        return spec
+
+    def arrival_uuid(self, spec: pb.VmSpec) -> None:
+        """Keeps an arriving VM's UUID (a migration moves its claim), or gives it a new one when it has none or a VM
+        here has it (a snapshot restored beside its original)."""
+        if not spec.uuid or self._uuid_taken(spec.uuid):
+            spec.uuid = str(uuidlib.uuid4())
+
+    async def _claim(self, spec: pb.VmSpec, beside: bool = False) -> None:
+        if self.claims is not None:
+            res = {"VCPU": spec.vcpus, "MEMORY_MB": spec.memory_mib}
+            await self.claims.claim(spec.uuid, spec.name, res, beside)
+
+    async def claim_arrival(self, spec: pb.VmSpec) -> None:
+        """Claims an arriving VM's resources beside what its UUID holds elsewhere (Placement configured only)."""
+        await self._claim(spec, beside=True)
+
+    async def release_arrival(self, spec: pb.VmSpec) -> None:
+        """Gives back an arriving VM's claim (its arrival failed)."""
+        if self.claims is not None:
+            await self.claims.release(spec.uuid, spec.name)
+
+    async def _spawn(self, spec: pb.VmSpec, config: dict[str, Any]) -> int:
+        """Starts the runner; a runner that cannot start gives its claim back."""
+        try:
+            return await self.template.spawn(config)
+        except BaseException:
+            if self.claims is not None:
+                await self.claims.release(spec.uuid, spec.name)
+            raise
 
     async def stats(self, rec: VmRecord) -> dict[str, Any]:
         """The runner's counters (empty when it is gone)."""
@@ -414,6 +472,12 @@ def _record_from(data: dict[str, Any]) -> VmRecord | None:
     except (KeyError, ValueError, TypeError, AttributeError, json_format.ParseError, KvmplatError) as e:
         log.error("skipping VM record %s: %s", data.get("name"), e)
         return None
+
+
+def _copy(spec: pb.VmSpec) -> pb.VmSpec:
+    out = pb.VmSpec()
+    out.CopyFrom(spec)
+    return out
 
 
 def _alive(pid: int) -> bool:

@@ -35,6 +35,7 @@ class IncomingVm:
         self.rec: VmRecord | None = None
         self.memory: GuestMapping | None = None
         self.registered = False
+        self.claimed = False  # with Placement: its resources are claimed on this agent's provider
 
     def _check(self) -> None:
         validate_name(self.spec.name)
@@ -53,11 +54,14 @@ class IncomingVm:
 
         self._check()
         self.c.reserve(self.spec)
+        self.c.arrival_uuid(self.spec)
         self.c.creating.add(self.spec.name)
         rec = VmRecord(spec=self.spec, effective=self.effective, socket=self.c.store.socket_path(self.spec.name))
         rec.state, rec.destroying = State.MIGRATING, False
         self.rec = rec
         self.c.incoming[self.spec.name] = rec
+        await self.c.claim_arrival(self.spec)
+        self.claimed = True
         config = {
             "name": self.spec.name,
             "vcpus": self.spec.vcpus,
@@ -107,6 +111,9 @@ class IncomingVm:
             self.memory.close()
         if rec is None:
             return
+        if self.claimed:
+            self.claimed = False
+            await self.c.release_arrival(self.spec)
         self.c.creating.discard(rec.name)
         self.c.incoming.pop(rec.name, None)
         rec.destroying = True

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmplat.client.cli import output
-from kvmplat.client.cli.main import EXIT_OK, Commands, Context, UsageError
+from kvmplat.client.cli.main import EXIT_OK, Commands, Context, Refused, UsageError
 from kvmplat.client.specfile import load_spec
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -81,16 +81,23 @@ def _add_spec_source(parser: argparse.ArgumentParser, libvirt: bool) -> None:
 
 def spec_from_args(ctx: Context, name: str = "") -> pb.VmSpec:
     """The VmSpec named by --spec, --xml or --from-libvirt, with NAME (when given) overriding its name."""
+    return spec_source(ctx, name)[0]
+
+
+def spec_source(ctx: Context, name: str = "") -> tuple[pb.VmSpec, bool]:
+    """(the VmSpec of --spec, --xml or --from-libvirt, whether kvmplat would run it): a spec file always, a domain
+    only when it opts in (`<kvmplat:vm run="yes">`); others are QEMU's to run, judged on their platform alone, as
+    the libvirt hook judges them."""
     a = ctx.args
     if a.spec is not None:
-        spec = load_spec(a.spec)
+        spec, runs = load_spec(a.spec), True
     elif a.xml is not None:
-        spec = _translate(ctx, _read_text(a.xml), a.xml)
+        spec, runs = _translate(ctx, _read_text(a.xml), a.xml)
     else:
-        spec = _translate(ctx, _libvirt_xml(a.from_libvirt, name), f"{a.from_libvirt} domain {name}")
+        spec, runs = _translate(ctx, _libvirt_xml(a.from_libvirt, name), f"{a.from_libvirt} domain {name}")
     if name:
         spec.name = name
-    return spec
+    return spec, runs
 
 
 def _read_text(path: str) -> str:
@@ -116,17 +123,19 @@ def _optional_module(name: str, what: str) -> Any:
         raise UsageError(f"{what} is not installed ({name} is missing)") from None
 
 
-def _translate(ctx: Context, xml_text: str, source: str) -> pb.VmSpec:
-    """domain XML -> VmSpec through kvmplat.client.libvirt.domain_xml; its warnings go to stderr."""
+def _translate(ctx: Context, xml_text: str, source: str) -> tuple[pb.VmSpec, bool]:
+    """domain XML -> (VmSpec, opted in) through kvmplat.client.libvirt.domain_xml; its warnings go to stderr."""
     module = _optional_module(DOMAIN_XML_MODULE, "domain XML translation")
     try:
         translation = module.translate(xml_text)
+    except module.DomainRefused as e:
+        raise Refused(f"{source}: {e}") from None
     except ValueError as e:
         raise UsageError(f"{source}: {e}") from None
     for warning in translation.warnings:
         ctx.warn(f"warning: {source}: {warning}")
     spec: pb.VmSpec = translation.spec
-    return spec
+    return spec, bool(translation.opt_in)
 
 
 def _libvirt_xml(uri: str, name: str) -> str:
@@ -146,7 +155,8 @@ def _caps(ctx: Context) -> int:
 
 
 def _check(ctx: Context) -> int:
-    reply = pb.CheckPlatformResponse(effective_platform=ctx.client().check_platform(spec_from_args(ctx)))
+    spec, runs = spec_source(ctx)
+    reply = pb.CheckPlatformResponse(effective_platform=ctx.client().check_platform(spec, platform_only=not runs))
     ctx.print(output.to_json(reply) if ctx.args.json else output.format_platform(reply.effective_platform))
     return EXIT_OK
 

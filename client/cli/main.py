@@ -35,6 +35,7 @@ __all__ = [
     "Commands",
     "Context",
     "Handler",
+    "Refused",
     "UsageError",
     "build_parser",
     "main",
@@ -55,6 +56,11 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 class UsageError(Exception):
     """Bad command-line input found by a handler (exit 2)."""
+
+
+class Refused(Exception):
+    """A platform refused before any agent is asked (a domain's exact CPU model with no level, a machine no KVM
+    runs): exit 1, like the agent's own refusals."""
 
 
 class _ParseError(Exception):
@@ -216,6 +222,9 @@ def _exit_code(exc: BaseException, ctx: Context) -> int:
     if isinstance(exc, Unreachable):
         ctx.warn(exc.one_line())
         return EXIT_USAGE
+    if isinstance(exc, Refused):
+        ctx.warn(f"refused: {' '.join(str(exc).split())}")
+        return EXIT_REFUSED
     if isinstance(exc, KvmplatError):
         ctx.warn(f"{exc.code}: {exc.one_line()}" if exc.code else exc.one_line())
         return EXIT_REFUSED

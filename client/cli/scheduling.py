@@ -1,8 +1,10 @@
-"""`kvmplat labels [--nfd-file PATH] [--json]` and `kvmplat place --spec F --agents A,B,C [--json]`.
+"""`kvmplat labels [--nfd-file PATH] [--json]` and `kvmplat place --spec F (--agents A,B,C | --placement URL) [--json]`.
 
-`place` exits 0 when an agent was chosen, 1 when none can take the spec (each reason in the output), 2 for usage
-errors (bad spec file, no or malformed agent addresses). The global --timeout bounds each call to each agent and
---tls-* apply to every agent.
+`place --agents` only chooses; `place --placement` chooses through OpenStack Placement and creates (and starts) the
+VM on the chosen agent (client/scheduling/placement_engine.py). Both exit 0 when an agent was chosen, 1 when none
+can take the spec (each reason in the output), 2 for usage errors (bad spec file, no or malformed agent addresses)
+or a Placement that cannot be asked. The global --timeout bounds each call to each agent and to Placement; --tls-*
+apply to every agent.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def _agents(text: str) -> list[str]:
     return agents
 
 
+def _placement_url(url: str) -> str:
+    """--placement URL, checked: http(s)://HOST[:PORT][/PATH]."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--placement {url!r} is not a Placement URL (http://HOST:PORT[/PATH])")
+    return url
+
+
 def _place(ctx: Context) -> int:
     """kvmplat place."""
     from kvmplat.client.agent import TlsFiles
@@ -54,11 +66,17 @@ def _place(ctx: Context) -> int:
 
     a = ctx.args
     spec = load_spec(a.spec)
-    agents = _agents(a.agents)
     if not a.timeout > 0:
         raise UsageError(f"--timeout must be a positive number of seconds, not {a.timeout}")
     tls_args = (getattr(a, "tls_ca", None), getattr(a, "tls_cert", None), getattr(a, "tls_key", None))
-    result = place(spec, agents, timeout=a.timeout, tls=TlsFiles(*tls_args) if any(tls_args) else None)
+    tls = TlsFiles(*tls_args) if any(tls_args) else None
+    if a.placement:
+        from kvmplat.client.scheduling.placement_engine import place_on_placement
+
+        token = a.placement_token or ctx.env.get("KVMPLAT_PLACEMENT_TOKEN") or "admin"
+        result = place_on_placement(spec, _placement_url(a.placement), token=token, timeout=a.timeout, tls=tls)
+    else:
+        result = place(spec, _agents(a.agents), timeout=a.timeout, tls=tls)
     if a.json:
         ctx.print(json.dumps(result.to_json(), indent=2))
     else:
@@ -80,7 +98,12 @@ def register(commands: Commands) -> None:
     p.add_argument("--json", action="store_true", help="print the labels as one JSON object")
     p = commands.add("place", _place, "choose the agent with most room that can run a spec; explain the others")
     p.add_argument("--spec", required=True, metavar="FILE", help="VmSpec as protobuf JSON (as for create)")
-    p.add_argument("--agents", required=True, metavar="A,B,C", help="agent addresses, comma-separated")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--agents", metavar="A,B,C", help="agent addresses, comma-separated (choose only)")
+    where.add_argument("--placement", metavar="URL", help="OpenStack Placement: choose there, create the VM (started)")
+    p.add_argument(
+        "--placement-token", metavar="TOKEN", help="Keystone token (default $KVMPLAT_PLACEMENT_TOKEN, else 'admin')"
+    )
     p.add_argument(
         "--json",
         action="store_true",

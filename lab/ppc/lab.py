@@ -134,6 +134,7 @@ def report_hv(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "accel": cases.get("accel-auto", {}).get("accel"),
         "compat": _verdicts(cases),
+        "bare_metal": cases.get("bare-metal-ppc64", {}).get("predicted", "missing"),
         "kernel_agrees": summary.get("kernel_agrees") is True and result["rc"] == 0,
         "probe_console": probe.get("probe_console") is True,
         "seconds": result["seconds"],
@@ -147,10 +148,20 @@ def report_pr(result: dict[str, Any]) -> dict[str, Any]:
         "accel": cases.get("accel-auto", {}).get("accel"),
         "compat": _verdicts(cases),
         "pvinfo": cases.get("pv-kvm", {}).get("pvinfo"),
+        "bare_metal_ppc64": _bare(cases, "bare-metal-ppc64"),
+        "bare_metal_ppc32": _bare(cases, "bare-metal-ppc32"),
         "kernel_agrees": summary.get("kernel_agrees") is True and result["rc"] == 0,
         "mmio_exit": probe.get("mmio_exit") is True,
         "seconds": result["seconds"],
     }
+
+
+def _bare(cases: dict[str, Any], name: str) -> bool | str:
+    """True when the agent admitted a bare-metal case and its probe ran without PAPR; else what happened."""
+    predicted = cases.get(name, {}).get("predicted", "missing")
+    if predicted != "admitted":
+        return predicted
+    return cases.get(f"{name}-run", {}).get("ran") is True
 
 
 def check(config: str, result: dict[str, Any]) -> list[str]:
@@ -172,6 +183,9 @@ def check(config: str, result: dict[str, Any]) -> list[str]:
         )
         want["H_PUT_TERM_CHAR console line starts with kvmplat-probe"] = probe.get("probe_console") is True
         want["the probe's hypercalls reached userspace"] = bool(probe.get("hcalls"))
+        want["BARE_METAL refused (book3s_hv runs only PAPR), KVM_VM_PPC_PR's EINVAL confirms"] = all(
+            _refused_confirmed(cases.get(f"bare-metal-{w}")) for w in ("ppc64", "ppc32")
+        )
     else:
         want["STRICT power8/power9 refused, the kernel's EINVAL confirms"] = all(
             _refused_confirmed(cases.get(f"spapr-{lv}")) for lv in ("power8", "power9")
@@ -182,6 +196,10 @@ def check(config: str, result: dict[str, Any]) -> list[str]:
         )
         want["pv KVM reports KVM_PPC_GET_PVINFO's 4 words"] = len(cases.get("pv-kvm", {}).get("pvinfo") or []) == 4
         want["the probe's MMIO store exited to userspace"] = probe.get("mmio_exit") is True
+        want["BARE_METAL PPC64 admitted and its probe stored without PAPR"] = _bare(cases, "bare-metal-ppc64") is True
+        want["BARE_METAL PPC (32-bit Book3S) admitted and its probe ran with MSR.SF clear"] = (
+            _bare(cases, "bare-metal-ppc32") is True
+        )
     return [f"{config}: {what}" for what, held in want.items() if not held]
 
 

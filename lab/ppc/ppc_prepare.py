@@ -293,6 +293,7 @@ def initramfs(root: Path, stock_root: Path) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp:
         stage(tmp)
+        probe32(Path(tmp) / "probe32.bin")
         compile_tree(Path(tmp), "/lab")
         entries = [CpioEntry(d, 0o040755) for d in ("dev", "proc", "sys", "tmp", "lab")]
         entries.append(CpioEntry("dev/console", 0o020600, rdev=(5, 1)))
@@ -307,6 +308,15 @@ def initramfs(root: Path, stock_root: Path) -> Path:
     out = CACHE / "initrd.cpio"
     out.write_bytes(data)
     progress(f"initramfs {out}: {len(data) / 2**20:.1f} MiB")
+    return out
+
+
+def probe32(out: Path) -> Path:
+    """lab/ppc/probe32.S (the 32-bit Book3S probe) assembled big-endian 32-bit into a flat binary at `out`."""
+    obj = out.with_suffix(".o")
+    run(["powerpc64le-linux-gnu-as", "-a32", "-mbig", "-o", str(obj), str(HERE / "probe32.S")])
+    run(["powerpc64le-linux-gnu-objcopy", "-O", "binary", str(obj), str(out)])
+    obj.unlink()
     return out
 
 

@@ -198,6 +198,22 @@ def test_check_xml_translates_through_domain_xml(agent_env: dict[str, str]) -> N
     assert run(["check", "--xml", str(bad)], agent_env)[0] == 2
 
 
+def test_check_xml_judges_a_domain_not_opted_in_on_its_platform_alone(
+    agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Like the libvirt hook: an opted-in domain gets the full dry run, any other one CheckPlatform(platform_only)."""
+    pytest.importorskip("kvmplat.client.libvirt.domain_xml")
+    plain = tmp_path / "plain.xml"
+    plain.write_text(
+        "<domain type='kvm'><name>p</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+    )
+    code, out, _ = run(["check", "--xml", str(plain), "--json"], agent_env)
+    assert code == 0 and json.loads(out)["effectivePlatform"]["notes"] == ["platform only"]
+    code, out, _ = run(["check", "--xml", str(GOLDEN_DOMAIN), "--json"], agent_env)
+    assert code == 0 and json.loads(out)["effectivePlatform"].get("notes", []) == []
+
+
 def test_create_from_libvirt_uses_libvirts_test_driver(agent_env: dict[str, str]) -> None:
     """libvirt's built-in test driver (test:///default, no daemon) defines a domain named `test`."""
     pytest.importorskip("libvirt")

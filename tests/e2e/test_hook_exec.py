@@ -202,3 +202,15 @@ def test_fast_start_and_site_fallback(tmp_path: Path, agent: tuple[str, StandIn]
     assert (tree.returncode, installed.returncode, tree.stderr) == (0, 0, installed.stderr)
     assert warnings_only(tree.stderr)
     assert servicer.calls == ["check web1", "check web1"]
+
+
+def test_the_launcher_finds_the_source_tree_without_site() -> None:
+    """Under -S the launcher mounts the project's tree itself (site.py's editable finder costs every hook start):
+    the check that decides it names the hook module where the tree keeps it."""
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    code = (
+        "import runpy, sys; g = runpy.run_path(sys.argv[1], run_name='launcher'); "
+        "print(g['_mount_source_tree'](), 'site' in sys.modules)"
+    )
+    out = subprocess.run([str(venv_python), "-S", "-c", code, str(HOOK)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr

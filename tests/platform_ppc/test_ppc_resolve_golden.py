@@ -32,6 +32,7 @@ def _outcome(host: PpcHost, name: str) -> dict[str, Any]:
         "policy": eff.policy.name,
         "bits": eff.bits,
         "accel": eff.accel,
+        "arch": eff.arch.name if eff.arch else None,
         "cross_arch": eff.cross_arch,
         "notes": list(eff.notes),
         "visible_above_level": list(eff.visible_above_level),
