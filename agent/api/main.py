@@ -26,9 +26,9 @@ DEFAULT_IMAGE_DIR = "/var/lib/kvmplat/images"
 HEADROOM_MIB = 1024  # kept for the host and the agent itself
 VCPUS_PER_CORE = 128  # idle vCPUs cost nothing here; a scheduler sizes hosts with --max-vcpus
 
-# gRPC message size limits: requests are small (a spec, a console write) but for the packed guest pages of a restore
-# or an incoming migration (guestmem.CHUNK each); replies can carry a long ListVms.
-MAX_RECEIVE = 16 << 20
+# gRPC message size limits: requests are small (a spec, a console write; a restore's or an incoming migration's packed
+# pages come in guestmem.CHUNK pieces, well under the limit); replies can carry a long ListVms.
+MAX_RECEIVE = 4 << 20
 MAX_SEND = 16 << 20
 
 log = logging.getLogger("kvmplat.agent")

@@ -20,7 +20,8 @@ __all__ = ["CHUNK", "PAGE", "GuestMapping", "count_bits", "keep_freed_memory"]
 
 PAGE = 4096
 CHUNK = 2 << 20  # bytes of packed pages per message: large enough to amortise a gRPC message, small enough to stay
-# in cache through its copies (packed, bytes, protobuf, gRPC); 1-4 MiB measured alike, 8 MiB slower
+# in cache through its copies (packed, bytes, protobuf, gRPC) and under the agent's 4 MiB receive limit; 1-4 MiB
+# measured alike, 8 MiB slower
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 KEEP_FREED = 64 << 20
 

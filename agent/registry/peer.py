@@ -12,7 +12,7 @@ from kvmplat.agent import errors
 
 __all__ = ["PeerError", "PeerTls", "peer_channel"]
 
-OPTIONS = (("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20))
+OPTIONS = (("grpc.max_send_message_length", 4 << 20), ("grpc.max_receive_message_length", 16 << 20))
 
 
 @dataclass(frozen=True)
