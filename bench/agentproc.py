@@ -8,45 +8,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-from kvmplat.client.agent import Client
-from kvmplat.v1 import agent_pb2 as pb
+from kvmplat.client.localagent import AgentNotStarted, LocalAgent
 from kvmplat.v1 import agent_pb2_grpc as pbg
-
-AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 
 
 @contextlib.contextmanager
 def agent(prefix: str, flags: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    """A kvmplat-agent, yielded as (address, process, temp dir) once it answers; stopped and cleaned up after.
+    """A kvmplat-agent (the one launcher, kvmplat.client.localagent), yielded as (address, process, temp dir) once
+    it answers; its VMs destroyed and it stopped after.
 
-    It runs in a session of its own, so a Ctrl-C reaches only the benchmark, which then stops it. Every VM still
-    there is destroyed first: runners outlive their agent by design, and no later agent would adopt these. With
+    It runs in a session of its own, so a Ctrl-C reaches only the benchmark, which then stops it. With
     KVMPLAT_BENCH_KEEP set the temp dir (and the agent's log in it) is kept."""
     tmp = Path(tempfile.mkdtemp(prefix=f"kvmplat-{prefix}-"))
-    address = f"unix://{tmp}/agent.sock"
-    argv = [AGENT, "--listen", address, "--state-dir", str(tmp / "state"), *flags]
-    with (tmp / "agent.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
     try:
-        _wait_ready(address, proc, tmp / "agent.log")
-        yield address, proc, tmp
-    finally:
-        if proc.poll() is None:
-            with Client(address, timeout=30) as client:
-                client.destroy_all()
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            local = LocalAgent.start(tmp, flags, timeout=120, new_session=True)
+        except AgentNotStarted as e:
+            raise SystemExit(str(e)) from None
+        with local:
+            yield local.address, local.proc, tmp
+    finally:
         if os.environ.get("KVMPLAT_BENCH_KEEP"):
             print(f"agent log kept in {tmp}", file=sys.stderr)
         else:
@@ -56,17 +42,3 @@ def agent(prefix: str, flags: tuple[str, ...] = ()) -> Iterator[tuple[str, subpr
 def stub(address: str) -> Any:
     """A blocking stub on a channel of its own."""
     return pbg.AgentStub(grpc.insecure_channel(address))  # type: ignore[no-untyped-call]
-
-
-def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Returns once the agent answers (a fresh state dir probes the host first); exits with its log's end if not."""
-    probe = stub(address)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            probe.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=2)
-            return
-        except grpc.RpcError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"kvmplat-agent did not start: {log.read_text(errors='replace')[-800:]}") from None
-            time.sleep(0.05)

@@ -34,7 +34,6 @@ EXTRA_CMDLINE = "earlyprintk=serial,ttyS0,115200 nokaslr"
 MEMORY_MIB = 256
 TIMEOUT_S = 60.0
 QEMU = "qemu-system-x86_64"
-ENDED = (4, 5)  # VmState STOPPED, CRASHED: the guest ended before its first line
 
 
 def say(text: str) -> None:
@@ -55,22 +54,11 @@ def image() -> dict[str, str]:
 
 @contextlib.contextmanager
 def agent(tmp: Path) -> Iterator[str]:
-    """A kvmplat-agent beside this interpreter on a private socket; yields its address."""
-    from kvmplat.client.agent import Client
+    """A kvmplat-agent beside this interpreter on a private socket (kvmplat.client.localagent); yields its address."""
+    from kvmplat.client.localagent import LocalAgent
 
-    address = f"unix://{tmp}/agent.sock"
-    cmd = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", address, "--state-dir", str(tmp / "s")]
-    with (tmp / "agent.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        with Client(address, timeout=30.0) as c:
-            if not c.wait_ready(30.0):
-                raise SystemExit(f"the agent did not answer: {(tmp / 'agent.log').read_text()[-300:]}")
-            c.capabilities()
-        yield address
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with LocalAgent.start(tmp, timeout=30) as local:
+        yield local.address
 
 
 def ours_once(address: str, img: dict[str, str], run: int) -> float:
@@ -111,6 +99,8 @@ def _where_the_time_went(stats: Any, wall0: float, elapsed: float) -> None:
 
 def _first_console(stream: Iterable[Any], name: str, t0: float) -> float:
     """Reads events until `name` prints the first line; its time in ms since t0."""
+    from kvmplat.client.vmstates import ENDED
+
     for ev in stream:
         kind = ev.WhichOneof("kind")
         if ev.vm == name and kind == "console" and FIRST_LINE.search(ev.console.text.encode()):

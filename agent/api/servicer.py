@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,9 +16,9 @@ from kvmplat.agent.api.interceptors import Check, HandlerWrapper, rewrap
 from kvmplat.agent.api.status import to_status
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
 from kvmplat.agent.guest.builtin import PUBLIC_BUILTINS
-from kvmplat.agent.kvm.fds import ExitReason
+from kvmplat.agent.kvm.fds import exit_reason_name
 from kvmplat.agent.registry.controller import Controller, VmRecord
-from kvmplat.agent.registry.lifecycle import Event, State
+from kvmplat.agent.registry.lifecycle import Event, proto_value
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
@@ -226,10 +226,9 @@ class AgentServicer(pbg.AgentServicer):
     def _vm_base(self, rec: VmRecord) -> pb.Vm:
         created = Timestamp()
         created.FromNanoseconds(int(rec.created * 1e9))
-        state = rec.state.name if rec.state is not State.DESTROYED else "VM_STATE_UNSPECIFIED"
         return pb.Vm(
             spec=rec.spec,
-            state=state,
+            state=cast(pb.VmState, proto_value(rec.state)),
             effective_platform=rec.effective,
             runner_pid=rec.pid,
             state_reason=rec.reason,
@@ -240,14 +239,12 @@ class AgentServicer(pbg.AgentServicer):
     async def _vm(self, rec: VmRecord) -> pb.Vm:
         vm = self._vm_base(rec)
         s = await self.c.stats(rec)
-        if s:
-            vm.stats.exits, vm.stats.console_bytes = s["exits"], s["console_bytes"]
-            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s["unhandled_pio"], s["unhandled_mmio"]
-            vm.stats.memory_bytes = s["memory_bytes"]
-            for field, seconds in s.get("milestones", {}).items():
+        if s is not None:
+            vm.stats.exits, vm.stats.console_bytes = s.exits, s.console_bytes
+            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s.unhandled_pio, s.unhandled_mmio
+            vm.stats.memory_bytes = s.memory_bytes
+            for field, seconds in s.milestones.items():
                 getattr(vm.stats, field).FromNanoseconds(int(seconds * 1e9))
-            for reason, n in s["by_reason"].items():
-                r = int(reason)
-                name = ExitReason(r).name.lower() if r in ExitReason._value2member_map_ else f"exit_{r}"
-                vm.stats.exits_by_reason[name] = n
+            for reason, n in s.by_reason:
+                vm.stats.exits_by_reason[exit_reason_name(reason)] = n
         return vm

@@ -143,7 +143,7 @@ def _fill_by_resolution(caps: pb.Capabilities, host: Any, max_level: str) -> Non
         strict = _admits(host, PlatformRequest(compat=lv.name), max_level)
         best = _admits(host, PlatformRequest(compat=lv.name, policy=CompatPolicy.BEST_EFFORT), max_level)
         over = _above_ppc_ceiling(lv.name, max_level)
-        caps.levels.add(name=lv.name, raw=lv.pvr, strict=strict, best_effort=best, above_ceiling=over)
+        caps.levels.add(name=lv.name, raw=lv.logical_pvr, strict=strict, best_effort=best, above_ceiling=over)
 
 
 def _above_ppc_ceiling(level: str, max_level: str) -> bool:

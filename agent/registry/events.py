@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kvmplat.agent.errors import ResourceExhausted
+from kvmplat.agent.registry.lifecycle import State, proto_value
+from kvmplat.agent.runner.wire import ConsoleText, RunnerEvent, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["RING", "WATCH_BUFFER", "Bus", "event_from_runner"]
@@ -23,30 +25,27 @@ WATCH_BUFFER = 4096
 _END = None
 
 
-def event_from_runner(vm: str, e: dict[str, Any]) -> pb.Event:
-    """A runner's JSON event as a proto Event."""
+def event_from_runner(vm: str, e: RunnerEvent) -> pb.Event:
+    """A runner's event as a proto Event."""
     ts = Timestamp()
-    ts.FromNanoseconds(int(float(e.get("time", 0)) * 1e9))
-    ev = pb.Event(seq=int(e["seq"]), vm=vm, time=ts)
-    if "state" in e:
-        s = e["state"]
-        ev.state.CopyFrom(pb.StateChange(reason=s.get("reason", "")))
-        setattr(ev.state, "from", _state_value(s.get("from", "")))
-        ev.state.to = _state_value(s.get("to", ""))
-    elif "console" in e:
-        ev.console.text = str(e["console"])
-    elif "exit" in e:
-        x = e["exit"]
-        ev.exit.reason, ev.exit.vcpu, ev.exit.detail = x.get("reason", ""), int(x.get("vcpu", 0)), x.get("detail", "")
-        ev.exit.registers.update({k: int(v) for k, v in x.get("registers", {}).items()})
-        ev.exit.instruction = bytes.fromhex(x.get("instruction", ""))
-    elif "error" in e:
-        ev.error.message = str(e["error"])
+    ts.FromNanoseconds(int(e.time * 1e9))
+    ev = pb.Event(seq=e.seq, vm=vm, time=ts)
+    body = e.body
+    if isinstance(body, StateChange):
+        ev.state.CopyFrom(pb.StateChange(reason=body.reason))
+        setattr(ev.state, "from", _state_value(body.old))
+        ev.state.to = _state_value(body.new)
+    elif isinstance(body, ConsoleText):
+        ev.console.text = body.text
+    else:
+        ev.exit.reason, ev.exit.vcpu, ev.exit.detail = body.reason, body.vcpu, body.detail
+        ev.exit.registers.update(body.registers)
+        ev.exit.instruction = bytes.fromhex(body.instruction)
     return ev
 
 
 def _state_value(name: str) -> pb.VmState:
-    return cast(pb.VmState, pb.VmState.Value(name)) if name in pb.VmState.keys() else pb.VM_STATE_UNSPECIFIED  # noqa: SIM118
+    return cast(pb.VmState, proto_value(State[name]) if name in State.__members__ else pb.VM_STATE_UNSPECIFIED)
 
 
 class _Watcher:

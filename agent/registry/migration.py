@@ -34,6 +34,7 @@ from kvmplat.agent.registry.guestmem import PAGE, GuestMapping, count_bits
 from kvmplat.agent.registry.incoming import IncomingVm
 from kvmplat.agent.registry.lifecycle import State
 from kvmplat.agent.registry.peer import PeerError, peer_channel
+from kvmplat.agent.registry.runnerlink import RunnerClient
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
@@ -103,15 +104,17 @@ class _Source:
             with contextlib.suppress(BaseException):
                 await task  # never leave the packer running on a mapping about to close
 
-    async def runner(self, op: str, **args: Any) -> dict[str, Any]:
+    @property
+    def runner(self) -> RunnerClient:
+        """The VM's runner; Unavailable when it is gone."""
         if self.rec.runner is None or self.rec.runner.closed:
             raise Unavailable(f"VM {self.rec.name!r} lost its runner during the migration")
-        return await self.rec.runner.call(op, timeout=30.0, **args)
+        return self.rec.runner
 
 
 async def _offer(s: _Source) -> None:
-    mem = await s.runner("memory")
-    rows = [pb.CpuidEntry(**dict(zip(pb.CpuidEntry.DESCRIPTOR.fields_by_name, r, strict=False))) for r in mem["cpuid"]]
+    mem = await s.runner.memory()
+    rows = [pb.CpuidEntry(**dict(zip(pb.CpuidEntry.DESCRIPTOR.fields_by_name, r, strict=False))) for r in mem.cpuid]
     offer = pb.MigrationOffer(
         spec=s.rec.spec,
         effective_platform=s.rec.effective,
@@ -122,7 +125,7 @@ async def _offer(s: _Source) -> None:
     s.call = pbg.AgentStub(s.peer).ReceiveVm(timeout=MOVE_TIMEOUT)  # type: ignore[no-untyped-call]
     await s.send(pb.MigrationPacket(offer=offer))
     await s.expect("accepted")
-    s.mapping = GuestMapping(int(mem["pid"]), int(mem["fd"]), int(mem["size"]))
+    s.mapping = GuestMapping(mem.pid, mem.fd, mem.size)
 
 
 async def _precopy(s: _Source) -> AsyncIterator[tuple[pb.MigrationProgress, bytes]]:
@@ -135,7 +138,7 @@ async def _precopy(s: _Source) -> AsyncIterator[tuple[pb.MigrationProgress, byte
         sent = s.bytes_sent - before
         if sent >= RATE_SAMPLE or not s.rate:
             s.rate = max(sent, PAGE) / max(time.monotonic() - start, 1e-6)
-        dirty = base64.b64decode((await s.runner("dirty"))["bitmap"])
+        dirty = base64.b64decode((await s.runner.dirty()).bitmap)
         s.dirty_pages = count_bits(dirty)
         s.expected_s = s.dirty_pages * PAGE / s.rate
         yield s.progress("precopy"), dirty
@@ -151,7 +154,7 @@ async def _auto_converge(s: _Source, sent: int) -> None:
         return
     s.high = 0
     s.throttle = min(THROTTLE_MAX, s.throttle + THROTTLE_STEP if s.throttle else THROTTLE_FIRST)
-    await s.runner("throttle", percent=s.throttle)
+    await s.runner.throttle(s.throttle)
 
 
 def _or(a: bytes, b: bytes) -> bytes:
@@ -161,11 +164,11 @@ def _or(a: bytes, b: bytes) -> bytes:
 async def _switch(s: _Source, pending: bytes) -> float:
     """Stop and copy; returns when the target runs the VM (the downtime in seconds)."""
     t_stop = time.monotonic()
-    final = await s.runner("migrate_stop")
-    await s.send_pages(_or(pending, base64.b64decode(final["bitmap"])))
-    state = {"state": final["state"], "milestones": {}}
+    final = await s.runner.migrate_stop()
+    await s.send_pages(_or(pending, base64.b64decode(final.bitmap)))
+    state = {"state": final.state, "milestones": {}}
     await s.send(pb.MigrationPacket(state=json.dumps(state, separators=(",", ":")).encode()))
-    first_seq = int(final["last_seq"]) + 2  # the source's own last event ("migrated to ...") takes the one between
+    first_seq = final.last_seq + 2  # the source's own last event ("migrated to ...") takes the one between
     try:  # the commit follows at once (one round trip less): the target commits only once the state loaded
         await s.send(pb.MigrationPacket(commit=pb.MigrationCommit(first_seq=first_seq)))
         await s.expect("prepared")
@@ -212,7 +215,7 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
             s.peer = peer
             await _offer(s)
             yield s.progress("offer")
-            await s.runner("migrate_begin", target=target)
+            await s.runner.migrate_begin(target)
             began = True
             pending = b""
             async for progress, dirty in _precopy(s):
@@ -224,14 +227,14 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
             committed = True
             with contextlib.suppress(grpc.RpcError):
                 await s.call.done_writing()
-        await s.runner("migrate_done", target=target)
+        await s.runner.migrate_done(target)
         rec.moving = ""
         await c.destroy(name)
         yield s.progress("done", downtime_ms=int(downtime * 1000), total_ms=int(total * 1000), target=target)
     except BaseException as e:  # any failure (the target's, the network's, ours, a cancelled call) resumes at home
         if began and not committed:
             with contextlib.suppress(KvmplatError):
-                await asyncio.shield(s.runner("migrate_abort", why=str(_peer_error(s, e))))
+                await asyncio.shield(s.runner.migrate_abort(str(_peer_error(s, e))))
         if s.call is not None:
             s.call.cancel()
         if not isinstance(e, Exception):

@@ -5,30 +5,27 @@ Forked runners share the template's pages copy-on-write, so an idle VM costs lit
 and a VM starts in milliseconds. Each runner double-forks into its own session: it is nobody's child, survives
 the agent, and is re-adopted through its socket.
 
-Protocol on the template's stdin/stdout (JSON lines): {"op": "spawn", "config": {...}} ->
-{"ok": true, "pid": N} once the runner listens on config["socket"], or {"ok": false, "error": {kind, message}}.
-The template exits when the agent closes its stdin.
+Protocol on the template's stdin/stdout (wire.py lines): Spawn(config) -> Spawned(pid) once the runner listens on
+config.socket, or the Failure that stopped it. The template exits when the agent closes its stdin.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import sys
-from typing import Any
 
-from kvmplat.agent.errors import InvalidArgument, KvmplatError
+from kvmplat.agent.errors import HostError, InvalidArgument
 from kvmplat.agent.linux import layout as linux_layout
 from kvmplat.agent.runner import vmrunner
 from kvmplat.agent.runner.vcpu import install_kick_handler
-from kvmplat.agent.runner.wire import decode, encode
+from kvmplat.agent.runner.wire import Failure, RunnerConfig, Spawn, Spawned, decode, encode, failure_of
 
 __all__ = ["main", "spawn"]
 
 
-def spawn(config: dict[str, Any]) -> dict[str, Any]:
+def spawn(config: RunnerConfig) -> Spawned | Failure:
     """Forks a runner for `config`; returns its pid or the error that stopped it from starting."""
     r, w = os.pipe()
     pid = os.fork()
@@ -43,11 +40,12 @@ def spawn(config: dict[str, Any]) -> dict[str, Any]:
     with os.fdopen(r, "rb") as f:
         data = f.read()
     if not data:
-        return {"ok": False, "error": {"kind": "HostError", "message": "the runner died while starting"}}
-    return dict(json.loads(data))
+        return failure_of(HostError("the runner died while starting"))
+    reply = decode(data)
+    return reply if isinstance(reply, Spawned | Failure) else failure_of(HostError("the runner said nonsense"))
 
 
-def _runner_main(config: dict[str, Any], ready_fd: int) -> None:
+def _runner_main(config: RunnerConfig, ready_fd: int) -> None:
     """The runner process: build the VM, listen, report readiness, serve until destroyed."""
     code = 0
     try:
@@ -55,25 +53,21 @@ def _runner_main(config: dict[str, Any], ready_fd: int) -> None:
         os.dup2(os.open(os.devnull, os.O_RDWR), 0)
         os.dup2(os.open(os.devnull, os.O_RDWR), 1)
         runner, listener = _start(config)
-        os.write(ready_fd, encode({"ok": True, "pid": os.getpid()}))
+        os.write(ready_fd, encode(Spawned(os.getpid())))
         os.close(ready_fd)
         runner.serve(listener)
         runner.wait_destroyed()
         listener.close()  # its path is the agent's to remove: by now a new VM of the same name may listen there
-    except KvmplatError as e:
-        os.write(ready_fd, encode({"ok": False, "error": {"kind": type(e).__name__, "message": str(e)}}))
-        code = 1
     except BaseException as e:
-        msg = f"runner failed: {type(e).__name__}: {e}"
         with contextlib.suppress(OSError):
-            os.write(ready_fd, encode({"ok": False, "error": {"kind": "HostError", "message": msg}}))
+            os.write(ready_fd, encode(failure_of(e)))
         code = 1
     os._exit(code)
 
 
-def _start(config: dict[str, Any]) -> tuple[vmrunner.VmRunner, socket.socket]:
+def _start(config: RunnerConfig) -> tuple[vmrunner.VmRunner, socket.socket]:
     install_kick_handler()
-    path = config["socket"]
+    path = config.socket
     if len(path.encode()) > 107:
         raise InvalidArgument.field("state_dir", f"runner socket path too long for a unix socket: {path}")
     runner = vmrunner.VmRunner(config)
@@ -98,15 +92,12 @@ def main() -> None:
     linux_layout.page_tables()  # cached here, so a Linux guest's runner inherits the loader imported and warm
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
+        reply: Spawned | Failure
         try:
             msg = decode(line)
-            reply = (
-                spawn(msg["config"])
-                if msg.get("op") == "spawn"
-                else {"ok": False, "error": {"kind": "InvalidArgument", "message": "unknown op"}}
-            )
-        except (ValueError, KeyError) as e:
-            reply = {"ok": False, "error": {"kind": "InvalidArgument", "message": f"bad request: {e}"}}
+            reply = spawn(msg.config) if isinstance(msg, Spawn) else failure_of(InvalidArgument("unknown request"))
+        except ValueError as e:
+            reply = failure_of(InvalidArgument(f"bad request: {e}"))
         out.write(encode(reply))
         out.flush()
 

@@ -8,9 +8,7 @@ turned into exit codes by `kvmplat.client.cli.main`.
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
-from typing import Any
 
 from kvmplat.client.cli import output
 from kvmplat.client.cli.main import EXIT_OK, Commands, Context, Refused, UsageError
@@ -19,10 +17,7 @@ from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["register", "spec_from_args"]
 
-# Modules owned elsewhere, imported only when --xml / --from-libvirt is used (libvirt-python is heavy and optional).
-DOMAIN_XML_MODULE = "kvmplat.client.libvirt.domain_xml"
 MAX_INPUT_BYTES = 4 << 20  # --spec and --xml files (domain_xml refuses above 2 MiB with its own reason)
-LIBVIRT_SOURCE_MODULE = "kvmplat.client.libvirt.source"
 
 
 def register(commands: Commands) -> None:
@@ -113,22 +108,13 @@ def _read_text(path: str) -> str:
         raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _optional_module(name: str, what: str) -> Any:
-    """A module owned elsewhere, imported on first use; UsageError when it is not installed."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        raise UsageError(f"{what} is not installed ({name} is missing)") from None
-
-
 def _translate(ctx: Context, xml_text: str, source: str) -> tuple[pb.VmSpec, bool]:
     """domain XML -> (VmSpec, opted in) through kvmplat.client.libvirt.domain_xml; its warnings go to stderr."""
-    module = _optional_module(DOMAIN_XML_MODULE, "domain XML translation")
+    from kvmplat.client.libvirt import domain_xml  # imported only when --xml / --from-libvirt is used
+
     try:
-        translation = module.translate(xml_text)
-    except module.DomainRefused as e:
+        translation = domain_xml.translate(xml_text)
+    except domain_xml.DomainRefused as e:
         raise Refused(f"{source}: {e}") from None
     except ValueError as e:
         raise UsageError(f"{source}: {e}") from None
@@ -140,7 +126,8 @@ def _translate(ctx: Context, xml_text: str, source: str) -> tuple[pb.VmSpec, boo
 
 def _libvirt_xml(uri: str, name: str) -> str:
     """The domain XML of `name` as libvirt at `uri` has it (kvmplat.client.libvirt.source, read-only)."""
-    source = _optional_module(LIBVIRT_SOURCE_MODULE, "--from-libvirt")
+    from kvmplat.client.libvirt import source  # libvirt-python itself loads only here
+
     try:
         xml: str = source.domain_xml(uri, name)
     except source.LibvirtError as e:

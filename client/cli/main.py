@@ -10,8 +10,7 @@ Subcommands live in the modules named by `COMMAND_MODULES`; each exposes `regist
 adds its parsers with `commands.add(name, handler, help)`. A handler takes a `Context` and returns an exit code;
 it raises `UsageError`, `SpecError` or a client error rather than printing them. A module may instead expose
 `add_commands(subparsers)` and set `func(args) -> int` on its parsers (plain argparse; it then prints its own
-errors). Adding a command group is one line in `COMMAND_MODULES`; a module named there but not installed yet is
-skipped.
+errors). Adding a command group is one line in `COMMAND_MODULES`.
 """
 
 from __future__ import annotations
@@ -168,12 +167,7 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
     _add_global_options(parser, suppress=False)
     commands = Commands(parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser))
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue  # registered ahead of its module landing
-            raise
+        module = importlib.import_module(name)
         if hasattr(module, "register"):
             module.register(commands)
         else:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from kvmplat.client.specfile import enum_prefix
+from kvmplat.client.vmstates import state_name
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = [
@@ -22,7 +23,6 @@ __all__ = [
     "format_vm",
     "format_vm_line",
     "format_vm_table",
-    "state_name",
     "table",
     "to_json",
 ]
@@ -43,11 +43,6 @@ def enum_label(enum: object, number: int) -> str:
         return str(number)
     name: str = value.name
     return name.removeprefix(enum_prefix(descriptor))
-
-
-def state_name(state: int) -> str:
-    """A VmState without prefix (RUNNING, UNSPECIFIED)."""
-    return enum_label(pb.VmState, state)
 
 
 def _names(enum: object, numbers: Iterable[int]) -> str:

@@ -11,7 +11,7 @@ Prepares (ppc_prepare.py), in the cache ($KVMPLAT_PPC_CACHE, default /var/cache/
   kernel-pr-KEY/vmlinux   the KVM-PR kernel built from linux-source-6.1 with kvm-pr.config (only when absent)
   initrd.cpio, logs/      the initramfs (rebuilt each run: kvmplat's code is staged fresh) and each boot's console
 then boots QEMU's pseries POWER9 twice (HV: stock kernel, cap-nested-hv, radix; PR: built kernel, disable_radix).
-In each guest /init (init.sh) runs `python3.11 -m kvmplat.agent.platform.ppc_lab`: it learns the host from the real
+In each guest /init (init.sh) runs `python3.11 -m kvmplat.lab.ppc.guest`: it learns the host from the real
 /dev/kvm, predicts every case with the agent's resolution, applies the plan and compares, then runs the ppc probe
 payload under KVM_RUN. The last stdout line is the JSON report; the exit status is 0 only when every check holds.
 """
@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script: ppc_prepare sits beside it
-from ppc_prepare import (
+from kvmplat.lab.ppc.ppc_prepare import (
     CACHE,
     CONFIGS,
     QEMU,
@@ -158,7 +157,7 @@ def report_pr(result: dict[str, Any]) -> dict[str, Any]:
 
 def _bare(cases: dict[str, Any], name: str) -> bool | str:
     """True when the agent admitted a bare-metal case and its probe ran without PAPR; else what happened."""
-    predicted = cases.get(name, {}).get("predicted", "missing")
+    predicted = str(cases.get(name, {}).get("predicted", "missing"))
     if predicted != "admitted":
         return predicted
     return cases.get(f"{name}-run", {}).get("ran") is True

@@ -49,7 +49,7 @@ def _mirror() -> str:
             continue
         for uri in re.findall(r"^\s*(?:URIs:|deb(?:\s+\[[^]]*\])?)\s+(https?://\S+)", text, re.M):
             if uri.rstrip("/").endswith("/debian"):
-                return uri.rstrip("/")
+                return str(uri).rstrip("/")
     return "http://deb.debian.org/debian"
 
 
@@ -287,9 +287,8 @@ def pr_kernel() -> Path:
 
 def initramfs(root: Path, stock_root: Path) -> Path:
     """A newc initramfs: the ppc64el root, Debian's kvm.ko/kvm-hv.ko, kvmplat's staged code under /lab, /init."""
-    sys.path.insert(0, str(REPO))  # kvmplat is installed editable in .venv; this also covers a bare checkout
-    from kvmplat.agent.platform.ppc_lab import stage
     from kvmplat.client.guest_image import CpioEntry, cpio_newc
+    from kvmplat.lab.ppc.guest import stage
 
     with tempfile.TemporaryDirectory() as tmp:
         stage(tmp)

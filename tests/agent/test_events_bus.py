@@ -11,6 +11,7 @@ import pytest
 from kvmplat.agent.api.status import code_of
 from kvmplat.agent.errors import ResourceExhausted
 from kvmplat.agent.registry.events import RING, WATCH_BUFFER, Bus, event_from_runner
+from kvmplat.agent.runner.wire import ConsoleText, ExitReport, RunnerEvent, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
 T = TypeVar("T")
@@ -143,14 +144,11 @@ def test_forget_ends_the_streams_of_that_vm_only() -> None:
 
 
 def test_event_from_runner_builds_each_kind() -> None:
-    state = event_from_runner(
-        "v", {"seq": 1, "time": 1.5, "state": {"from": "CREATED", "to": "RUNNING", "reason": "r"}}
-    )
+    state = event_from_runner("v", RunnerEvent(1, 1.5, StateChange("CREATED", "RUNNING", "r")))
     assert state.state.to == pb.RUNNING and getattr(state.state, "from") == pb.CREATED and state.time.nanos == 5 * 10**8
-    exit_ = event_from_runner(
-        "v", {"seq": 2, "exit": {"reason": "crash", "registers": {"rip": 16}, "instruction": "0f0b"}}
-    )
+    report = ExitReport("crash", 0, "d", registers={"rip": 16}, instruction="0f0b")
+    exit_ = event_from_runner("v", RunnerEvent(2, 0.0, report))
     assert exit_.exit.registers["rip"] == 16 and exit_.exit.instruction == b"\x0f\x0b"
-    assert event_from_runner("v", {"seq": 3, "error": "x"}).error.message == "x"
-    unknown = event_from_runner("v", {"seq": 4, "state": {"to": "NONSENSE"}})
+    assert event_from_runner("v", RunnerEvent(3, 0.0, ConsoleText("x"))).console.text == "x"
+    unknown = event_from_runner("v", RunnerEvent(4, 0.0, StateChange("", "NONSENSE", "")))
     assert unknown.state.to == pb.VM_STATE_UNSPECIFIED

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from kvmplat.agent.platform.resolve import resolve
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "platform"
 CASES = sorted(GOLDEN.glob("*.json"))
-REGEN = os.environ.get("KVMPLAT_REGEN_GOLDEN") == "1"
 
 
 def request_of(data: dict[str, Any]) -> PlatformRequest:
@@ -54,9 +52,8 @@ def test_there_are_golden_cases_for_both_host_kinds() -> None:
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-def test_golden_case(path: Path) -> None:
+def test_golden_case(path: Path, golden: Any) -> None:
     case = json.loads(path.read_text())
     got = outcome(case)
-    if REGEN:
-        path.write_text(json.dumps({**case, "expect": got}, indent=1, ensure_ascii=False) + "\n")
-    assert got == case.get("expect"), f"{path.name}: rerun with KVMPLAT_REGEN_GOLDEN=1 if the change is intended"
+    want = golden.json(path, {**case, "expect": got}, indent=1).get("expect")
+    assert got == want, f"{path.name}: rerun with KVMPLAT_REGEN_GOLDEN=1 if the change is intended"

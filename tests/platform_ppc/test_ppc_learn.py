@@ -6,8 +6,8 @@ import json
 
 import pytest
 from kvmplat.agent.platform.ppc import PpcHost
-from kvmplat.agent.platform.ppc_learn import cpuinfo_pvr, learn_ppc_host
-from kvmplat.agent.platform.ppc_sim import sim_fds
+from kvmplat.lab.ppc.learn import cpuinfo_pvr, learn_ppc_host
+from kvmplat.lab.ppc.sim import sim_fds
 from ppc_cases import HOSTS
 
 CPUINFO = "processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\nrevision\t: 2.2 (pvr 004e 1202)\n"
@@ -48,8 +48,8 @@ def test_a_pr_kernel_refusing_32bit_pvrs_is_learnt_and_the_agent_follows_it() ->
     from kvmplat.agent.errors import PlatformRefused
     from kvmplat.agent.platform.model import Abi, Arch, PlatformRequest
     from kvmplat.agent.platform.ppc import resolve_ppc
-    from kvmplat.agent.platform.ppc_learn import learn_ppc_host
-    from kvmplat.agent.platform.ppc_sim import sim_fds
+    from kvmplat.lab.ppc.learn import learn_ppc_host
+    from kvmplat.lab.ppc.sim import sim_fds
     from ppc_cases import HOSTS
 
     stubborn = dataclasses.replace(HOSTS["power9-pr"], book3s32=False)

@@ -8,9 +8,9 @@ from kvmplat.agent.errors import InvalidArgument, PlatformRefused
 from kvmplat.agent.platform.arch import arch_width, is_cross_arch
 from kvmplat.agent.platform.model import Abi, Accel, Arch, CompatPolicy, PlatformRequest, Pv
 from kvmplat.agent.platform.ppc import resolve_ppc
-from kvmplat.agent.platform.ppc_apply import apply_ppc, plan_ok
-from kvmplat.agent.platform.ppc_plan import plan_ppc, ppc_vm_type
-from kvmplat.agent.platform.ppc_sim import sim_fds
+from kvmplat.lab.ppc.apply import apply_ppc, plan_ok
+from kvmplat.lab.ppc.plan import plan_ppc, ppc_vm_type
+from kvmplat.lab.ppc.sim import sim_fds
 from ppc_cases import HOSTS
 
 COMPATS = st.one_of(

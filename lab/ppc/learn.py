@@ -13,18 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from kvmplat.agent.platform.ppc import CAP_PPC_GET_PVINFO, PROBED_CAPS, PpcHost
-from kvmplat.agent.platform.ppc_apply import KvmFds, PpcFds, StepResult, apply_ppc
 from kvmplat.agent.platform.ppc_levels import BOOK3S32_DEFAULT_PVR
-from kvmplat.agent.platform.ppc_plan import (
-    Expect,
-    Step,
-    _step,
-    check_extension,
-    create_vcpu,
-    create_vm,
-    get_sregs,
-    set_sregs,
-)
+from kvmplat.lab.ppc.apply import KvmFds, PpcFds, StepResult, apply_ppc
+from kvmplat.lab.ppc.plan import Expect, check_extension, create_vcpu, create_vm, get_pvinfo, get_sregs, set_sregs
 
 __all__ = ["cpuinfo_pvr", "learn_ppc_host"]
 
@@ -95,7 +86,7 @@ def _learn_vm(fds: PpcFds, vm_type: int) -> tuple[dict[int, int], int, tuple[int
         vm_caps = {r.step.value or 0: r.ret or 0 for r in apply_ppc(steps, fds) if r.ret is not None}
         pvinfo: tuple[int, tuple[int, ...]] = (0, ())
         if vm_caps.get(CAP_PPC_GET_PVINFO):
-            pvinfo = _pvinfo(apply_ppc([_pvinfo_step()], fds)[0])
+            pvinfo = _pvinfo(apply_ppc([get_pvinfo("learn")], fds)[0])
         sregs = apply_ppc([create_vcpu(0), get_sregs("vcpu0", Expect("zero"), "host PVR")], fds)
         pvr = struct.unpack("<I", sregs[-1].out[:4])[0] if len(sregs) == 2 and sregs[-1].ok else 0
         return vm_caps, pvr, pvinfo
@@ -118,10 +109,6 @@ def _learn_book3s32(fds: PpcFds) -> bool:
     finally:
         fds.release()
     return len(results) == len(steps) and all(r.ok for r in results)
-
-
-def _pvinfo_step() -> Step:
-    return _step("vm", "KVM_PPC_GET_PVINFO", Expect("zero"), "learn", arg=bytes(128))
 
 
 def _pvinfo(result: StepResult) -> tuple[int, tuple[int, ...]]:

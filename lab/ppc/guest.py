@@ -1,17 +1,19 @@
 """The PowerPC lab's entry point (issue 8): learn the real kernel, predict each case, apply it, compare.
 
-    python3 -m kvmplat.agent.platform.ppc_lab [--cases FILE] [--simulate HOST.json] [--no-probe]
-    python3 -m kvmplat.agent.platform.ppc_lab --stage DIR     (on the build host: copy the files the lab needs)
+    python3 -m kvmplat.lab.ppc.guest [--cases FILE] [--simulate HOST.json] [--no-probe]
+    python3 -m kvmplat.lab.ppc.guest --stage DIR     (on the build host: copy the files the lab needs)
 
 Prints one JSON line per result: {"host": ...} first, then per case {"case", "predicted", "kernel_agrees", ...},
 then {"probe": ...} (the built-in payload under KVM_RUN) and a final {"summary": ...}. A case is
 {"name": str, "vcpus": int, "request": {"abi", "pv", "compat", "policy", "bits", "accel"}} with enum names as strings.
-Runs on Debian's ppc64el python3 with cffi in ABI mode (kvm.ffi.ensure_kvmc); nothing here imports `_kvmc` before it.
+Runs on Debian's ppc64el python3 with cffi in ABI mode (agent/kvm/ffi.ensure_kvmc); nothing here imports `_kvmc`
+before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import sys
@@ -20,7 +22,7 @@ from typing import IO, Any
 
 from kvmplat.agent.kvm import ffi as kvmabi
 
-__all__ = ["DEFAULT_CASES", "LAB_FILES", "lab_main", "stage"]
+__all__ = ["AGENT_FILES", "DEFAULT_CASES", "LAB_FILES", "lab_main", "stage"]
 
 DEFAULT_CASES: list[dict[str, Any]] = [
     {"name": "spapr-power8", "request": {"abi": "SPAPR", "compat": "power8"}},
@@ -37,45 +39,47 @@ DEFAULT_CASES: list[dict[str, Any]] = [
 # Bare-metal cases whose admission is then proven by running a probe without PAPR (issue 13 item 3).
 BARE_CASES = {"bare-metal-ppc64": "ppc64", "bare-metal-ppc32": "ppc32"}
 PROBE32 = "/lab/probe32.bin"  # lab/ppc/probe32.S, assembled by ppc_prepare
-# Relative to the agent/ folder; cbuild.py reads its C sources (fastloop.c, pages.c, payloads.S) when imported.
-LAB_FILES = (
+# What the guest needs of the agent (relative to agent/, as glob patterns) and of the lab (relative to lab/),
+# staged as DIR/kvmplat/agent/... and DIR/kvmplat/lab/...; never the compiled module.
+AGENT_FILES = (
     "__init__.py",
     "errors.py",
-    "kvm/__init__.py",
-    "kvm/ioctls.py",
-    "kvm/fds.py",
-    "kvm/x86state.py",
-    "kvm/ffi.py",
-    "kvm/cbuild.py",
-    "kvm/fastloop.c",
-    "kvm/pages.c",
-    "kvm/payloads.S",
+    "kvm/*.py",  # the whole KVM layer's source (cbuild.py reads its .c and .S files), never the compiled module
+    "kvm/*.c",
+    "kvm/*.S",
     "platform/__init__.py",
     "platform/arch.py",
     "platform/ceiling.py",
     "platform/levels.py",
     "platform/model.py",
     "platform/ppc.py",
-    "platform/ppc_apply.py",
     "platform/ppc_compat.py",
-    "platform/ppc_lab.py",
-    "platform/ppc_learn.py",
     "platform/ppc_levels.py",
-    "platform/ppc_payload.py",
-    "platform/ppc_plan.py",
-    "platform/ppc_sim.py",
+)
+LAB_FILES = (
+    "__init__.py",
+    "ppc/__init__.py",
+    "ppc/apply.py",
+    "ppc/guest.py",
+    "ppc/learn.py",
+    "ppc/payload.py",
+    "ppc/plan.py",
+    "ppc/sim.py",
 )
 
 
 def stage(dest: str | Path) -> list[Path]:
-    """Copies LAB_FILES to dest/kvmplat/agent/ (PYTHONPATH=dest then imports kvmplat.agent); never the .so."""
-    src = Path(__file__).resolve().parents[1]
+    """Copies AGENT_FILES and LAB_FILES under dest/kvmplat/ (PYTHONPATH=dest then imports kvmplat.lab.ppc)."""
+    lab = Path(__file__).resolve().parents[1]
+    agent = Path(importlib.import_module("kvmplat.agent").__file__ or "").resolve().parent
     out = []
-    for rel in LAB_FILES:
-        target = Path(dest) / "kvmplat" / "agent" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / rel, target)
-        out.append(target)
+    for src, package, files in ((agent, "agent", AGENT_FILES), (lab, "lab", LAB_FILES)):
+        for pattern in files:
+            for path in sorted(src.glob(pattern)):
+                target = Path(dest) / "kvmplat" / package / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                out.append(target)
     return out
 
 
@@ -98,8 +102,8 @@ def run_case(case: dict[str, Any], host: Any, fds: Any) -> dict[str, Any]:
     """Predicts one case, applies it (or its refusal probe) through `fds` and compares."""
     from kvmplat.agent.errors import InvalidArgument, PlatformRefused
     from kvmplat.agent.platform.ppc import resolve_ppc
-    from kvmplat.agent.platform.ppc_apply import apply_ppc, plan_ok
-    from kvmplat.agent.platform.ppc_plan import plan_ppc, plan_refusal_probe, ppc_vm_type
+    from kvmplat.lab.ppc.apply import apply_ppc, plan_ok
+    from kvmplat.lab.ppc.plan import plan_ppc, plan_refusal_probe, ppc_vm_type
 
     request = parse_request(case.get("request", {}))
     line: dict[str, Any] = {"case": case["name"]}
@@ -138,7 +142,7 @@ def _result_json(r: Any) -> dict[str, Any]:
 def run_payload(kvm: Any, host: Any) -> dict[str, Any]:
     """Runs the built-in payload on the host's default flavour (PAPR on) and reports console and MMIO exit."""
     from kvmplat.agent.kvm.ioctls import Cap
-    from kvmplat.agent.platform.ppc_payload import PROBE_MAGIC, PROBE_MMIO, run_probe
+    from kvmplat.lab.ppc.payload import PROBE_MAGIC, PROBE_MMIO, run_probe
 
     if not host.default_accel:
         return {"probe": None, "reason": "no VM type can be created"}
@@ -159,7 +163,7 @@ def run_payload(kvm: Any, host: Any) -> dict[str, Any]:
 def run_bare_probe(kvm: Any, case: dict[str, Any], host: Any, probe32: str) -> dict[str, Any]:
     """Runs a bare-metal case the agent admitted: its probe on the flavour chosen, KVM_CAP_PPC_PAPR never enabled."""
     from kvmplat.agent.platform.ppc import resolve_ppc
-    from kvmplat.agent.platform.ppc_payload import (
+    from kvmplat.lab.ppc.payload import (
         BARE32_MSR,
         BARE64_MSR,
         MSR_SF,
@@ -169,7 +173,7 @@ def run_bare_probe(kvm: Any, case: dict[str, Any], host: Any, probe32: str) -> d
         assemble_bare64,
         run_bare,
     )
-    from kvmplat.agent.platform.ppc_plan import VM_TYPES
+    from kvmplat.lab.ppc.plan import VM_TYPES
 
     kind = BARE_CASES[case["name"]]
     eff = resolve_ppc(parse_request(case["request"]), host)
@@ -240,9 +244,9 @@ def lab_main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> in
 def _open(simulate: str | None) -> tuple[Any, Any, Any]:
     """(Kvm or None, fd layer, learnt host): the real /dev/kvm, or a simulated kernel from a host file."""
     from kvmplat.agent.platform.ppc import PpcHost
-    from kvmplat.agent.platform.ppc_apply import KvmFds
-    from kvmplat.agent.platform.ppc_learn import learn_ppc_host
-    from kvmplat.agent.platform.ppc_sim import sim_fds
+    from kvmplat.lab.ppc.apply import KvmFds
+    from kvmplat.lab.ppc.learn import learn_ppc_host
+    from kvmplat.lab.ppc.sim import sim_fds
 
     if simulate:
         sim = sim_fds(PpcHost.from_file(simulate))
@@ -255,13 +259,13 @@ def _open(simulate: str | None) -> tuple[Any, Any, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m kvmplat.agent.platform.ppc_lab", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python3 -m kvmplat.lab.ppc.guest", description=__doc__.split("\n")[0])
     p.add_argument("--cases", help="JSON list of cases (default: the issue 8 set)")
     p.add_argument("--simulate", metavar="HOST_JSON", help="dry run against a simulated kernel of this host")
     p.add_argument("--no-probe", action="store_true", help="skip the probe runs (built-in payload, bare metal)")
     p.add_argument("--probe32", default=PROBE32, help=f"the assembled 32-bit Book3S probe (default {PROBE32})")
     p.add_argument("--abi-mode", action="store_true", help="use cffi ABI mode even if the compiled module loads")
-    p.add_argument("--stage", metavar="DIR", help="copy the files the lab needs to DIR/kvmplat/agent and exit")
+    p.add_argument("--stage", metavar="DIR", help="copy the files the lab needs to DIR/kvmplat and exit")
     return p
 
 

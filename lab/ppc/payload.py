@@ -158,13 +158,9 @@ class ProbeOutcome:
 
 def run_probe(vm: Any, vcpu: Any, max_exits: int = 64) -> ProbeOutcome:
     """Loads the payload into `vm` (a kvm.Vm), sets `vcpu`'s registers and runs it to its MMIO store."""
-    from kvmplat.agent.kvm._kvmc import ffi
-
     mem = vm.add_memory(GUEST_RAM, 0)
     mem.write(PROBE_ENTRY, assemble_probe())
-    regs = ffi.new("struct ppc_kvm_regs *")
-    ffi.buffer(regs)[:] = probe_regs()
-    vcpu._ioctl("KVM_SET_REGS", regs)
+    vcpu.set_regs_bytes(probe_regs())
     out = ProbeOutcome()
     for _ in range(max_exits):
         out.last_exit = int(vcpu.run())
@@ -195,18 +191,13 @@ class BareOutcome:
 def run_bare(vm: Any, vcpu: Any, blob: bytes, msr: int, pvr: int = 0, stores: int = 1) -> BareOutcome:
     """Runs a bare-metal probe (no PAPR) from PROBE_ENTRY with `msr` (and the sregs PVR `pvr` when set) until it
     made `stores` MMIO stores or exits otherwise."""
-    from kvmplat.agent.kvm._kvmc import ffi
-
     mem = vm.add_memory(GUEST_RAM, 0)
     mem.write(PROBE_ENTRY, blob)
     if pvr:
-        sregs = ffi.new("struct ppc_kvm_sregs *")
-        vcpu._ioctl("KVM_GET_SREGS", sregs)
-        sregs.pvr = pvr
-        vcpu._ioctl("KVM_SET_SREGS", sregs)
-    regs = ffi.new("struct ppc_kvm_regs *")
-    ffi.buffer(regs)[:] = probe_regs(msr)
-    vcpu._ioctl("KVM_SET_REGS", regs)
+        sregs = bytearray(vcpu.get_sregs_bytes())
+        struct.pack_into("<I", sregs, 0, pvr)  # kvm_sregs.pvr
+        vcpu.set_sregs_bytes(bytes(sregs))
+    vcpu.set_regs_bytes(probe_regs(msr))
     order = "little" if msr & MSR_LE else "big"
     out = BareOutcome()
     for _ in range(8):
@@ -218,6 +209,5 @@ def run_bare(vm: Any, vcpu: Any, blob: bytes, msr: int, pvr: int = 0, stores: in
         out.stores.append((int(run.mmio.phys_addr), int.from_bytes(data, order)))  # type: ignore[arg-type]
         if len(out.stores) >= stores:
             break
-    vcpu._ioctl("KVM_GET_REGS", regs)
-    out.msr = int(regs.msr)
+    out.msr = struct.unpack_from("<Q", vcpu.get_regs_bytes(), 40)[0]  # kvm_regs.msr
     return out
