@@ -35,10 +35,11 @@ class AgentNotStarted(RuntimeError):
 class LocalAgent:
     """A running kvmplat-agent of this process's own, with a `Client` on it."""
 
-    def __init__(self, tmp: Path, address: str, proc: subprocess.Popen[bytes], client: Client) -> None:
+    def __init__(
+        self, tmp: Path, address: str, proc: subprocess.Popen[bytes], client: Client, state_dir: Path, log_path: Path
+    ) -> None:
         self.tmp, self.address, self.proc, self.client = tmp, address, proc, client
-        self.state_dir = tmp / "state"
-        self.log_path = tmp / "agent.log"
+        self.state_dir, self.log_path = state_dir, log_path
 
     @classmethod
     def start(
@@ -52,17 +53,21 @@ class LocalAgent:
         tls: TlsFiles | None = None,
         timeout: float = 20.0,
         new_session: bool = False,
+        state_dir: Path | None = None,
+        log_path: Path | None = None,
     ) -> LocalAgent:
         """Starts the agent (on unix://TMP/agent.sock unless `address`; run under `wrapper`, e.g. `ip netns exec`)
         and returns once it answers; AgentNotStarted if it does not within `timeout` seconds. `program` replaces
-        kvmplat-agent (a stand-in taking the same --listen and --state-dir)."""
+        kvmplat-agent (a stand-in taking the same --listen and --state-dir). The state dir (TMP/state) and the log
+        (TMP/agent.log, appended to) may be named: an agent started again over the same state re-adopts its VMs."""
         address = address or f"unix://{tmp}/agent.sock"
-        argv = [*wrapper, *(program or [str(AGENT)]), "--listen", address, "--state-dir", str(tmp / "state"), *flags]
-        with (tmp / "agent.log").open("wb") as log:
+        state_dir, log_path = state_dir or tmp / "state", log_path or tmp / "agent.log"
+        argv = [*wrapper, *(program or [str(AGENT)]), "--listen", address, "--state-dir", str(state_dir), *flags]
+        with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=new_session
             )
-        agent = cls(tmp, address, proc, Client(address, timeout=30.0, tls=tls))
+        agent = cls(tmp, address, proc, Client(address, timeout=30.0, tls=tls), state_dir, log_path)
         try:
             agent._wait_answering(timeout)
         except BaseException:
@@ -94,10 +99,12 @@ class LocalAgent:
             return "(no log)"
         return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
 
-    def stop(self) -> None:
-        """Destroys every VM, then ends the agent (SIGTERM, then SIGKILL after STOP_S); idempotent."""
+    def stop(self, destroy_vms: bool = True) -> None:
+        """Destroys every VM (unless told not to: they then live on for the next agent), then ends the agent
+        (SIGTERM, then SIGKILL after STOP_S); idempotent."""
         if self.proc.poll() is None:
-            self.client.destroy_all()
+            if destroy_vms:
+                self.client.destroy_all()
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
             try:

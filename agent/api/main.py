@@ -26,7 +26,8 @@ DEFAULT_IMAGE_DIR = "/var/lib/kvmplat/images"
 HEADROOM_MIB = 1024  # kept for the host and the agent itself
 VCPUS_PER_CORE = 128  # idle vCPUs cost nothing here; a scheduler sizes hosts with --max-vcpus
 
-# gRPC message size limits: requests are small (a spec, a console write); replies can carry a long ListVms.
+# gRPC message size limits: requests are small (a spec, a console write; a restore's or an incoming migration's packed
+# pages come in guestmem.CHUNK pieces, well under the limit); replies can carry a long ListVms.
 MAX_RECEIVE = 4 << 20
 MAX_SEND = 16 << 20
 
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     _setup_logging(args.log_format, args.log_level)
     from kvmplat.agent.api.exclusive import InUse
     from kvmplat.agent.errors import KvmplatError
+    from kvmplat.agent.registry.guestmem import keep_freed_memory
+
+    keep_freed_memory()
 
     try:
         code = asyncio.run(serve(args))

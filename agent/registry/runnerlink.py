@@ -166,6 +166,10 @@ class RunnerClient:
         """The pages written since the last call."""
         return _expect(await self._call("dirty", MOVE_TIMEOUT), wire.DirtyPages)
 
+    async def throttle(self, percent: int) -> wire.StateReply:
+        """Auto-converge: holds the migrating guest's vCPUs paused `percent` % of each period."""
+        return _expect(await self._call("throttle", MOVE_TIMEOUT, args=wire.ThrottleTo(percent)), wire.StateReply)
+
     async def migrate_stop(self) -> wire.FinalCopy:
         """Stops the guest for the final copy."""
         return _expect(await self._call("migrate_stop", MOVE_TIMEOUT), wire.FinalCopy)

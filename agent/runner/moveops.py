@@ -22,6 +22,7 @@ from kvmplat.agent.registry.lifecycle import Event, State, next_state
 from kvmplat.agent.runner import vmstate
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.machine import Machine
+from kvmplat.agent.runner.throttle import Throttle
 from kvmplat.agent.runner.vcpu import Mode
 from kvmplat.agent.runner.wire import (
     Arrival,
@@ -36,6 +37,7 @@ from kvmplat.agent.runner.wire import (
     Note,
     Result,
     StateReply,
+    ThrottleTo,
 )
 
 if TYPE_CHECKING:
@@ -91,8 +93,23 @@ def migrate_begin(r: VmRunner, msg: Call) -> StateReply:
     m = _machine(r, State.RUNNING)
     m.vm.log_dirty_pages(True)
     m.vm.get_dirty_log(0, m.memory.pages)
+    r.throttle = Throttle(r.threads)
     r.transition(new, f"migrating to {_args(msg, Note).text}")
     return StateReply(new.name, r.reason)
+
+
+def throttle(r: VmRunner, msg: Call) -> StateReply:
+    """Auto-converge: holds the vCPUs paused `percent` % of each period from now on."""
+    _machine(r, State.MIGRATING)
+    if r.throttle is not None:
+        r.throttle.set(_args(msg, ThrottleTo).percent)
+    return StateReply(r.state.name, r.reason)
+
+
+def _unthrottle(r: VmRunner, resume: bool) -> None:
+    if r.throttle is not None:
+        r.throttle.end(resume)
+        r.throttle = None
 
 
 def dirty(r: VmRunner, msg: Call) -> DirtyPages:
@@ -103,6 +120,7 @@ def dirty(r: VmRunner, msg: Call) -> DirtyPages:
 def migrate_stop(r: VmRunner, msg: Call) -> FinalCopy:
     """Stops the guest for the final copy: vCPUs parked, console drained; the last dirty pages and the state."""
     m = _machine(r, State.MIGRATING)
+    _unthrottle(r, False)
     _park(r)
     r.console.stop()  # its last lines are events here; a partial line stays in the UART and moves with it
     return FinalCopy(_bitmap(m), vmstate.freeze(m), r.log.last_seq)
@@ -113,6 +131,7 @@ def migrate_abort(r: VmRunner, msg: Call) -> StateReply:
     new = next_state(r.name, r.state, Event.ABORT_MIGRATION)
     m = _machine(r, State.MIGRATING)
     m.vm.log_dirty_pages(False)
+    _unthrottle(r, False)
     if r.console.stopped:
         r.console = ConsoleReader(m.console_fd, m.devices, r.on_console)
     for t in r.threads:
@@ -125,6 +144,7 @@ def migrate_done(r: VmRunner, msg: Call) -> StateReply:
     """MIGRATING -> STOPPED: the target runs the VM now; this copy is freed."""
     new = next_state(r.name, r.state, Event.MIGRATED)
     _machine(r, State.MIGRATING)
+    _unthrottle(r, False)
     r.teardown()
     r.transition(new, f"migrated to {_args(msg, Note).text}")
     return StateReply(new.name, r.reason)
@@ -162,6 +182,7 @@ OPS: dict[str, Callable[[VmRunner, Call], Result]] = {
     "freeze": freeze,
     "migrate_begin": migrate_begin,
     "dirty": dirty,
+    "throttle": throttle,
     "migrate_stop": migrate_stop,
     "migrate_abort": migrate_abort,
     "migrate_done": migrate_done,

@@ -27,6 +27,7 @@ from kvmplat.agent.runner.eventlog import EventLog
 from kvmplat.agent.runner.exits import Outcome, Verdict
 from kvmplat.agent.runner.machine import Machine, build_machine
 from kvmplat.agent.runner.panic import PANIC_GRACE_S, PanicWatch
+from kvmplat.agent.runner.throttle import Throttle
 from kvmplat.agent.runner.vcpu import Mode, VcpuThread
 from kvmplat.agent.runner.wire import (
     MAX_LINE,
@@ -84,6 +85,7 @@ class VmRunner:
         self._listener: socket.socket | None = None  # once serve() runs
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
+        self.throttle: Throttle | None = None  # while migrating out: auto-converge (moveops)
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
         if not (self.incoming or restart):
             self.log.emit(StateChange("", State.CREATED.name, f"created ({self.machine.image.description})"))

@@ -7,8 +7,8 @@
                        op "stats"   -> RunnerStats,  op "console" -> Accepted
                        move ops (moveops.py): "memory" -> MemoryFd, "freeze" -> Frozen,
                        "migrate_begin" (Note: target) | "migrate_abort" (Note: why) | "migrate_done" (Note: target)
-                       -> StateReply, "dirty" -> DirtyPages, "migrate_stop" -> FinalCopy, "load" (LoadState) -> Loaded,
-                       "arrive" (Arrival) -> Arrived
+                       -> StateReply, "dirty" -> DirtyPages, "throttle" (ThrottleTo) -> StateReply,
+                       "migrate_stop" -> FinalCopy, "load" (LoadState) -> Loaded, "arrive" (Arrival) -> Arrived
     runner -> agent    RunnerEvent(seq, time, body: StateChange | ConsoleText | ExitReport)   (unsolicited)
 
 `encode` and `decode` are the one pair: a dataclass becomes a JSON object tagged with its class name ("t"), lists
@@ -54,6 +54,7 @@ __all__ = [
     "Spawned",
     "StateChange",
     "StateReply",
+    "ThrottleTo",
     "decode",
     "encode",
     "error_of",
@@ -120,6 +121,13 @@ class Note:
 
 
 @dataclass(frozen=True)
+class ThrottleTo:
+    """Auto-converge: the share of each period (percent, 0..99) the migrating guest's vCPUs are held paused."""
+
+    percent: int
+
+
+@dataclass(frozen=True)
 class LoadState:
     """The frozen machine state (vmstate.py's JSON document) for an incoming VM, with its milestones."""
 
@@ -136,7 +144,7 @@ class Arrival:
     reason: str
 
 
-Args = Note | LoadState | Arrival
+Args = Note | ThrottleTo | LoadState | Arrival
 
 
 @dataclass(frozen=True)
@@ -306,6 +314,7 @@ _MESSAGES: dict[str, type] = {
         Spawned,
         SpawnReply,
         Note,
+        ThrottleTo,
         LoadState,
         Arrival,
         Call,

@@ -34,6 +34,7 @@ from kvmplat.agent.runner.wire import (
     SpawnReply,
     StateChange,
     StateReply,
+    ThrottleTo,
     decode,
     encode,
     error_of,
@@ -88,6 +89,7 @@ move_results = st.one_of(
 )
 move_args = st.one_of(
     st.builds(Note, text),
+    st.builds(ThrottleTo, ints),
     st.builds(LoadState, documents, st.dictionaries(text, st.floats(allow_nan=False), max_size=2)),
     st.builds(Arrival, ints, st.booleans(), text),
 )

@@ -458,7 +458,7 @@ class MigrateVmRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class MigrationProgress(_message.Message):
-    __slots__ = ("phase", "round", "bytes_sent", "dirty_pages", "expected_downtime_ms", "downtime_ms", "total_ms", "target", "pages_sent", "zero_pages")
+    __slots__ = ("phase", "round", "bytes_sent", "dirty_pages", "expected_downtime_ms", "downtime_ms", "total_ms", "target", "pages_sent", "zero_pages", "throttle_percent")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
@@ -469,6 +469,7 @@ class MigrationProgress(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     PAGES_SENT_FIELD_NUMBER: _ClassVar[int]
     ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_PERCENT_FIELD_NUMBER: _ClassVar[int]
     phase: str
     round: int
     bytes_sent: int
@@ -479,7 +480,8 @@ class MigrationProgress(_message.Message):
     target: str
     pages_sent: int
     zero_pages: int
-    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., dirty_pages: _Optional[int] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., target: _Optional[str] = ..., pages_sent: _Optional[int] = ..., zero_pages: _Optional[int] = ...) -> None: ...
+    throttle_percent: int
+    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., dirty_pages: _Optional[int] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., target: _Optional[str] = ..., pages_sent: _Optional[int] = ..., zero_pages: _Optional[int] = ..., throttle_percent: _Optional[int] = ...) -> None: ...
 
 class CpuidEntry(_message.Message):
     __slots__ = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
