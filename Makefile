@@ -33,8 +33,8 @@ proto-check: $(STAMP)
 	  { echo "gen/ is stale: run 'make proto' and commit"; exit 1; }
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check agent client tests bench libvirt-hooks/qemu
-	$(VENV)/bin/ruff format --check agent client tests bench
+	$(VENV)/bin/ruff check agent client lab tests bench libvirt-hooks/qemu
+	$(VENV)/bin/ruff format --check agent client lab tests bench
 
 typecheck: $(STAMP)
 	@scripts/typecheck $(VENV)

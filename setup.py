@@ -5,7 +5,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-ROOTS = {"kvmplat.agent": "agent", "kvmplat.client": "client", "kvmplat.v1": "gen/kvmplat/v1"}
+ROOTS = {"kvmplat.agent": "agent", "kvmplat.client": "client", "kvmplat.lab": "lab", "kvmplat.v1": "gen/kvmplat/v1"}
 
 
 def _packages() -> dict[str, str]:

@@ -44,7 +44,6 @@ MEMORY_MIB = 256
 TIMEOUT_S = 180.0  # a bound against a hung guest: to /init inside the x86 lab takes 35-60 s
 AGENT_START_S = 120.0  # the agent's start-up (imports, probe guests) takes ~25 s inside the x86 lab's TCG
 QEMU = "qemu-system-x86_64"
-ENDED = (4, 5)  # VmState STOPPED, CRASHED: the guest ended before its first line
 TARGET = TARGETS["first-line"]  # set by --until
 
 
@@ -66,22 +65,11 @@ def image() -> dict[str, str]:
 
 @contextlib.contextmanager
 def agent(tmp: Path) -> Iterator[str]:
-    """A kvmplat-agent beside this interpreter on a private socket; yields its address."""
-    from kvmplat.client.agent import Client
+    """A kvmplat-agent beside this interpreter on a private socket (kvmplat.client.localagent); yields its address."""
+    from kvmplat.client.localagent import LocalAgent
 
-    address = f"unix://{tmp}/agent.sock"
-    cmd = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", address, "--state-dir", str(tmp / "s")]
-    with (tmp / "agent.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        with Client(address, timeout=30.0) as c:
-            if not c.wait_ready(AGENT_START_S):
-                raise SystemExit(f"the agent did not answer: {(tmp / 'agent.log').read_text()[-300:]}")
-            c.capabilities()
-        yield address
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with LocalAgent.start(tmp, timeout=AGENT_START_S) as local:
+        yield local.address
 
 
 def ours_once(address: str, img: dict[str, str], run: int) -> float:
@@ -122,6 +110,8 @@ def _where_the_time_went(stats: Any, wall0: float, elapsed: float) -> None:
 
 def _first_console(stream: Iterable[Any], name: str, t0: float) -> float:
     """Reads events until `name` prints the first line; its time in ms since t0."""
+    from kvmplat.client.vmstates import ENDED
+
     for ev in stream:
         kind = ev.WhichOneof("kind")
         if ev.vm == name and kind == "console" and TARGET[0].search(ev.console.text.encode()):

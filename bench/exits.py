@@ -64,20 +64,22 @@ def c_round(exe: Path, seconds: float) -> float:
 
 def ours_round(seconds: float) -> float:
     """ns per exit of the runner's vCPU loop for one round."""
+    from kvmplat.agent.kvm.fds import ExitReason
     from kvmplat.agent.runner.machine import build_machine
     from kvmplat.agent.runner.vcpu import Mode, VcpuThread, install_kick_handler
+    from kvmplat.agent.runner.wire import BootSource, RunnerConfig
 
     install_kick_handler()
-    m = build_machine({"name": "bench", "vcpus": 1, "memory_mib": 1, "boot": {"builtin": "outloop"}})
+    m = build_machine(RunnerConfig("bench", 1, 1, boot=BootSource(builtin="outloop")))
     try:
-        t = VcpuThread(m.vcpus[0], m.cvm, lambda i, o: None)
+        t = VcpuThread(m.vcpus[0], m.devices, lambda i, o: None)
         t0 = time.perf_counter()
         t.set_mode(Mode.RUN)
         time.sleep(seconds)
         t.set_mode(Mode.STOP)
         t.join()
         elapsed = time.perf_counter() - t0
-        return elapsed * 1e9 / max(1, int(t.stats.by_reason[2]))
+        return elapsed * 1e9 / max(1, t.stats.by_reason().get(ExitReason.IO, 0))
     finally:
         m.close()
 

@@ -2,8 +2,8 @@
 
 Runs `libvirt-hooks/qemu NAME prepare begin -` the way libvirtd does (XML on stdin, bare environment), 3 warm-ups
 then --runs timed runs, and prints the bare interpreter start as the floor. The agent is a real `kvmplat-agent`
-started on a private socket; if the agent is not installed yet, an in-process stand-in answering CheckPlatform
-(`"agent": "stand-in"` in the result). Last line: {"hook_p50_ms": .., "hook_p99_ms": .., ...}. Target p50 ≤ 150 ms.
+started on a private socket (kvmplat.client.localagent). Last line: {"hook_p50_ms": .., "hook_p99_ms": .., ...}.
+Target p50 ≤ 150 ms.
 """
 
 from __future__ import annotations
@@ -17,56 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = ROOT / "libvirt-hooks" / "qemu"
 XML = (ROOT / "tests" / "golden" / "domains" / "x86-kvm-hidden-host-model.xml").read_bytes()
 ENV = {"LC_ALL": "C", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
-
-
-def start_real_agent(tmp: Path) -> tuple[str, Callable[[], None]] | None:
-    """A kvmplat-agent on a private socket, or None when the agent has not been installed."""
-    agent = Path(sys.executable).parent / "kvmplat-agent"
-    try:
-        import kvmplat.agent.api.main  # noqa: F401
-    except ImportError:
-        return None
-    if not agent.exists():
-        return None
-    address = f"unix://{tmp}/agent.sock"
-    log = (tmp / "agent.log").open("wb")
-    proc = subprocess.Popen(
-        [str(agent), "--listen", address, "--state-dir", str(tmp / "state")], stdout=log, stderr=log
-    )
-
-    def stop() -> None:
-        """Stops the agent."""
-        proc.terminate()
-        proc.wait(timeout=10)
-
-    return address, stop
-
-
-def start_stand_in(tmp: Path) -> tuple[str, Callable[[], None]]:
-    """An in-process server answering CheckPlatform like an x86_64 agent (until the real agent exists)."""
-    from concurrent import futures
-
-    import grpc
-    from kvmplat.v1 import agent_pb2 as pb
-    from kvmplat.v1 import agent_pb2_grpc as pb_grpc
-
-    class StandIn(pb_grpc.AgentServicer):  # type: ignore[misc]
-        def CheckPlatform(self, request: object, context: object) -> object:
-            return pb.CheckPlatformResponse(effective_platform=pb.EffectivePlatform(abi=pb.BARE_METAL))
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_AgentServicer_to_server(StandIn(), server)
-    address = f"unix://{tmp}/agent.sock"
-    server.add_insecure_port(address)
-    server.start()
-    return address, lambda: server.stop(None)
 
 
 def wait_ready(address: str, timeout: float = 30) -> None:
@@ -105,10 +61,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
+    from kvmplat.client.localagent import LocalAgent
+
     tmp = Path(tempfile.mkdtemp(prefix="kvmplat-bench-hook-"))
-    started = start_real_agent(tmp)
-    kind = "kvmplat-agent" if started else "stand-in"
-    address, stop = started or start_stand_in(tmp)
+    kind = "kvmplat-agent"
+    local = LocalAgent.start(tmp, timeout=30)
+    address = local.address
     try:
         wait_ready(address)
         env = {**ENV, "KVMPLAT_AGENT": address, "KVMPLAT_HOOK_CONFIG": "/dev/null"}
@@ -119,7 +77,7 @@ def main() -> None:
         cpu: list[float] = []
         runs = [timed(argv, env, XML, cpu) for _ in range(args.runs)]
     finally:
-        stop()
+        local.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     p50, p99 = statistics.median(runs), percentile(runs, 99)
     print(f"agent: {kind} at {address}; {len(runs)} runs of {HOOK.name} prepare begin (pid {os.getpid()})")

@@ -129,7 +129,7 @@ def idle_pss(stub: Any, n: int, settle: float) -> tuple[list[tuple[float, float]
 
 
 def gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie counts: the runner is double-forked and its reaper may be slow)."""
+    """True once `pid` has exited (a zombie counts: its reaper, the runner template, may be slow)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] in "ZX"

@@ -1,10 +1,12 @@
-"""Benchmark: the agent under load. For --seconds (default 30) against its own local agent, --watchers (50) streams
-follow WatchEvents on all VMs and check every VM's sequence numbers for gaps, while --clients (8) each cycle
-create/start/pause/resume/stop/destroy on `loop` guests (16 MiB, 1 vCPU) and time every RPC.
+"""Benchmark: the agent under load. For --seconds (default 30) against its own local agent, --watchers streams follow
+WatchEvents on all VMs and check every VM's sequence numbers for gaps, while --clients (8) each cycle
+create/start/pause/resume/stop/destroy on `loop` guests (16 MiB, 1 vCPU) and time every RPC. One run, on a fresh
+agent, per number of watchers given (default 50, then 200).
 
 Watchers and clients run in two processes (asyncio each), so the watchers' work does not sit in the clients'
-latency. Prints per-RPC figures, then a last JSON line: {"ops", "errors_by_code", "rpc_ms": {"p50", "p99", "max"},
-"events_lost", ...}. Goal: no unexpected errors, no lost events, p99 ≤ 50 ms on a 2-core machine.
+latency. Each run prints per-RPC figures, then a JSON line: {"watchers", "ops", "errors_by_code", "rpc_ms": {"p50",
+"p99", "max"}, "events_lost", ...}. Goal (50 watchers): no unexpected errors, no lost events, p99 ≤ 50 ms on a
+2-core machine; the 200-watcher line is a figure. --agent measures another checkout's kvmplat-agent (side by side).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import agentproc
@@ -160,6 +164,8 @@ def report(args: argparse.Namespace, lat: dict[str, list[float]], errors: Counte
         "events_lost": w["lost"],
         "events_reordered": w["reordered"],
         "watch_streams_ended": w["ended"],
+        "cpu_s": w["cpu_s"],  # CPU seconds over the run of the agent (its runners apart), watchers and clients
+        "loadavg": Path("/proc/loadavg").read_text().split()[0],  # others' work on this host shows here
     }
     print(json.dumps(summary))
 
@@ -168,27 +174,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The benchmark's flags."""
     p = argparse.ArgumentParser(prog="bench/load.py", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=30.0, help="how long the clients cycle VMs (default 30)")
-    p.add_argument("--watchers", type=int, default=50, help="event streams following all VMs (default 50)")
+    p.add_argument(
+        "--watchers",
+        type=int,
+        nargs="+",
+        default=[50, 200],
+        help="event streams following all VMs: one run (and JSON line) per number given (default 50 200)",
+    )
     p.add_argument("--clients", type=int, default=8, help="clients cycling VMs (default 8)")
+    p.add_argument("--agent", default=str(agentproc.AGENT), help="the kvmplat-agent to measure (default: this venv's)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Starts the agent and the watcher process, runs the clients, prints the figures."""
     args = parse_args(argv)
-    with agentproc.agent("load") as (address, _, _):
-        run(args, address)
+    for n in args.watchers:
+        with agentproc.agent("load", program=args.agent) as (address, proc, _):
+            run(argparse.Namespace(**{**vars(args), "watchers": n}), address, proc.pid)
 
 
-def run(args: argparse.Namespace, address: str) -> None:
-    """The watcher process and the clients against the agent at `address`."""
+def run(args: argparse.Namespace, address: str, agent_pid: int = 0) -> None:
+    """The watcher process and the clients against the agent at `address` (args.watchers: one number)."""
     parent, child = mp.get_context("spawn").Pipe()
     watchers = mp.get_context("spawn").Process(target=watchers_proc, args=(address, args.watchers, args.seconds, child))
     try:
         watchers.start()
         assert parent.recv() == "ready"
+        pids = {"agent": agent_pid, "watchers": watchers.pid or 0, "clients": os.getpid()}
+        cpu0 = {who: agentproc.cpu_seconds(pid) for who, pid in pids.items() if pid}
         lat, errors, cycles = asyncio.run(clients_main(address, args.clients, args.seconds))
+        cpu = {who: round(agentproc.cpu_seconds(pids[who]) - c, 2) for who, c in cpu0.items()}
         w = parent.recv()
+        w["cpu_s"] = cpu
         watchers.join(10)
         report(args, lat, errors, cycles, w)
     finally:

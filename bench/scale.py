@@ -41,7 +41,6 @@ import grpc
 from kvmplat.v1 import agent_pb2 as pb
 
 KIB_PER_MIB = 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Interrupted(Exception):
@@ -115,16 +114,6 @@ def smaps(pid: int, guest_kib: int) -> Smaps:
     except OSError:
         pass
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def pct(values: list[float], q: float) -> float:
@@ -228,10 +217,10 @@ def measure(fleet: Fleet, agent_pid: int, agent_rss0: float, args: argparse.Name
     stub, n = fleet.stub, len(fleet.vms)
     running = sum(1 for vm in stub.ListVms(pb.ListVmsRequest(), timeout=30).vms if vm.state == pb.RUNNING)
     groups = {"agent": [agent_pid, *children(agent_pid)], "runners": list(fleet.vms.values())}
-    cpu0, t0 = {g: sum(map(cpu_seconds, ps)) for g, ps in groups.items()}, time.monotonic()
+    cpu0, t0 = {g: sum(map(agentproc.cpu_seconds, ps)) for g, ps in groups.items()}, time.monotonic()
     time.sleep(args.cpu_window)
     elapsed = time.monotonic() - t0
-    cpu_share = {g: round((sum(map(cpu_seconds, ps)) - cpu0[g]) / elapsed, 3) for g, ps in groups.items()}
+    cpu_share = {g: round((sum(map(agentproc.cpu_seconds, ps)) - cpu0[g]) / elapsed, 3) for g, ps in groups.items()}
     per = [smaps(pid, fleet.memory_mib * KIB_PER_MIB) for pid in fleet.vms.values()]
     pss, guest = sum(s.pss for s in per), sum(s.guest for s in per)
     kinds: dict[str, float] = {}

@@ -32,6 +32,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 from kvmplat.client.errors import AddressError, KvmplatError, from_rpc_error
+from kvmplat.client.vmstates import ACTIVE
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pb_grpc
 
@@ -267,7 +268,7 @@ class Client:
         """Stops (when needed) and destroys every VM on the agent, best effort: a VM that refuses is left as it is."""
         with contextlib.suppress(KvmplatError):
             for vm in self.list_vms():
-                if vm.state in (pb.RUNNING, pb.PAUSED):
+                if vm.state in ACTIVE:
                     with contextlib.suppress(KvmplatError):
                         self.stop_vm(vm.spec.name)
                 with contextlib.suppress(KvmplatError):

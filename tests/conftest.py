@@ -11,11 +11,41 @@ and that exact skip stays a skip under KVMPLAT_REQUIRE_KVM=1. Any other skip of 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+
+# The one documented flag for golden files: KVMPLAT_REGEN_GOLDEN=1 rewrites every golden file a test compares
+# against (tests/golden/**) with what the code gives now; review the diff before committing it.
+REGEN_GOLDEN = os.environ.get("KVMPLAT_REGEN_GOLDEN") == "1"
+
+
+class Golden:
+    """A test's golden files: each call returns the stored content, rewritten first under KVMPLAT_REGEN_GOLDEN=1."""
+
+    def text(self, path: Path, got: str) -> str:
+        """The golden text at `path` (after writing `got` there when regenerating)."""
+        if REGEN_GOLDEN:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(got)
+        assert path.exists(), f"{path} missing: run with KVMPLAT_REGEN_GOLDEN=1"
+        return path.read_text()
+
+    def json(self, path: Path, got: Any, indent: int = 2, ensure_ascii: bool = False) -> Any:
+        """The golden JSON at `path` (after writing `got` there, formatted so, when regenerating)."""
+        return json.loads(self.text(path, json.dumps(got, indent=indent, ensure_ascii=ensure_ascii) + "\n"))
+
+
+@pytest.fixture
+def golden() -> Golden:
+    """Golden files (see Golden); regenerate them with KVMPLAT_REGEN_GOLDEN=1."""
+    return Golden()
+
 
 HAVE_KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
 KVM_SKIP_REASON = "needs /dev/kvm (absent or not accessible on this machine)"

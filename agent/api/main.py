@@ -26,7 +26,8 @@ DEFAULT_IMAGE_DIR = "/var/lib/kvmplat/images"
 HEADROOM_MIB = 1024  # kept for the host and the agent itself
 VCPUS_PER_CORE = 128  # idle vCPUs cost nothing here; a scheduler sizes hosts with --max-vcpus
 
-# gRPC message size limits: requests are small (a spec, a console write); replies can carry a long ListVms.
+# gRPC message size limits: requests are small (a spec, a console write; a restore's or an incoming migration's packed
+# pages come in guestmem.CHUNK pieces, well under the limit); replies can carry a long ListVms.
 MAX_RECEIVE = 4 << 20
 MAX_SEND = 16 << 20
 
@@ -65,9 +66,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at /metrics (default: off)")
+    p.add_argument(
+        "--max-level",
+        default="",
+        metavar="LEVEL",
+        help="a level ceiling: offer nothing above it (x86-64-v1..v4; power6..power10 on PowerPC); default: none",
+    )
     placement.add_flags(p)
     p.add_argument("--version", action="version", version=f"kvmplat-agent {__version__}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_level:
+        import platform
+
+        from kvmplat.agent.platform.ceiling import parse_max_level
+
+        try:
+            args.max_level = parse_max_level(args.max_level, platform.machine().startswith("ppc"))
+        except ValueError as e:
+            p.error(str(e))
+    return args
 
 
 class _JsonFormatter(logging.Formatter):
@@ -187,13 +204,13 @@ async def _controller(args: argparse.Namespace) -> Controller:
 
     store = Store(args.state_dir)
     with Kvm() as kvm:
-        platforms = Platforms(kvm, args.state_dir)
+        platforms = Platforms(kvm, args.state_dir, args.max_level)
         per_vm_vcpus = min(kvm.check_extension(Cap.MAX_VCPUS) or kvm.check_extension(Cap.NR_VCPUS) or 1, 254)
     image_dirs = tuple(args.image_dir or [os.environ.get("KVMPLAT_IMAGE_DIR") or DEFAULT_IMAGE_DIR])
     total_mem = args.max_memory_mib or max(256, _host_memory_mib() - HEADROOM_MIB)
     total_vcpus = args.max_vcpus or VCPUS_PER_CORE * (os.cpu_count() or 1)
     limits = Limits(max_vcpus=min(per_vm_vcpus, total_vcpus), max_memory_mib=total_mem, image_dirs=image_dirs)
-    template = await TemplateClient.start()
+    template = await TemplateClient.start(args.state_dir)
     return Controller(store, template, platforms, limits, total_mem, total_vcpus)
 
 
@@ -203,14 +220,14 @@ def _grpc_server(interceptors: list[Any], controller: Controller) -> tuple[Any, 
     import grpc
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
-    from kvmplat.agent.api.servicer import AgentServicer, DecodeGuard
-    from kvmplat.v1 import agent_pb2, agent_pb2_grpc
+    from kvmplat.agent.api.servicer import AgentServicer, DecodeGuard, add_to_server
+    from kvmplat.v1 import agent_pb2
 
     server = grpc.aio.server(
         interceptors=[*interceptors, DecodeGuard()],  # roles first: a stranger's bytes are not even parsed for it
         options=[("grpc.max_receive_message_length", MAX_RECEIVE), ("grpc.max_send_message_length", MAX_SEND)],
     )
-    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(controller), server)  # type: ignore[no-untyped-call]
+    add_to_server(AgentServicer(controller), server)  # the generated registration, with events sent pre-serialized
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
@@ -225,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     _setup_logging(args.log_format, args.log_level)
     from kvmplat.agent.api.exclusive import InUse
     from kvmplat.agent.errors import KvmplatError
+    from kvmplat.agent.registry.guestmem import keep_freed_memory
+
+    keep_freed_memory()
 
     try:
         code = asyncio.run(serve(args))

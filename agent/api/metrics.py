@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kvmplat.agent.kvm.fds import exit_reason_name
+from kvmplat.agent.registry.lifecycle import REPORTED
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -47,7 +49,7 @@ RPC_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
     registry=REGISTRY,
 )
-STATES = ("CREATED", "RUNNING", "PAUSED", "STOPPED", "CRASHED")
+STATES = tuple(s.name for s in REPORTED)
 
 
 def _code(context: Any, exc: BaseException | None) -> str:
@@ -138,14 +140,6 @@ def families(s: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("kvmplat_event_watchers", "open WatchEvents streams that follow", value=s.watchers)
 
 
-def _reason_name(reason: str) -> str:
-    """A runner's numeric exit reason as its lower-case KVM name."""
-    from kvmplat.agent.kvm.fds import ExitReason
-
-    r = int(reason)
-    return ExitReason(r).name.lower() if r in ExitReason._value2member_map_ else f"exit_{r}"
-
-
 class ControllerCollector(Collector):
     """Reads VM metrics from the controller on the agent's event loop at each scrape."""
 
@@ -172,9 +166,9 @@ class ControllerCollector(Collector):
         s.vcpus_capacity, s.memory_capacity_mib = self.c.total_vcpus, self.c.total_memory_mib
         s.states.update(r.state.name for r in recs)
         current = {
-            (r.name, r.created): Tally({_reason_name(k): int(v) for k, v in st["by_reason"].items()})
+            (r.name, r.created): Tally({exit_reason_name(k): v for k, v in st.by_reason})
             for r, st in zip(recs, stats, strict=True)
-            if st
+            if st is not None
         }
         for key, tally in self._last.items():
             if key not in current:

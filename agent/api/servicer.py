@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,16 +16,42 @@ from kvmplat.agent.api.interceptors import Check, HandlerWrapper, rewrap
 from kvmplat.agent.api.status import to_status
 from kvmplat.agent.errors import InvalidArgument, KvmplatError
 from kvmplat.agent.guest.builtin import PUBLIC_BUILTINS
-from kvmplat.agent.kvm.fds import ExitReason
+from kvmplat.agent.kvm.fds import exit_reason_name
 from kvmplat.agent.registry.controller import Controller, VmRecord
-from kvmplat.agent.registry.lifecycle import Event, State
+from kvmplat.agent.registry.lifecycle import Event, proto_value
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
-__all__ = ["AgentServicer", "DecodeGuard"]
+__all__ = ["PRESERIALIZED", "AgentServicer", "DecodeGuard", "add_to_server"]
 
 log = logging.getLogger("kvmplat.agent")
 T = TypeVar("T")
+SERVICE = pb.DESCRIPTOR.services_by_name["Agent"]
+PRESERIALIZED = frozenset({"WatchEvents"})  # methods whose servicer hands gRPC the response bytes themselves
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: AgentServicer, server: Any) -> None:
+    """Registers kvmplat.v1.Agent as the generated add_AgentServicer_to_server does (same names, same messages, so
+    interceptors, reflection and the generated stubs see no difference), except that the methods in PRESERIALIZED
+    send the bytes their servicer writes as they are: an event is serialized once for all its watchers."""
+    handlers = {}
+    for m in SERVICE.methods:
+        make = _HANDLER_KINDS[(m.client_streaming, m.server_streaming)]
+        request = getattr(pb, m.input_type.name)
+        response = getattr(pb, m.output_type.name)
+        handlers[m.name] = make(
+            getattr(servicer, m.name),
+            request_deserializer=request.FromString,
+            response_serializer=None if m.name in PRESERIALIZED else response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
 def _rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -167,13 +193,12 @@ class AgentServicer(pbg.AgentServicer):
     async def ListVms(self, request: pb.ListVmsRequest, context: Any) -> pb.ListVmsResponse:
         return pb.ListVmsResponse(vms=[self._vm_base(r) for r in sorted(self.c.vms.values(), key=lambda r: r.name)])
 
-    @metrics.instrument_stream
-    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
-        try:
-            async for ev in self.c.watch(request.vm, request.since_seq, request.follow):
-                yield ev
-        except KvmplatError as e:
-            await context.abort_with_status(to_status(e))
+    @_rpc
+    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> None:
+        """Writes each event's bytes as the bus serialized them once for every watcher (see `add_to_server`)."""
+        async for batch in self.c.watch(request.vm, request.since_seq, request.follow):
+            for data in batch:
+                await context.write(data)
 
     @_rpc
     async def WriteConsole(self, request: pb.WriteConsoleRequest, context: Any) -> pb.WriteConsoleResponse:
@@ -226,10 +251,9 @@ class AgentServicer(pbg.AgentServicer):
     def _vm_base(self, rec: VmRecord) -> pb.Vm:
         created = Timestamp()
         created.FromNanoseconds(int(rec.created * 1e9))
-        state = rec.state.name if rec.state is not State.DESTROYED else "VM_STATE_UNSPECIFIED"
         return pb.Vm(
             spec=rec.spec,
-            state=state,
+            state=cast(pb.VmState, proto_value(rec.state)),
             effective_platform=rec.effective,
             runner_pid=rec.pid,
             state_reason=rec.reason,
@@ -240,14 +264,12 @@ class AgentServicer(pbg.AgentServicer):
     async def _vm(self, rec: VmRecord) -> pb.Vm:
         vm = self._vm_base(rec)
         s = await self.c.stats(rec)
-        if s:
-            vm.stats.exits, vm.stats.console_bytes = s["exits"], s["console_bytes"]
-            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s["unhandled_pio"], s["unhandled_mmio"]
-            vm.stats.memory_bytes = s["memory_bytes"]
-            for field, seconds in s.get("milestones", {}).items():
+        if s is not None:
+            vm.stats.exits, vm.stats.console_bytes = s.exits, s.console_bytes
+            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s.unhandled_pio, s.unhandled_mmio
+            vm.stats.memory_bytes = s.memory_bytes
+            for field, seconds in s.milestones.items():
                 getattr(vm.stats, field).FromNanoseconds(int(seconds * 1e9))
-            for reason, n in s["by_reason"].items():
-                r = int(reason)
-                name = ExitReason(r).name.lower() if r in ExitReason._value2member_map_ else f"exit_{r}"
-                vm.stats.exits_by_reason[name] = n
+            for reason, n in s.by_reason:
+                vm.stats.exits_by_reason[exit_reason_name(reason)] = n
         return vm

@@ -2,8 +2,9 @@
 
 `probe` prints one `kvmplat-probe` line per vCPU plus the boot vCPU's CPUID leaves, then powers off; `loop` ticks
 once a second from the PIT until stopped; `echo` writes back what it reads from the UART (interactive console
-tests); `outloop` writes port 0x80 forever (the exit-cost benchmark's guest); `dirty` writes every page above 1 MiB
-over and over (the migration benchmark's busy guest).
+tests), but answers `?` with the probe's CPUID lines (the guest's view, asked again after a migration); `outloop`
+writes port 0x80 forever (the exit-cost benchmark's guest); `dirty` writes every page above 1 MiB over and over
+(the migration benchmark's busy guest).
 All run in 16-bit real mode from guest physical 0x1000.
 """
 

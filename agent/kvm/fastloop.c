@@ -375,7 +375,7 @@ int kp_run(kp_vm *vm, int vcpu_fd, struct kvm_run *run, struct kp_vcpu_stats *st
                 return KP_EXIT_EINTR;
             }
             /* EAGAIN: an AP that sat in wait-for-SIPI was woken (INIT/SIPI); hardware KVM returns to userspace
-             * once and expects KVM_RUN again, as QEMU does (X86_LAB.md). kvm_pvm never gets here. */
+             * once and expects KVM_RUN again, as QEMU does (X86_LAB.md); kvm_pvm too (tests/kvm/test_sipi.py). */
             if (e == EAGAIN)
                 continue;
             return -e;

@@ -20,12 +20,13 @@ from typing import Any, Self
 
 from kvmplat.agent.errors import KvmError, Unavailable
 from kvmplat.agent.kvm._kvmc import ffi, lib
-from kvmplat.agent.kvm.ioctls import REQUESTS, Cap
+from kvmplat.agent.kvm.ioctls import REQUESTS, Cap, struct_of
 from kvmplat.agent.kvm.x86state import KVM_MEM_LOG_DIRTY_PAGES, KvmState, VcpuState, VmState
 
-__all__ = ["ExitReason", "GuestMemory", "Kvm", "MpState", "Vcpu", "Vm"]
+__all__ = ["ExitReason", "GuestMemory", "Kvm", "MpState", "Vcpu", "Vm", "exit_reason_name"]
 
 KVM_API_VERSION = 12
+CPUID_FIRST_ENTRIES = 64  # the first buffer of a CPUID query; it doubles on E2BIG
 CPUID_MAX_ENTRIES = 512
 PAGE = 4096
 
@@ -60,6 +61,11 @@ class ExitReason(enum.IntEnum):
     X86_BUS_LOCK = 33
 
 
+def exit_reason_name(reason: int) -> str:
+    """KVM's name of an exit reason in lower case ("hlt"), or "exit_N" for one this module does not name."""
+    return ExitReason(reason).name.lower() if reason in ExitReason._value2member_map_ else f"exit_{reason}"
+
+
 class MpState(enum.IntEnum):
     """KVM_MP_STATE_* values of struct kvm_mp_state."""
 
@@ -81,7 +87,7 @@ class _Fd:
     def _ioctl(self, name: str, arg: Any = None, hint: str = "") -> int:
         """Issues ioctl `name` with a pointer (cdata), an int value or nothing; returns the result or raises."""
         if self.fd < 0:
-            raise KvmError(name, self.kind, 9, "the fd is closed")
+            raise KvmError(name, self.kind, errno.EBADF, "the fd is closed")
         req = REQUESTS[name]
         if arg is None or isinstance(arg, int):
             r = lib.kp_ioctl_val(self.fd, req, arg or 0)
@@ -90,6 +96,20 @@ class _Fd:
         if r < 0:
             raise KvmError(name, self.kind, -r, hint)
         return int(r)
+
+    def _struct_out(self, name: str) -> bytes:
+        """Issues `name` on a zeroed struct of the host's architecture; the bytes the kernel wrote."""
+        buf = ffi.new(f"{struct_of(name)} *")
+        self._ioctl(name, buf)
+        return bytes(ffi.buffer(buf))
+
+    def _struct_in(self, name: str, data: bytes) -> None:
+        """Issues `name` on a struct of the host's architecture holding exactly `data`."""
+        buf = ffi.new(f"{struct_of(name)} *")
+        if len(data) != ffi.sizeof(buf[0]):
+            raise ValueError(f"{name} takes {ffi.sizeof(buf[0])} bytes, not {len(data)}")
+        ffi.buffer(buf)[:] = data
+        self._ioctl(name, buf)
 
     def check_extension(self, cap: Cap | int) -> int:
         """KVM_CHECK_EXTENSION: 0 when absent, else the capability's value."""
@@ -153,7 +173,7 @@ class Kvm(_Fd, KvmState):
 
 def _cpuid_query(fd: _Fd, name: str) -> list[tuple[int, ...]]:
     """A kvm_cpuid2 in/out query, growing the buffer on E2BIG (nent is not updated on E2BIG)."""
-    n = 64
+    n = CPUID_FIRST_ENTRIES
     while True:
         raw = ffi.new(f"uint8_t[{ffi.sizeof('struct kvm_cpuid2') + n * ffi.sizeof('struct kvm_cpuid_entry2')}]")
         cpuid = ffi.cast("struct kvm_cpuid2 *", raw)
@@ -161,7 +181,7 @@ def _cpuid_query(fd: _Fd, name: str) -> list[tuple[int, ...]]:
         try:
             fd._ioctl(name, cpuid)
         except KvmError as e:
-            if e.errno == 7 and n < CPUID_MAX_ENTRIES:  # E2BIG
+            if e.errno == errno.E2BIG and n < CPUID_MAX_ENTRIES:
                 n *= 2
                 continue
             raise
@@ -275,6 +295,12 @@ class Vm(_Fd, VmState):
         """KVM_ENABLE_CAP on the VM fd."""
         self._ioctl("KVM_ENABLE_CAP", _enable_cap_arg(cap, args))
 
+    def ppc_get_pvinfo(self) -> tuple[int, tuple[int, ...]]:
+        """KVM_PPC_GET_PVINFO: the flags and the four instruction words of the paravirt hypercall sequence."""
+        info = ffi.new("struct kvm_ppc_pvinfo *")
+        self._ioctl("KVM_PPC_GET_PVINFO", info)
+        return int(info.flags), tuple(int(info.hcall[i]) for i in range(4))
+
     def create_vcpu(self, index: int) -> Vcpu:
         """KVM_CREATE_VCPU, with its kvm_run mapped."""
         return Vcpu(self._ioctl("KVM_CREATE_VCPU", index), self, index)
@@ -346,6 +372,36 @@ class Vcpu(_Fd, VcpuState):
         """KVM_SET_SREGS from a struct kvm_sregs."""
         self._ioctl("KVM_SET_SREGS", sregs)
 
+    def get_sregs_bytes(self) -> bytes:
+        """KVM_GET_SREGS as the bytes of this host architecture's kvm_sregs (the PowerPC plans edit bytes)."""
+        return self._struct_out("KVM_GET_SREGS")
+
+    def set_sregs_bytes(self, data: bytes) -> None:
+        """KVM_SET_SREGS from the bytes of this host architecture's kvm_sregs."""
+        self._struct_in("KVM_SET_SREGS", data)
+
+    def get_regs_bytes(self) -> bytes:
+        """KVM_GET_REGS as the bytes of this host architecture's kvm_regs."""
+        return self._struct_out("KVM_GET_REGS")
+
+    def set_regs_bytes(self, data: bytes) -> None:
+        """KVM_SET_REGS from the bytes of this host architecture's kvm_regs."""
+        self._struct_in("KVM_SET_REGS", data)
+
+    def get_one_reg(self, reg_id: int) -> bytes:
+        """KVM_GET_ONE_REG: the register's bytes (as many as its id's KVM_REG_SIZE says)."""
+        cell = ffi.new("uint8_t[]", _one_reg_size(reg_id))
+        self._ioctl("KVM_GET_ONE_REG", _one_reg(reg_id, cell))
+        return bytes(ffi.buffer(cell))
+
+    def set_one_reg(self, reg_id: int, value: bytes) -> None:
+        """KVM_SET_ONE_REG from the register's bytes (exactly its id's KVM_REG_SIZE)."""
+        if len(value) != _one_reg_size(reg_id):
+            raise ValueError(f"register {reg_id:#x} takes {_one_reg_size(reg_id)} bytes, not {len(value)}")
+        cell = ffi.new("uint8_t[]", len(value))
+        ffi.buffer(cell)[:] = value
+        self._ioctl("KVM_SET_ONE_REG", _one_reg(reg_id, cell))
+
     def set_cpuid2(self, rows: list[tuple[int, ...]]) -> None:
         """KVM_SET_CPUID2 from (function, index, flags, eax, ebx, ecx, edx) rows; before the first KVM_RUN."""
         raw = ffi.new(f"uint8_t[{ffi.sizeof('struct kvm_cpuid2') + len(rows) * ffi.sizeof('struct kvm_cpuid_entry2')}]")
@@ -379,3 +435,13 @@ class Vcpu(_Fd, VcpuState):
             self._run_map = None
             run_map.close()
         super().close()
+
+
+def _one_reg_size(reg_id: int) -> int:
+    """KVM_REG_SIZE(id): bits 52..55 hold log2 of the register's size in bytes."""
+    return 1 << ((reg_id >> 52) & 0xF)
+
+
+def _one_reg(reg_id: int, cell: Any) -> Any:
+    """A struct kvm_one_reg whose addr points at `cell` (which must outlive the ioctl)."""
+    return ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", cell))})

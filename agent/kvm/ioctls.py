@@ -16,7 +16,19 @@ from types import MappingProxyType
 
 from kvmplat.agent.kvm._kvmc import ffi
 
-__all__ = ["HOST_ARCH", "KVMIO", "PPC64", "REQUESTS", "X86_64", "Arch", "Cap", "IocLayout", "ioc", "requests_for"]
+__all__ = [
+    "HOST_ARCH",
+    "KVMIO",
+    "PPC64",
+    "REQUESTS",
+    "X86_64",
+    "Arch",
+    "Cap",
+    "IocLayout",
+    "ioc",
+    "requests_for",
+    "struct_of",
+]
 
 KVMIO = 0xAE
 
@@ -164,6 +176,15 @@ def requests_for(arch: Arch) -> Mapping[str, int]:
         elif key in types:
             out[name] = ioc(arch, direction, nr, ffi.sizeof(types[key]))
     return MappingProxyType(out)
+
+
+def struct_of(name: str, arch: Arch | None = None) -> str:
+    """The cffi struct type that request `name` passes on `arch` (default: this host's)."""
+    key = _X if (arch or HOST_ARCH) is Arch.X86_64 else _P
+    types = next(row[3] for row in _TABLE if row[0] == name)
+    if types is None or key not in types:
+        raise KeyError(f"{name} passes no struct on {(arch or HOST_ARCH).name}")
+    return types[key]
 
 
 X86_64 = requests_for(Arch.X86_64)

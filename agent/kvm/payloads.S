@@ -80,19 +80,7 @@ probe_go:
     call p_putc
     testw %bx, %bx
     jnz probe_done
-    movw $(t_leaves - kp_payload_blob + LOAD), %si
-probe_leaf:
-    movl (%si), %eax
-    cmpl $0xffffffff, %eax
-    je probe_done
-    movl 4(%si), %ecx
-    pushw %si
-    pushw %bx
-    call p_cpuid_line
-    popw %bx
-    popw %si
-    addw $8, %si
-    jmp probe_leaf
+    call p_cpuid_all
 probe_done:
     incb TURN
     movb TURN, %al
@@ -103,6 +91,26 @@ p_park:
     cli
     hlt
     jmp p_park
+
+# p_cpuid_all: prints a "cpuid ..." line for every leaf of t_leaves (keeps bx and si).
+p_cpuid_all:
+    pushw %si
+    pushw %bx
+    movw $(t_leaves - kp_payload_blob + LOAD), %si
+p_cpuid_leaf:
+    movl (%si), %eax
+    cmpl $0xffffffff, %eax
+    je p_cpuid_end
+    movl 4(%si), %ecx
+    pushw %si
+    call p_cpuid_line
+    popw %si
+    addw $8, %si
+    jmp p_cpuid_leaf
+p_cpuid_end:
+    popw %bx
+    popw %si
+    ret
 
 # p_cpuid_line: eax = leaf, ecx = subleaf; prints one "cpuid ..." line.
 p_cpuid_line:
@@ -216,7 +224,9 @@ dirty_idle:
     jmp dirty_idle
 
 # echo: the boot vCPU unmasks the UART's receive interrupt (IRQ 4, vector 0x0c) at the PIC and the UART, prints
-# "kvmplat-echo: ready", then sleeps in hlt; what the console sends is written straight back. The idle loop drains
+# "kvmplat-echo: ready", then sleeps in hlt; what the console sends is written straight back, but for "?", answered
+# with the probe's CPUID lines and "kvmplat-echo: cpuid done" (the guest's CPUID view, asked again at any time, e.g.
+# after a migration). The idle loop drains
 # the receiver with interrupts off before each sti;hlt, so input that arrived before IER was set is not stranded.
 echo_start:
     cli
@@ -255,7 +265,16 @@ echo_next:
     jz echo_drained
     movw $0x3f8, %dx
     inb %dx, %al
+    cmpb $0x3f, %al
+    je echo_cpuid
     call p_putc
+    jmp echo_next
+echo_cpuid:
+    pushal
+    call p_cpuid_all
+    movw $(s_cpuid_done - kp_payload_blob + LOAD), %si
+    call p_puts
+    popal
     jmp echo_next
 echo_drained:
     popw %dx
@@ -328,6 +347,7 @@ s_loop: .asciz "kvmplat-loop: started, "
 s_vcpus: .asciz " vCPUs, ticking once a second\n"
 s_tick: .asciz "kvmplat-loop tick "
 s_echo: .asciz "kvmplat-echo: ready\n"
+s_cpuid_done: .asciz "kvmplat-echo: cpuid done\n"
 .balign 4
 t_leaves:
     .long 0x00000000, 0

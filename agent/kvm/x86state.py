@@ -7,6 +7,7 @@ struct's raw bytes (as a snapshot stores them), so a state read on one host is w
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from kvmplat.agent.errors import KvmError
@@ -68,7 +69,7 @@ class KvmState(_Ioctl):
             try:
                 self._ioctl("KVM_GET_MSR_INDEX_LIST", lst)
             except KvmError as e:
-                if e.errno == 7 and n < 65536:  # E2BIG: nmsrs now holds the count needed
+                if e.errno == errno.E2BIG and n < 65536:  # nmsrs now holds the count needed
                     n = max(int(lst.nmsrs), n * 2)
                     continue
                 raise

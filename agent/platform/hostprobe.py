@@ -12,6 +12,7 @@ exits to userspace). The result is cached as JSON, keyed by kernel release, CPU 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -89,7 +90,7 @@ def _hyperv_rows(kvm: Kvm) -> list[Row]:
     try:
         return kvm.get_supported_hv_cpuid()
     except KvmError as e:
-        if e.errno in (22, 25):  # EINVAL, ENOTTY: no Hyper-V emulation in this KVM
+        if e.errno in (errno.EINVAL, errno.ENOTTY):  # no Hyper-V emulation in this KVM
             return []
         raise
 

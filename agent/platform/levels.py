@@ -2,8 +2,8 @@
 
 Every x86 feature names its CPUID leaf, subleaf, register and bit, the level that introduces it and where the
 position comes from (STYLE.md item 9). Feature names follow the Linux /proc/cpuinfo spelling (sse4_1, lahf_lm,
-abm), which is also what the acceptance ground truth (acceptance/hostcpu.py) uses. PowerPC levels map names and
-ISA spellings to the logical PVRs that KVM_REG_PPC_ARCH_COMPAT takes (KVM_ABI.md section 2).
+abm), which is also what the acceptance ground truth (acceptance/hostcpu.py) uses. The PowerPC levels (names and
+ISA spellings to the logical PVRs that KVM_REG_PPC_ARCH_COMPAT takes) are ppc_levels.LEVELS, the one table.
 
 `parse_compat` turns the caller's `compat` text into a `Compat`; it is pure and raises InvalidArgument naming
 `spec.platform.compat` with every known name when the text is not a level.
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kvmplat.agent.errors import InvalidArgument
+from kvmplat.agent.platform.ppc_levels import LEVELS as PPC_LEVELS
+from kvmplat.agent.platform.ppc_levels import level_by_name, level_by_raw
 
 __all__ = [
     "PPC_LEVELS",
@@ -25,10 +27,8 @@ __all__ = [
     "X86_XSAVE_COMPONENTS",
     "Compat",
     "CpuidBit",
-    "PpcLevel",
     "known_names",
     "parse_compat",
-    "ppc_level_by_pvr",
     "x86_level_number",
 ]
 
@@ -126,26 +126,6 @@ X86_XSAVE_COMPONENTS: dict[str, tuple[int, ...]] = {"avx": (2,), "avx512f": (5, 
 
 
 @dataclass(frozen=True)
-class PpcLevel:
-    """A PowerPC compatibility level: processor name, ISA spelling, logical PVR (KVM_REG_PPC_ARCH_COMPAT)."""
-
-    name: str
-    isa: str
-    pvr: int
-
-
-# Logical PVRs from Linux arch/powerpc/include/asm/reg.h (PVR_ARCH_205 .. PVR_ARCH_31, PVR_ARCH_206p).
-PPC_LEVELS: tuple[PpcLevel, ...] = (
-    PpcLevel("power6", "isa-2.05", 0x0F000002),
-    PpcLevel("power7", "isa-2.06", 0x0F000003),
-    PpcLevel("power7+", "isa-2.06+", 0x0F100003),
-    PpcLevel("power8", "isa-2.07", 0x0F000004),
-    PpcLevel("power9", "isa-3.0", 0x0F000005),
-    PpcLevel("power10", "isa-3.1", 0x0F000006),
-)
-
-
-@dataclass(frozen=True)
 class Compat:
     """A parsed compat: arch family, canonical name and raw value (x86 level number, or PowerPC PVR)."""
 
@@ -156,11 +136,9 @@ class Compat:
     @property
     def logical(self) -> bool:
         """True for a named level (x86 level, PowerPC logical PVR), False for a raw processor PVR."""
-        return self.arch == "x86" or ppc_level_by_pvr(self.raw) is not None
+        return self.arch == "x86" or level_by_raw(self.raw) is not None
 
 
-# Other spellings in use (two-digit ISA minor, as the PowerPC backend writes isa-3.00).
-_PPC_ALIASES = {"isa-3.00": "power9", "isa-3.10": "power10"}
 _HEX = re.compile(r"0x([0-9a-f]{1,8})")
 
 
@@ -174,24 +152,17 @@ def x86_level_number(name: str) -> int:
     return X86_LEVELS.index(name) + 1
 
 
-def ppc_level_by_pvr(pvr: int) -> PpcLevel | None:
-    """The named PowerPC level whose logical PVR is `pvr`, if any."""
-    return next((lv for lv in PPC_LEVELS if lv.pvr == pvr), None)
-
-
 def parse_compat(text: str) -> Compat:
     """The Compat named by `text` (case-insensitive name or 0x-prefixed raw PVR); InvalidArgument otherwise."""
     key = text.strip().lower()
-    key = _PPC_ALIASES.get(key, key)
     if key in X86_LEVELS:
         return Compat("x86", key, x86_level_number(key))
-    for lv in PPC_LEVELS:
-        if key in (lv.name, lv.isa):
-            return Compat("ppc", lv.name, lv.pvr)
+    if (lv := level_by_name(key)) is not None:
+        return Compat("ppc", lv.name, lv.logical_pvr)
     m = _HEX.fullmatch(key)
     if m and int(m[1], 16):
         pvr = int(m[1], 16)
-        named = ppc_level_by_pvr(pvr)
+        named = level_by_raw(pvr)
         return Compat("ppc", named.name if named else f"{pvr:#010x}", pvr)
     raise InvalidArgument.field(
         COMPAT_FIELD, f"unknown level {text!r} (known: {', '.join(known_names())}, or a raw PVR such as 0x004e1202)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Abi", "Accel", "CompatPolicy", "EffectivePlatform", "PlatformRequest", "Pv"]
+__all__ = ["Abi", "Accel", "Arch", "CompatPolicy", "EffectivePlatform", "PlatformRequest", "Pv"]
 
 
 class Abi(enum.IntEnum):
@@ -43,21 +43,33 @@ class Accel(enum.IntEnum):
     PR = 3
 
 
+class Arch(enum.IntEnum):
+    """The guest architecture (the seed's guest_arch): PPC is 32-bit PowerPC, PPC64 big-endian, PPC64LE little."""
+
+    X86_64 = 1
+    PPC64 = 2
+    PPC64LE = 3
+    PPC = 4
+
+
 @dataclass(frozen=True)
 class PlatformRequest:
-    """A declared platform. `abi` None means the host's native abi; `compat` empty means the host's own level."""
+    """A declared platform. `abi`/`arch` None mean the host's own; `compat` empty the host's level (or the agent's
+    ceiling); `bits` 0 the arch's width (32 for PPC, else 64)."""
 
     abi: Abi | None = None
     pv: frozenset[Pv] = frozenset()
     compat: str = ""
     policy: CompatPolicy = CompatPolicy.STRICT
-    bits: int = 64
+    bits: int = 0
     accel: Accel = Accel.AUTO
+    arch: Arch | None = None
 
 
 @dataclass(frozen=True)
 class EffectivePlatform:
-    """What the guest gets. `accel` names the accelerator in use (kvm-intel, kvm-amd, kvm_pvm, hv, pr)."""
+    """What the guest gets. `accel` names the accelerator in use (kvm-intel, kvm-amd, kvm_pvm, hv, pr); `arch` is
+    always set by resolution (None only in values built by hand)."""
 
     abi: Abi
     pv: tuple[Pv, ...]
@@ -69,3 +81,4 @@ class EffectivePlatform:
     cross_arch: bool = False
     notes: tuple[str, ...] = ()
     visible_above_level: tuple[str, ...] = ()
+    arch: Arch | None = None

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from kvmplat.agent.errors import InvalidArgument, PlatformRefused
-from kvmplat.agent.platform.model import Abi, Accel, EffectivePlatform, PlatformRequest, Pv
+from kvmplat.agent.platform.arch import (
+    check_abi_arch,
+    check_ppc_arch,
+    default_abi_ppc,
+    is_cross_arch,
+    settle_ppc,
+)
+from kvmplat.agent.platform.ceiling import ceiling_ppc
+from kvmplat.agent.platform.model import Abi, Accel, Arch, EffectivePlatform, PlatformRequest, Pv
 from kvmplat.agent.platform.ppc_compat import resolve_compat
 from kvmplat.agent.platform.ppc_levels import family_of, parse_ppc_compat
 
@@ -49,6 +57,8 @@ class PpcHost:
     pvinfo_flags: int = 0
     pvinfo_hcall: tuple[int, ...] = ()  # KVM_PPC_GET_PVINFO's four instruction words; () when not offered
     source: str = ""
+    arch: str = ""  # uname -m of the host ("ppc64le"); "" derives it from kind and PVR (arch.ppc_host_arch)
+    book3s32: bool | None = None  # book3s_pr took (and read back) a 32-bit Book3S PVR; None: not measured
 
     @property
     def level(self) -> str:
@@ -65,6 +75,8 @@ class PpcHost:
         return {
             "name": self.name,
             "source": self.source,
+            **({"arch": self.arch} if self.arch else {}),
+            **({"book3s32": self.book3s32} if self.book3s32 is not None else {}),
             "pvr": f"0x{self.pvr:08x}",
             "kind": self.kind,
             "accels": list(self.accels),
@@ -83,6 +95,8 @@ class PpcHost:
         return cls(
             name=str(data["name"]),
             source=str(data.get("source", "")),
+            arch=str(data.get("arch", "")),
+            book3s32=None if data.get("book3s32") is None else bool(data["book3s32"]),
             pvr=int(str(data["pvr"]), 16),
             kind=str(data["kind"]),
             accels=tuple(data["accels"]),
@@ -99,13 +113,20 @@ class PpcHost:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
-def resolve_ppc(request: PlatformRequest, host: PpcHost) -> EffectivePlatform:
-    """What a guest of `request` gets on `host`; PlatformRefused/InvalidArgument when it cannot be honoured."""
-    if request.bits not in (32, 64):
+def resolve_ppc(request: PlatformRequest, host: PpcHost, max_level: str = "") -> EffectivePlatform:
+    """What a guest of `request` gets on `host` (under the agent's ceiling `max_level`, a POWER level); refusals as
+    PlatformRefused/InvalidArgument."""
+    if request.bits not in (0, 32, 64):
         raise InvalidArgument.field("platform.bits", f"{request.bits} is not 32 or 64")
-    abi = request.abi or (Abi.BOOKE if host.kind == "booke" else Abi.SPAPR)
-    asked = parse_ppc_compat(request.compat)
+    request = settle_ppc(request, host)
+    arch = request.arch
+    assert arch is not None  # settled
+    abi = request.abi or default_abi_ppc(arch, host)
     _check_abi(abi, host)
+    check_abi_arch(abi, arch, powerpc=True)
+    check_ppc_arch(arch, host)
+    request = ceiling_ppc(request, max_level, abi)
+    asked = parse_ppc_compat(request.compat)
     accel = _choose_accel(request, abi, asked, host)
     compat = resolve_compat(asked, request, accel, host)
     pv, pv_notes = _resolve_pv(request.pv, accel, host)
@@ -117,10 +138,17 @@ def resolve_ppc(request: PlatformRequest, host: PpcHost) -> EffectivePlatform:
         policy=request.policy,
         bits=request.bits,
         accel=accel,
-        cross_arch=compat.cross_arch,
-        notes=(f"accel {accel}: {_FLAVOUR[accel]}", *compat.notes, *pv_notes),
+        cross_arch=is_cross_arch(arch, host),
+        notes=(f"accel {accel}: {_FLAVOUR[accel]}", *_arch_notes(arch, host), *compat.notes, *pv_notes),
         visible_above_level=compat.visible_above,
+        arch=arch,
     )
+
+
+def _arch_notes(arch: Arch, host: PpcHost) -> tuple[str, ...]:
+    if is_cross_arch(arch, host):
+        return ("arch PPC: book3s_pr emulates a 32-bit Book3S processor (segment registers, BATs) on this ppc64 host",)
+    return ()
 
 
 def _check_abi(abi: Abi, host: PpcHost) -> None:

@@ -29,7 +29,6 @@ class GuestCompat:
 
     name: str
     raw: int
-    cross_arch: bool = False
     notes: tuple[str, ...] = ()
     visible_above: tuple[str, ...] = ()
 
@@ -52,7 +51,7 @@ def _host_default(bits: int, host: PpcHost) -> GuestCompat:
     fam = family_of(host.pvr)
     if bits == 32 and host.kind == "book3s":
         note = f"bits 32 without a PVR: the guest gets PVR 0x{BOOK3S32_DEFAULT_PVR:08x} (PowerPC 7400, mac99's core)"
-        return GuestCompat("ppc7400", BOOK3S32_DEFAULT_PVR, True, (note,))
+        return GuestCompat("ppc7400", BOOK3S32_DEFAULT_PVR, (note,))
     if bits == 64 and fam is not None and fam.bits == 32:
         raise PlatformRefused("bits", "64", f"this host's core {fam.name} is 32-bit", "32")
     return GuestCompat(host.level or (fam.name if fam else f"0x{host.pvr:08x}"), host.pvr)
@@ -119,14 +118,12 @@ def _raw_pvr(pvr: int, request: PlatformRequest, accel: str, host: PpcHost) -> G
     if fam is None:
         if request.policy is CompatPolicy.STRICT:
             raise PlatformRefused("compat", f"{asked} (STRICT)", "kvmplat does not know this PVR's core family")
-        return GuestCompat(asked, pvr, True, (f"PVR {asked}: unknown core family, book3s_pr emulates what it can",))
+        return GuestCompat(asked, pvr, (f"PVR {asked}: unknown core family, book3s_pr emulates what it can",))
     if fam.kind != "book3s":
         raise PlatformRefused("compat", asked, f"{fam.name} is a BookE core; book3s_pr emulates Book3S cores only")
     if fam.bits != request.bits:
         raise InvalidArgument.field(
             "platform.bits", f"{request.bits} does not match PVR {asked} ({fam.name}, {fam.bits}-bit)"
         )
-    host_fam = family_of(host.pvr)
-    cross = host_fam is None or host_fam.name != fam.name
     note = f"PVR {asked} ({fam.name}) set through kvm_sregs.pvr; book3s_pr emulates it"
-    return GuestCompat(fam.level or fam.name, pvr, cross, (note,))
+    return GuestCompat(fam.level or fam.name, pvr, (note,))

@@ -2,8 +2,8 @@
 
 Levels are PAPR logical PVRs (arch/powerpc/include/asm/reg.h PVR_ARCH_*; KVM_ABI.md §2.4), the values
 KVM_REG_PPC_ARCH_COMPAT takes. Families map a real PVR's version (upper 16 bits) to a core, its register width and
-the level it implements (asm/reg.h PVR_*; QEMU target/ppc/cpu-models.h). Kept private to the PowerPC backend until
-the shared level table (levels.py) lands; names and values follow issue 3 item 1.
+the level it implements (asm/reg.h PVR_*; QEMU target/ppc/cpu-models.h). This is kvmplat's one PowerPC level table:
+levels.parse_compat (any host) and parse_ppc_compat (PowerPC hosts) both read it; names and values follow issue 3.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ LEVELS: tuple[Level, ...] = (
     Level("power7", "isa-2.06", 0x0F000003, 206),
     Level("power7+", "isa-2.06+", 0x0F100003, 207),
     Level("power8", "isa-2.07", 0x0F000004, 208),
-    Level("power9", "isa-3.00", 0x0F000005, 300),
+    Level("power9", "isa-3.0", 0x0F000005, 300),
     Level("power10", "isa-3.1", 0x0F000006, 310),
 )
-# Also written with one fractional digit in the issue ("isa-3.0").
-_ALIASES = {"isa-3.0": "power9", "isa-3.10": "power10"}
+# Also written with two fractional digits (Power ISA 3.00, 3.10).
+_ALIASES = {"isa-3.00": "power9", "isa-3.10": "power10"}
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ from typing import Any, TypeVar
 
 from google.protobuf.unknown_fields import UnknownFieldSet
 from kvmplat.agent.errors import InvalidArgument, PlatformRefused
+from kvmplat.agent.platform.arch import ppc_host_arches
+from kvmplat.agent.platform.ceiling import above_ceiling
 from kvmplat.agent.platform.levels import PPC_LEVELS, X86_LEVELS, x86_level_number
-from kvmplat.agent.platform.model import Abi, Accel, CompatPolicy, EffectivePlatform, PlatformRequest, Pv
+from kvmplat.agent.platform.model import Abi, Accel, Arch, CompatPolicy, EffectivePlatform, PlatformRequest, Pv
 from kvmplat.agent.platform.resolve import level_culprits, resolve
 from kvmplat.agent.platform.x86host import X86Host
 from kvmplat.v1 import agent_pb2 as pb
@@ -55,8 +57,8 @@ def request_from_proto(spec_platform: pb.PlatformSpec) -> PlatformRequest:
     pv = [_enum(Pv, v, f"{FIELD}.pv") for v in spec_platform.pv]
     if None in pv:
         raise InvalidArgument.field(f"{FIELD}.pv", "PV_UNSPECIFIED is not a paravirtual interface (KVM, HYPERV)")
-    bits = spec_platform.bits or 64
-    if bits not in (32, 64):
+    bits = spec_platform.bits  # 0: the arch's width (32 for PPC, else 64)
+    if bits not in (0, 32, 64):
         raise InvalidArgument.field(f"{FIELD}.bits", f"{bits} is not a guest width (64, the default, or 32)")
     return PlatformRequest(
         abi=_enum(Abi, spec_platform.abi, f"{FIELD}.abi"),
@@ -65,6 +67,7 @@ def request_from_proto(spec_platform: pb.PlatformSpec) -> PlatformRequest:
         policy=_enum(CompatPolicy, spec_platform.compat_policy, f"{FIELD}.compat_policy") or CompatPolicy.STRICT,
         bits=bits,
         accel=_enum(Accel, spec_platform.accel, f"{FIELD}.accel") or Accel.AUTO,
+        arch=_enum(Arch, spec_platform.arch, f"{FIELD}.arch"),
     )
 
 
@@ -81,31 +84,38 @@ def effective_to_proto(e: EffectivePlatform) -> pb.EffectivePlatform:
         cross_arch=e.cross_arch,
         notes=list(e.notes),
         visible_above_level=list(e.visible_above_level),
+        arch=_pb(e.arch) if e.arch is not None else pb.ARCH_UNSPECIFIED,
     )
 
 
-def fill_capabilities(caps: pb.Capabilities, host: Any) -> None:
-    """Sets the platform part of `caps` (abis, pv, levels, accels, cpu_features, hideability) from host truth."""
+def fill_capabilities(caps: pb.Capabilities, host: Any, max_level: str = "") -> None:
+    """Sets the platform part of `caps` (arches, abis, pv, levels, accels, cpu_features, hideability, ceiling) from
+    host truth and the agent's ceiling `max_level`."""
+    caps.max_level = max_level
     if isinstance(host, X86Host):
-        _fill_x86(caps, host)
+        _fill_x86(caps, host, max_level)
     else:
-        _fill_by_resolution(caps, host)
+        _fill_by_resolution(caps, host, max_level)
 
 
-def _fill_x86(caps: pb.Capabilities, host: X86Host) -> None:
+def _fill_x86(caps: pb.Capabilities, host: X86Host, max_level: str) -> None:
     caps.arch = host.arch
+    caps.arches[:] = [pb.X86_64]
     caps.abis[:] = [pb.BARE_METAL]
     caps.pv[:] = [pb.KVM] + ([pb.HYPERV] if host.hyperv else [])
     del caps.levels[:]
     for level in X86_LEVELS:
         missing, unhideable = level_culprits(host, level)
+        above = above_ceiling(level, max_level)
         caps.levels.add(
             name=level,
             raw=x86_level_number(level),
-            strict=not missing and not unhideable,
-            best_effort=not missing,
+            strict=not missing and not unhideable and not above,
+            best_effort=not missing and not above,
             missing=[f.name for f in missing],
             unhideable=[f.name for f in unhideable],
+            above_ceiling=bool(above),
+            above_ceiling_features=above,
         )
     caps.accels[:] = [host.accel]
     caps.accel_default = host.accel
@@ -117,26 +127,37 @@ def _fill_x86(caps: pb.Capabilities, host: X86Host) -> None:
     caps.host_truth_source = host.source if host.source == "cache" else f"{host.source} ({host.probe_ms:.1f} ms)"
 
 
-def _fill_by_resolution(caps: pb.Capabilities, host: Any) -> None:
-    """A PowerPC host: abis, pv and levels as resolution admits them (the PowerPC module owns the rules)."""
+def _fill_by_resolution(caps: pb.Capabilities, host: Any, max_level: str) -> None:
+    """A PowerPC host: arches, abis, pv and levels as resolution admits them (the PowerPC module owns the rules)."""
     ppc = importlib.import_module("kvmplat.agent.platform.ppc")
     if not isinstance(host, ppc.PpcHost):
         raise TypeError(f"no capabilities for host truth of type {type(host).__name__}")
-    abis = [a for a in (Abi.SPAPR, Abi.BOOKE, Abi.BARE_METAL) if _admits(host, PlatformRequest(abi=a))]
+    caps.arches[:] = [_pb(a) for a in ppc_host_arches(host)]
+    abis = [a for a in (Abi.SPAPR, Abi.BOOKE, Abi.BARE_METAL) if _admits_any_arch(host, a, max_level)]
     caps.abis[:] = [_pb(a) for a in abis]
-    caps.pv[:] = [_pb(p) for p in Pv if _admits(host, PlatformRequest(pv=frozenset({p})))]
+    caps.pv[:] = [_pb(p) for p in Pv if _admits(host, PlatformRequest(pv=frozenset({p})), max_level)]
     caps.accels[:] = list(host.accels)
     caps.accel_default = host.default_accel
     del caps.levels[:]
     for lv in PPC_LEVELS:
-        strict = _admits(host, PlatformRequest(compat=lv.name))
-        best = _admits(host, PlatformRequest(compat=lv.name, policy=CompatPolicy.BEST_EFFORT))
-        caps.levels.add(name=lv.name, raw=lv.pvr, strict=strict, best_effort=best)
+        strict = _admits(host, PlatformRequest(compat=lv.name), max_level)
+        best = _admits(host, PlatformRequest(compat=lv.name, policy=CompatPolicy.BEST_EFFORT), max_level)
+        over = _above_ppc_ceiling(lv.name, max_level)
+        caps.levels.add(name=lv.name, raw=lv.logical_pvr, strict=strict, best_effort=best, above_ceiling=over)
 
 
-def _admits(host: Any, request: PlatformRequest) -> bool:
+def _above_ppc_ceiling(level: str, max_level: str) -> bool:
+    order = [lv.name for lv in PPC_LEVELS]
+    return bool(max_level) and order.index(level) > order.index(max_level)
+
+
+def _admits_any_arch(host: Any, abi: Abi, max_level: str) -> bool:
+    return any(_admits(host, PlatformRequest(abi=abi, arch=a), max_level) for a in ppc_host_arches(host))
+
+
+def _admits(host: Any, request: PlatformRequest, max_level: str = "") -> bool:
     try:
-        resolve(request, host)
+        resolve(request, host, max_level)
     except (PlatformRefused, InvalidArgument):
         return False
     return True

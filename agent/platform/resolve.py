@@ -12,7 +12,10 @@ x86 rules (issue 3 item 3):
   the supported list; HYPERV needs KVM's Hyper-V emulation.
 - bits: 64, or 32 for i686 guests: long mode (lm) is cleared in CPUID (noted where the host cannot hide it); an
   x86-64 level with bits 32 is a contradiction (InvalidArgument).
-Refusals are PlatformRefused(field, asked, reason, offered) with field one of abi, pv, compat, bits, accel.
+- arch: X86_64 only (a PowerPC arch is refused naming both, arch.settle_x86); bits 0 = 64.
+- ceiling (`max_level`, ceiling.py): compat empty means the ceiling; a level above it is refused naming the features
+  above it. A 32-bit guest under a ceiling gets the ceiling's mask (and lm cleared).
+Refusals are PlatformRefused(field, asked, reason, offered) with field one of arch, abi, pv, compat, bits, accel.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import importlib
 from typing import Any
 
 from kvmplat.agent.errors import InvalidArgument, PlatformRefused
+from kvmplat.agent.platform.arch import settle_x86
+from kvmplat.agent.platform.ceiling import ceiling_x86
 from kvmplat.agent.platform.levels import X86_LEVELS, parse_compat
 from kvmplat.agent.platform.model import Abi, Accel, CompatPolicy, EffectivePlatform, PlatformRequest, Pv
 from kvmplat.agent.platform.x86host import FeatureTruth, X86Host
@@ -33,21 +38,24 @@ PVM_NOTE = (
 )
 
 
-def resolve(request: PlatformRequest, host: Any) -> EffectivePlatform:
-    """The effective platform of `request` on `host` (X86Host or PpcHost); PlatformRefused/InvalidArgument."""
+def resolve(request: PlatformRequest, host: Any, max_level: str = "") -> EffectivePlatform:
+    """The effective platform of `request` on `host` (X86Host or PpcHost) under the agent's ceiling `max_level`;
+    PlatformRefused/InvalidArgument."""
     if isinstance(host, X86Host):
-        return _resolve_x86(request, host)
+        return _resolve_x86(request, host, max_level)
     ppc = importlib.import_module("kvmplat.agent.platform.ppc")  # the PowerPC module loads only for ppc hosts
     if isinstance(host, ppc.PpcHost):
-        result: EffectivePlatform = ppc.resolve_ppc(request, host)
+        result: EffectivePlatform = ppc.resolve_ppc(request, host, max_level)
         return result
     raise TypeError(f"no platform resolution for host truth of type {type(host).__name__}")
 
 
-def _resolve_x86(request: PlatformRequest, host: X86Host) -> EffectivePlatform:
+def _resolve_x86(request: PlatformRequest, host: X86Host, max_level: str) -> EffectivePlatform:
+    request = settle_x86(request, host.arch)
     _check_abi_accel_bits(request, host)
+    request, implied = ceiling_x86(request, max_level)
     notes: list[str] = []
-    name, raw, visible = _x86_compat(request, host, notes)
+    name, raw, visible = _x86_compat(request, host, notes, max_level, implied)
     _x86_pv(request, host, notes)
     if request.bits == 32 and host.feature("lm").seen and not host.feature("lm").hideable:
         notes.append("bits 32: this host cannot hide long mode (lm) from guests; a 32-bit guest sees it")
@@ -64,6 +72,7 @@ def _resolve_x86(request: PlatformRequest, host: X86Host) -> EffectivePlatform:
         cross_arch=False,
         notes=tuple(notes),
         visible_above_level=visible,
+        arch=request.arch,
     )
 
 
@@ -89,8 +98,11 @@ def _check_abi_accel_bits(request: PlatformRequest, host: X86Host) -> None:
         raise InvalidArgument.field("spec.platform.bits", f"{request.bits} is not a guest width (64, or 32)")
 
 
-def _x86_compat(request: PlatformRequest, host: X86Host, notes: list[str]) -> tuple[str, int, tuple[str, ...]]:
-    """(canonical name, raw value, features visible above the level) for the compat asked."""
+def _x86_compat(
+    request: PlatformRequest, host: X86Host, notes: list[str], max_level: str = "", ceiling: bool = False
+) -> tuple[str, int, tuple[str, ...]]:
+    """(canonical name, raw value, features visible above the level) for the compat asked (or the agent's ceiling
+    standing in for the host's own level when `ceiling`)."""
     if not request.compat.strip():
         return "", 0, ()
     compat = parse_compat(request.compat)
@@ -99,16 +111,18 @@ def _x86_compat(request: PlatformRequest, host: X86Host, notes: list[str]) -> tu
             "compat",
             compat.name,
             f"{compat.name} is a PowerPC level and this host is {host.arch}",
-            _offer(host),
+            _offer(host, max_level),
         )
-    if request.bits == 32:
+    if request.bits == 32 and not ceiling:
         raise InvalidArgument.field(
             "spec.platform.bits", f"32-bit guests have no x86-64 level (compat {compat.name}); use bits 64"
         )
     missing, unhideable = level_culprits(host, compat.name)
     asked = f"{compat.name} ({request.policy.name})"
+    if ceiling:
+        asked = f"{compat.name}, this agent's ceiling (--max-level) for the host's own level ({request.policy.name})"
     if missing or (unhideable and request.policy == CompatPolicy.STRICT):
-        raise PlatformRefused("compat", asked, _culprit_text(missing, unhideable), _offer(host))
+        raise PlatformRefused("compat", asked, _culprit_text(missing, unhideable), _offer(host, max_level))
     if unhideable:
         notes.append(f"compat {asked}: {_hide_text(unhideable)}; they stay visible")
     return compat.name, compat.raw, tuple(f.name for f in unhideable)
@@ -138,20 +152,21 @@ def _culprit_text(missing: list[FeatureTruth], unhideable: list[FeatureTruth]) -
     return "; ".join(parts)
 
 
-def admitted_levels(host: X86Host, policy: CompatPolicy) -> list[str]:
-    """The x86-64 levels this host admits under `policy`."""
+def admitted_levels(host: X86Host, policy: CompatPolicy, max_level: str = "") -> list[str]:
+    """The x86-64 levels this host admits under `policy` (none above the agent's ceiling `max_level`)."""
     out = []
-    for level in X86_LEVELS:
+    for level in X86_LEVELS[: X86_LEVELS.index(max_level) + 1 if max_level else None]:
         missing, unhideable = level_culprits(host, level)
         if not missing and (policy == CompatPolicy.BEST_EFFORT or not unhideable):
             out.append(level)
     return out
 
 
-def _offer(host: X86Host) -> str:
-    strict = admitted_levels(host, CompatPolicy.STRICT)
-    best = admitted_levels(host, CompatPolicy.BEST_EFFORT)
-    return f"STRICT: {', '.join(strict) or 'none'}; BEST_EFFORT: {', '.join(best) or 'none'}; or the host's own level"
+def _offer(host: X86Host, max_level: str = "") -> str:
+    strict = admitted_levels(host, CompatPolicy.STRICT, max_level)
+    best = admitted_levels(host, CompatPolicy.BEST_EFFORT, max_level)
+    own = f"the ceiling {max_level}" if max_level else "the host's own level"
+    return f"STRICT: {', '.join(strict) or 'none'}; BEST_EFFORT: {', '.join(best) or 'none'}; or {own}"
 
 
 def _x86_pv(request: PlatformRequest, host: X86Host, notes: list[str]) -> None:

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,20 +25,21 @@ from kvmplat.agent.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from kvmplat.agent.registry import recovery
 from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
-from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.registry.lifecycle import LIVE, Event, State, next_state
 from kvmplat.agent.registry.peer import PeerTls
 from kvmplat.agent.registry.placement import Claims, consumer_of
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
 from kvmplat.agent.registry.store import Store
+from kvmplat.agent.runner.wire import BootSource, RunnerConfig, RunnerEvent, RunnerStats, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["Controller", "VmRecord"]
 
 log = logging.getLogger("kvmplat.agent")
-LIVE = (State.CREATED, State.RUNNING, State.PAUSED, State.MIGRATING)
 # Sequence numbers are reserved in blocks: before the agent publishes an event beyond the block recorded in the VM's
 # state file, it durably records the next block. A runner that died while no agent watched may have emitted events
 # nobody saw; the agent's own CRASHED event then takes the number after the recorded block: above every number any
@@ -91,6 +92,7 @@ class VmRecord:
             "last_seq": self.last_seq,
             "seq_reserved": self.seq_reserved,
             "created": self.created,
+            **({"destroying": True} if self.destroying else {}),
         }
 
 
@@ -185,31 +187,34 @@ class Controller:
         try:
             await self._claim(spec)
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
-            rec.pid = await self._spawn(spec, self._runner_config(rec, cpuid))
+            rec.pid = await self._spawn(spec, self.runner_config(rec, cpuid))
+            await recovery.record_new(self, rec)
             self.vms[spec.name] = rec
-            # durable, and waited for, before any event can arrive
-            await asyncio.wrap_future(self.records.save(rec.name, rec.to_json(), durable=True))
             await self.connect(rec, since=0)
         finally:
             self.creating.discard(spec.name)
             self.pending.pop(spec.name, None)
         return await self.act(spec.name, Event.START) if start else rec
 
-    def _runner_config(self, rec: VmRecord, cpuid: list[list[int]], restart: bool = False) -> dict[str, Any]:
-        """What the runner template needs to build the VM of `rec`."""
+    def runner_config(
+        self, rec: VmRecord, cpuid: Sequence[Sequence[int]], restart: bool = False, incoming: str = ""
+    ) -> RunnerConfig:
+        """What a runner of `rec` is told: its VM, socket, boot source, exact CPUID table, the first sequence number
+        (a restart continues the VM's sequence), and for a restore or an incoming migration why it is built silent."""
         spec = rec.spec
-        return {
-            "name": spec.name,
-            "vcpus": spec.vcpus,
-            "memory_mib": spec.memory_mib,
-            "socket": rec.socket,
-            "boot": json_format.MessageToDict(spec.boot, preserving_proto_field_name=True),
-            "cpuid": cpuid,
+        return RunnerConfig(
+            name=spec.name,
+            vcpus=spec.vcpus,
+            memory_mib=spec.memory_mib,
+            socket=rec.socket,
+            boot=BootSource(spec.boot.builtin, spec.boot.kernel, spec.boot.initrd, spec.boot.cmdline),
+            cpuid=tuple(tuple(row) for row in cpuid),
             # the runner checks again what it really opened: a path swapped after validation is refused
-            "image_dirs": [os.path.realpath(d) for d in self.limits.image_dirs],
-            "first_seq": rec.last_seq + 1,  # one VM, one sequence: a restart continues it
-            "restart": restart,
-        }
+            image_dirs=tuple(os.path.realpath(d) for d in self.limits.image_dirs),
+            first_seq=rec.last_seq + 1,  # one VM, one sequence: a restart continues it
+            restart=restart,
+            incoming=incoming,
+        )
 
     async def act(self, name: str, event: Event) -> VmRecord:
         """start, pause, resume or stop, checked against the transition table before the runner is asked; start of a
@@ -221,7 +226,7 @@ class Controller:
             await self._restart(rec)
         if rec.runner is None or rec.runner.closed:
             raise FailedPrecondition(f"VM {name!r} has no runner (it is {rec.state.name}: {rec.reason})")
-        await rec.runner.call(event.value)
+        await rec.runner.request(event)
         return rec
 
     async def _restart(self, rec: VmRecord) -> None:
@@ -235,11 +240,11 @@ class Controller:
             old, rec.runner = rec.runner, None  # from here its loss is not this VM's crash
             if old is not None and not old.closed:
                 with contextlib.suppress(KvmplatError):
-                    await old.call("destroy")
+                    await old.request(Event.DESTROY)
                 await old.close()
             self.store.unlink_socket(rec.name)
             rec.effective, rec._fixed = effective, {}
-            rec.pid = await self.template.spawn(self._runner_config(rec, cpuid, restart=True))
+            rec.pid = await self.template.spawn(self.runner_config(rec, cpuid, restart=True))
             await self.connect(rec, since=rec.last_seq)
         finally:
             self.creating.discard(rec.name)
@@ -254,14 +259,19 @@ class Controller:
                 await self.act(name, Event.STOP)
         next_state(name, rec.state, Event.DESTROY)
         rec.destroying = True
+        # recorded (and waited for) before the runner is told: an agent killed in the middle of this destroy leaves a
+        # record that the next agent finishes destroying, not a STOPPED VM whose runner has gone
+        with contextlib.suppress(OSError):  # disk full: destroyed all the same
+            await asyncio.wrap_future(self.records.save(name, rec.to_json(), first=True))
         if rec.runner is not None and not rec.runner.closed:
             with contextlib.suppress(RunnerLost):
-                await rec.runner.call("destroy")
+                await rec.runner.request(Event.DESTROY)
             await rec.runner.close()
         del self.vms[name]
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
-        self.records.delete(name)
         self.bus.forget(name)
+        with contextlib.suppress(OSError):  # gone when DestroyVm returns (a restart would finish the marked destroy)
+            await asyncio.wrap_future(self.records.delete(name, first=True))
         if self.claims is not None:
             await self.claims.release(consumer_of(rec.spec.uuid, name, rec.created), name)
 
@@ -299,7 +309,7 @@ class Controller:
         if self.claims is not None:
             await self.claims.release(spec.uuid, spec.name)
 
-    async def _spawn(self, spec: pb.VmSpec, config: dict[str, Any]) -> int:
+    async def _spawn(self, spec: pb.VmSpec, config: RunnerConfig) -> int:
         """Starts the runner; a runner that cannot start gives its claim back."""
         try:
             return await self.template.spawn(config)
@@ -308,23 +318,21 @@ class Controller:
                 await self.claims.release(spec.uuid, spec.name)
             raise
 
-    async def stats(self, rec: VmRecord) -> dict[str, Any]:
-        """The runner's counters (empty when it is gone)."""
+    async def stats(self, rec: VmRecord) -> RunnerStats | None:
+        """The runner's counters (None when it is gone)."""
         if rec.runner is None or rec.runner.closed:
-            return {}
+            return None
         try:
-            return await rec.runner.call("stats", timeout=2.0)
+            return await rec.runner.stats()
         except (Unavailable, FailedPrecondition, ResourceExhausted):  # gone or hung: no counters
-            return {}
+            return None
 
     async def write_console(self, name: str, data: bytes) -> None:
         """Bytes typed at the VM's serial console."""
-        import base64
-
         rec = self.get(name)
         if rec.runner is None or rec.runner.closed:
             raise FailedPrecondition(f"VM {name!r} is {rec.state.name}: its console takes input only while RUNNING")
-        await rec.runner.call("console", data=base64.b64encode(data).decode())
+        await rec.runner.console(data)
 
     def snapshot(self, name: str) -> AsyncIterator[bytes]:
         """The snapshot of a PAUSED VM, as the file's bytes in pieces (SnapshotVm)."""
@@ -350,8 +358,8 @@ class Controller:
 
         return migration.receive(self, packets)
 
-    def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[pb.Event]:
-        """Events of one VM (or all), resumable after `since`."""
+    def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[list[bytes]]:
+        """Batches of serialized events of one VM (or all), resumable after `since`."""
         if vm:
             self.get(vm)
         return self.bus.watch(vm, since, follow)
@@ -363,20 +371,20 @@ class Controller:
             rec.socket, lambda e: self._on_event(rec, e), lambda: self._on_lost(rec, runner)
         )
         rec.runner = runner
-        hello = await rec.runner.call("hello", since=since)
-        rec.pid = int(hello["pid"])
-        rec.state, rec.reason = State[hello["state"]], str(hello["reason"])
+        hello = await rec.runner.hello(since)
+        rec.pid = hello.pid
+        rec.state, rec.reason = State[hello.state], hello.reason
         rec.greeted = True
 
-    def _on_event(self, rec: VmRecord, e: dict[str, Any]) -> None:
-        if int(e["seq"]) <= rec.last_seq:
+    def _on_event(self, rec: VmRecord, e: RunnerEvent) -> None:
+        if e.seq <= rec.last_seq:
             return  # already seen (a replay after re-adoption)
-        rec.last_seq = int(e["seq"])
+        rec.last_seq = e.seq
         if rec.last_seq > rec.seq_reserved and not rec.destroying:
             rec.seq_reserved = rec.last_seq + SEQ_BLOCK  # recorded before any watcher sees a number past the old block
             self._persist(rec, durable=True)
-        if "state" in e and e["state"].get("to") in State.__members__:
-            old, rec.state, rec.reason = rec.state, State[e["state"]["to"]], str(e["state"].get("reason", ""))
+        if isinstance(e.body, StateChange) and e.body.new in State.__members__:
+            old, rec.state, rec.reason = rec.state, State[e.body.new], e.body.reason
             # the runner holds the truth; the record only has to tell a later agent whether a VM whose runner is gone
             # was live (then CRASHED) or had ended, and why: RUNNING <-> PAUSED changes neither, so it is not written
             toggle = {old, rec.state} == {State.RUNNING, State.PAUSED}
@@ -405,9 +413,7 @@ class Controller:
 
     def _crash(self, rec: VmRecord, why: str, seq: int) -> None:
         """Records a CRASHED state change that the agent itself observed (the runner cannot report it)."""
-        self._on_event(
-            rec, {"seq": seq, "time": time.time(), "state": {"from": rec.state.name, "to": "CRASHED", "reason": why}}
-        )
+        self._on_event(rec, RunnerEvent(seq, time.time(), StateChange(rec.state.name, State.CRASHED.name, why)))
         log.warning("VM %s crashed: %s", rec.name, why)
 
     async def adopt_all(self) -> None:
@@ -423,6 +429,7 @@ class Controller:
                 continue
             self.vms[rec.name] = rec
             recs.append(rec)
+        recs = await recovery.before_adoption(self, recs)
         await asyncio.gather(*(self._adopt(rec) for rec in recs))
 
     async def _adopt(self, rec: VmRecord) -> None:
@@ -468,6 +475,7 @@ def _record_from(data: dict[str, Any]) -> VmRecord | None:
             reason=str(data.get("reason", "")),
             seq_reserved=max(int(data.get("seq_reserved", 0)), last_seq + ADOPT_SEQ_GAP),
             created=float(data.get("created", time.time())),
+            destroying=bool(data.get("destroying", False)),
         )
     except (KeyError, ValueError, TypeError, AttributeError, json_format.ParseError, KvmplatError) as e:
         log.error("skipping VM record %s: %s", data.get("name"), e)

@@ -1,117 +1,170 @@
-"""The agent's event bus: per-VM rings of proto Events (fed by runners, in their sequence order) and watchers.
+"""The agent's event bus: per-VM rings of serialized Events (fed by runners, in their sequence order) and watchers.
 
+Fan-out costs once per event: `publish` serializes an Event once and every watcher gets the same bytes (the gRPC
+handler sends them as they are). A watcher's pending events wait in its own bounded buffer; when it wakes it takes
+the whole backlog at once (a batch), so a watcher that fell behind costs one wakeup per batch, not one per event.
 A watcher subscribes before it replays, so nothing falls between replay and live events; a watcher that does not
-read is cut off once its bounded queue is full, so the agent's memory does not grow with slow watchers.
+read is cut off once its buffer is full, so the agent's memory does not grow with slow watchers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import NamedTuple, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kvmplat.agent.errors import ResourceExhausted
+from kvmplat.agent.registry.lifecycle import State, proto_value
+from kvmplat.agent.runner.wire import ConsoleText, RunnerEvent, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["RING", "WATCH_BUFFER", "Bus", "event_from_runner"]
+__all__ = ["RING", "WATCH_BUFFER", "Bus", "Stored", "event_from_runner"]
 
 RING = 4096
 WATCH_BUFFER = 4096
-_END = None
 
 
-def event_from_runner(vm: str, e: dict[str, Any]) -> pb.Event:
-    """A runner's JSON event as a proto Event."""
+class Stored(NamedTuple):
+    """One event as the bus keeps it: its VM, sequence number and wire bytes (a serialized pb.Event)."""
+
+    vm: str
+    seq: int
+    data: bytes
+
+
+def event_from_runner(vm: str, e: RunnerEvent) -> pb.Event:
+    """A runner's event as a proto Event."""
     ts = Timestamp()
-    ts.FromNanoseconds(int(float(e.get("time", 0)) * 1e9))
-    ev = pb.Event(seq=int(e["seq"]), vm=vm, time=ts)
-    if "state" in e:
-        s = e["state"]
-        ev.state.CopyFrom(pb.StateChange(reason=s.get("reason", "")))
-        setattr(ev.state, "from", _state_value(s.get("from", "")))
-        ev.state.to = _state_value(s.get("to", ""))
-    elif "console" in e:
-        ev.console.text = str(e["console"])
-    elif "exit" in e:
-        x = e["exit"]
-        ev.exit.reason, ev.exit.vcpu, ev.exit.detail = x.get("reason", ""), int(x.get("vcpu", 0)), x.get("detail", "")
-        ev.exit.registers.update({k: int(v) for k, v in x.get("registers", {}).items()})
-        ev.exit.instruction = bytes.fromhex(x.get("instruction", ""))
-    elif "error" in e:
-        ev.error.message = str(e["error"])
+    ts.FromNanoseconds(int(e.time * 1e9))
+    ev = pb.Event(seq=e.seq, vm=vm, time=ts)
+    body = e.body
+    if isinstance(body, StateChange):
+        ev.state.CopyFrom(pb.StateChange(reason=body.reason))
+        setattr(ev.state, "from", _state_value(body.old))
+        ev.state.to = _state_value(body.new)
+    elif isinstance(body, ConsoleText):
+        ev.console.text = body.text
+    else:
+        ev.exit.reason, ev.exit.vcpu, ev.exit.detail = body.reason, body.vcpu, body.detail
+        ev.exit.registers.update(body.registers)
+        ev.exit.instruction = bytes.fromhex(body.instruction)
     return ev
 
 
 def _state_value(name: str) -> pb.VmState:
-    return cast(pb.VmState, pb.VmState.Value(name)) if name in pb.VmState.keys() else pb.VM_STATE_UNSPECIFIED  # noqa: SIM118
+    return cast(pb.VmState, proto_value(State[name]) if name in State.__members__ else pb.VM_STATE_UNSPECIFIED)
 
 
 class _Watcher:
+    """One follow stream's pending events, and the future its reader sleeps on while there are none."""
+
+    __slots__ = ("ended", "overflowed", "pending", "vm", "waiter")
+
     def __init__(self, vm: str) -> None:
         self.vm = vm
-        self.queue: asyncio.Queue[pb.Event | None] = asyncio.Queue(WATCH_BUFFER)
+        self.pending: deque[Stored] = deque()
+        self.waiter: asyncio.Future[None] | None = None
         self.overflowed = False
+        self.ended = False  # its VM was destroyed
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def take(self) -> list[Stored]:
+        """Everything pending (waits while nothing is)."""
+        while not self.pending and not self.ended and not self.overflowed:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        batch = list(self.pending)
+        self.pending.clear()
+        return batch
 
 
 class Bus:
-    """Keeps each VM's recent events and fans them out to watchers."""
+    """Keeps each VM's recent events (serialized once) and fans them out to watchers."""
 
     def __init__(self) -> None:
-        self._rings: dict[str, deque[pb.Event]] = {}
-        self._watchers: set[_Watcher] = set()
+        self._rings: dict[str, deque[Stored]] = {}
+        self._watchers: dict[str, set[_Watcher]] = {}  # by VM name; "" for those watching every VM
 
     def publish(self, ev: pb.Event) -> None:
-        """Records an event and hands it to every watcher of its VM."""
-        self._rings.setdefault(ev.vm, deque(maxlen=RING)).append(ev)
-        for w in list(self._watchers):
-            if w.vm in ("", ev.vm) and not w.overflowed:
-                try:
-                    w.queue.put_nowait(ev)
-                except asyncio.QueueFull:
+        """Records an event and hands its bytes to every watcher of its VM (and of every VM)."""
+        item = Stored(ev.vm, ev.seq, ev.SerializeToString())
+        self._rings.setdefault(ev.vm, deque(maxlen=RING)).append(item)
+        for key in ("", ev.vm) if ev.vm else ("",):
+            for w in list(self._watchers.get(key, ())):
+                if len(w.pending) >= WATCH_BUFFER:
                     w.overflowed = True  # cut off: it stopped reading
-                    self._watchers.discard(w)
+                    self._unsubscribe(w)
+                else:
+                    w.pending.append(item)
+                w.wake()
 
     def forget(self, vm: str) -> None:
         """Drops a destroyed VM's events and ends the streams that watch only it."""
         self._rings.pop(vm, None)
-        for w in list(self._watchers):
-            if w.vm == vm:
-                with contextlib.suppress(asyncio.QueueFull):
-                    w.queue.put_nowait(_END)
-                self._watchers.discard(w)
+        for w in self._watchers.pop(vm, set()) if vm else ():
+            w.ended = True
+            w.wake()
 
     def watcher_count(self) -> int:
         """How many streams are open."""
-        return len(self._watchers)
+        return sum(len(ws) for ws in self._watchers.values())
 
-    async def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[pb.Event]:
-        """Events of `vm` (all VMs when empty) after `since`, then live ones while `follow`."""
+    def _unsubscribe(self, w: _Watcher) -> None:
+        ws = self._watchers.get(w.vm)
+        if ws is not None:
+            ws.discard(w)
+            if not ws:
+                del self._watchers[w.vm]
+
+    def _replay(self, vm: str, since: int, seen: dict[str, int]) -> list[bytes]:
+        out = []
+        for name, ring in list(self._rings.items()):
+            if vm in ("", name):
+                for item in ring:
+                    if item.seq > since:
+                        seen[name] = item.seq
+                        out.append(item.data)
+        return out
+
+    async def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[list[bytes]]:
+        """Batches of serialized Events of `vm` (all VMs when empty) after `since`, then live ones while `follow`;
+        each VM's events in sequence order, none twice."""
         w = _Watcher(vm)
         if follow:
-            self._watchers.add(w)
+            self._watchers.setdefault(vm, set()).add(w)
         try:
             seen: dict[str, int] = {}
-            for name, ring in list(self._rings.items()):
-                if vm in ("", name):
-                    for ev in list(ring):
-                        if ev.seq > since:
-                            seen[name] = ev.seq
-                            yield ev
+            replay = self._replay(vm, since, seen)
+            if replay:
+                yield replay
             while follow:
-                live = await w.queue.get()
-                if live is None:
+                batch = _fresh(await w.take(), since, seen)
+                if batch:
+                    yield batch
+                if w.ended and not w.pending:
                     return
-                ev = live
-                if ev.seq > max(since, seen.get(ev.vm, 0)):
-                    seen[ev.vm] = ev.seq
-                    yield ev
-                if w.overflowed and w.queue.empty():
+                if w.overflowed and not w.pending:
                     raise ResourceExhausted(
                         f"event watcher cut off: it fell {WATCH_BUFFER} events behind; watch again with since_seq "
                         "set to the last sequence number received (events older than the ring are gone)"
                     )
         finally:
-            self._watchers.discard(w)
+            self._unsubscribe(w)
+
+
+def _fresh(items: list[Stored], since: int, seen: dict[str, int]) -> list[bytes]:
+    """The bytes of the items past `since` and past what was already sent of their VM (the replay's overlap)."""
+    out = []
+    for i in items:
+        if i.seq > since and i.seq > seen.get(i.vm, 0):
+            seen[i.vm] = i.seq
+            out.append(i.data)
+    return out

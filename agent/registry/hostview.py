@@ -26,7 +26,8 @@ CpuidRows = list[list[int]]
 class Platforms:
     """Capabilities and platform resolution of this host."""
 
-    def __init__(self, kvm: Kvm, state_dir: str) -> None:
+    def __init__(self, kvm: Kvm, state_dir: str, max_level: str = "") -> None:
+        self.max_level = max_level  # the agent's ceiling (--max-level), canonical; "" for none
         self.cache_path = os.path.join(state_dir, "host-truth.json")
         self.api_version = kvm.get_api_version()
         self.caps = {c.name.lower(): kvm.check_extension(c) for c in Cap}
@@ -39,7 +40,7 @@ class Platforms:
 
     def fill_capabilities(self, caps: pb.Capabilities) -> None:
         """Sets the platform fields of `caps` from the host's truth and KVM's claims."""
-        fill_capabilities(caps, self.host)
+        fill_capabilities(caps, self.host, self.max_level)
         caps.kvm_api_version = self.api_version
         caps.recommended_vcpus = self.caps["nr_vcpus"]
         caps.kvm_caps.update(self.caps)
@@ -47,10 +48,11 @@ class Platforms:
 
     def resolve(self, spec: pb.PlatformSpec) -> tuple[pb.EffectivePlatform, CpuidRows]:
         """The effective platform of `spec` on this host and the CPUID table that gives it, or a refusal."""
-        effective = resolve(request_from_proto(spec), self.host)
+        effective = resolve(request_from_proto(spec), self.host, self.max_level)
         rows = cpuid_table(effective, self.host)
         return effective_to_proto(effective), [list(r) for r in rows]
 
     def describe(self) -> dict[str, Any]:
         """A summary for logs."""
-        return {"arch": self.host.arch, "accel": self.host.accel, "host truth": self.host.source}
+        summary = {"arch": self.host.arch, "accel": self.host.accel, "host truth": self.host.source}
+        return {**summary, "max level": self.max_level} if self.max_level else summary

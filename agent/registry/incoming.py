@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format
 from kvmplat.agent.api.validate import validate_name
 from kvmplat.agent.errors import AlreadyExists, InvalidArgument, KvmplatError
 from kvmplat.agent.registry.guestmem import GuestMapping
-from kvmplat.agent.registry.lifecycle import State
+from kvmplat.agent.registry.lifecycle import Event, State
 from kvmplat.agent.registry.runnerlink import RunnerClient
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -62,20 +62,11 @@ class IncomingVm:
         self.c.incoming[self.spec.name] = rec
         await self.c.claim_arrival(self.spec)
         self.claimed = True
-        config = {
-            "name": self.spec.name,
-            "vcpus": self.spec.vcpus,
-            "memory_mib": self.spec.memory_mib,
-            "socket": rec.socket,
-            "boot": json_format.MessageToDict(self.spec.boot, preserving_proto_field_name=True),
-            "cpuid": self.cpuid,
-            "incoming": self.why,
-        }
-        rec.pid = await self.c.template.spawn(config)
+        rec.pid = await self.c.template.spawn(self.c.runner_config(rec, self.cpuid, incoming=self.why))
         await self.c.connect(rec, since=0)
         assert rec.runner is not None
-        mem = await rec.runner.call("memory")
-        self.memory = GuestMapping(int(mem["pid"]), int(mem["fd"]), int(mem["size"]), writable=True)
+        mem = await rec.runner.memory()
+        self.memory = GuestMapping(mem.pid, mem.fd, mem.size, writable=True)
 
     async def write_pages(self, data: bytes) -> int:
         """Writes packed page records into the VM's memory (off the event loop)."""
@@ -85,8 +76,8 @@ class IncomingVm:
     async def load(self, state: dict[str, Any], milestones: dict[str, float] | None = None) -> list[str]:
         """Loads the frozen vCPU, VM and device state; returns notes on what this host refused."""
         assert self.rec is not None and self.rec.runner is not None
-        reply = await self.rec.runner.call("load", timeout=30.0, state=state, milestones=milestones or {})
-        return [str(n) for n in reply.get("notes", [])]
+        loaded = await self.rec.runner.load(state, milestones or {})
+        return list(loaded.notes)
 
     async def arrive(self, first_seq: int, paused: bool, reason: str) -> VmRecord:
         """Lists the VM and lets it run (or stay PAUSED); its first event is numbered `first_seq`."""
@@ -101,7 +92,7 @@ class IncomingVm:
         self.registered = True
         self.c.creating.discard(rec.name)
         await asyncio.wrap_future(self.c.records.save(rec.name, rec.to_json(), durable=True))
-        await rec.runner.call("arrive", first_seq=first_seq, paused=paused, reason=reason)
+        await rec.runner.arrive(first_seq, paused, reason)
         return rec
 
     async def abort(self) -> None:
@@ -120,11 +111,11 @@ class IncomingVm:
         runner: RunnerClient | None = rec.runner
         if runner is not None and not runner.closed:
             with contextlib.suppress(KvmplatError, OSError):
-                await runner.call("destroy")
+                await runner.request(Event.DESTROY)
             await runner.close()
         elif rec.pid:
             with contextlib.suppress(OSError):
-                os.kill(rec.pid, 9)
+                os.kill(rec.pid, signal.SIGKILL)
         if self.registered and self.c.vms.get(rec.name) is rec:
             del self.c.vms[rec.name]
             self.c.records.delete(rec.name)

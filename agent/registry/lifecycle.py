@@ -25,7 +25,18 @@ from types import MappingProxyType
 
 from kvmplat.agent.errors import FailedPrecondition
 
-__all__ = ["TRANSITIONS", "Event", "IllegalTransition", "State", "allowed_events", "next_state"]
+__all__ = [
+    "ACTIVE",
+    "LIVE",
+    "REPORTED",
+    "TRANSITIONS",
+    "Event",
+    "IllegalTransition",
+    "State",
+    "allowed_events",
+    "next_state",
+    "proto_value",
+]
 
 
 class State(enum.Enum):
@@ -86,6 +97,17 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = MappingProxyType(
     }
 )
 del S, E
+
+# The groups every other module uses, read off the table: LIVE states still have a guest (it holds memory and vCPUs;
+# a runner lost there makes the VM CRASHED), ACTIVE ones have vCPU threads (the guest itself can end them).
+LIVE: frozenset[State] = frozenset(s for (s, e) in TRANSITIONS if e is Event.CRASH)
+ACTIVE: frozenset[State] = frozenset(s for (s, e) in TRANSITIONS if e is Event.GUEST_EXIT)
+REPORTED: tuple[State, ...] = tuple(s for s in State if s is not State.DESTROYED)  # the proto's VmState values
+
+
+def proto_value(state: State) -> int:
+    """The proto VmState number of `state` (0, VM_STATE_UNSPECIFIED, for DESTROYED)."""
+    return state.value if state in REPORTED else 0
 
 
 class IllegalTransition(FailedPrecondition):

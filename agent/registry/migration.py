@@ -4,10 +4,11 @@
     offer (spec, effective platform, CPUID) ──>    same platform here? (compat.check_incoming) else refused
                                           <──      accepted: a silent incoming runner, memory mapped
     RUNNING -> MIGRATING, dirty logging on
-    round 1: every page; round n: the pages dirtied during round n-1, until the rest fits the downtime goal
+    round 1: every page; round n: the pages dirtied during round n-1, until the rest would take at most
+    DOWNTIME_LIMIT_S at the measured bandwidth; a guest that dirties faster than that is slowed down (auto-converge)
     vCPUs parked; last dirty pages; state ──>      state loaded, vCPUs parked
-                                          <──      prepared
-    commit (first event number) ──>                MIGRATING -> RUNNING: listed, running
+    commit (first event number) ──>         <──    prepared
+                                                   MIGRATING -> RUNNING: listed, running (only after a good load)
                                           <──      committed
     MIGRATING -> STOPPED ("migrated to ..."), destroyed
 
@@ -33,16 +34,19 @@ from kvmplat.agent.registry.guestmem import PAGE, GuestMapping, count_bits
 from kvmplat.agent.registry.incoming import IncomingVm
 from kvmplat.agent.registry.lifecycle import State
 from kvmplat.agent.registry.peer import PeerError, peer_channel
+from kvmplat.agent.registry.runnerlink import RunnerClient
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
 if TYPE_CHECKING:
     from kvmplat.agent.registry.controller import Controller, VmRecord
 
-__all__ = ["DOWNTIME_GOAL_S", "MAX_ROUNDS", "migrate", "receive"]
+__all__ = ["DOWNTIME_LIMIT_S", "MAX_ROUNDS", "migrate", "receive"]
 
-DOWNTIME_GOAL_S = 0.03  # stop and copy once the rest would take this long at the measured rate
-MAX_ROUNDS = 12
+DOWNTIME_LIMIT_S = 0.3  # stop and copy once the rest would take this long at the measured bandwidth (QEMU's default)
+MAX_ROUNDS = 60  # then stop and copy whatever is left
+THROTTLE_FIRST, THROTTLE_STEP, THROTTLE_MAX = 20, 10, 99  # auto-converge, as QEMU's cpu-throttle-* defaults
+RATE_SAMPLE = 4 << 20  # a round that sent less than this does not update the measured bandwidth
 MOVE_TIMEOUT = 3600.0
 
 
@@ -56,6 +60,9 @@ class _Source:
         self.round = 0
         self.dirty_pages = 0
         self.expected_s = 0.0
+        self.rate = 0.0  # bytes/s of the last round that sent enough to tell
+        self.throttle = 0  # percent
+        self.high = 0  # rounds in a row that dirtied more than half of what they sent
         self.mapping: GuestMapping | None = None
         self.call: Any = None
         self.peer: Any = None  # the grpc.aio channel to the target
@@ -70,6 +77,7 @@ class _Source:
             expected_downtime_ms=int(self.expected_s * 1000),
             pages_sent=m.pages_sent if m else 0,
             zero_pages=m.zero_pages if m else 0,
+            throttle_percent=self.throttle,
             **extra,
         )
 
@@ -84,20 +92,29 @@ class _Source:
         return reply  # type: ignore[no-any-return]
 
     async def send_pages(self, dirty: bytes | None) -> None:
+        """Sends the pages marked in `dirty`, packing the next chunk (in C, off the loop) while one is sent."""
         assert self.mapping is not None
         pages = self.mapping.pack(dirty)
-        while (chunk := await asyncio.to_thread(next, pages, None)) is not None:
-            await self.send(pb.MigrationPacket(pages=chunk))
+        task = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
+        try:
+            while (chunk := await task) is not None:
+                task = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
+                await self.send(pb.MigrationPacket(pages=chunk))
+        finally:
+            with contextlib.suppress(BaseException):
+                await task  # never leave the packer running on a mapping about to close
 
-    async def runner(self, op: str, **args: Any) -> dict[str, Any]:
+    @property
+    def runner(self) -> RunnerClient:
+        """The VM's runner; Unavailable when it is gone."""
         if self.rec.runner is None or self.rec.runner.closed:
             raise Unavailable(f"VM {self.rec.name!r} lost its runner during the migration")
-        return await self.rec.runner.call(op, timeout=30.0, **args)
+        return self.rec.runner
 
 
 async def _offer(s: _Source) -> None:
-    mem = await s.runner("memory")
-    rows = [pb.CpuidEntry(**dict(zip(pb.CpuidEntry.DESCRIPTOR.fields_by_name, r, strict=False))) for r in mem["cpuid"]]
+    mem = await s.runner.memory()
+    rows = [pb.CpuidEntry(**dict(zip(pb.CpuidEntry.DESCRIPTOR.fields_by_name, r, strict=False))) for r in mem.cpuid]
     offer = pb.MigrationOffer(
         spec=s.rec.spec,
         effective_platform=s.rec.effective,
@@ -108,27 +125,36 @@ async def _offer(s: _Source) -> None:
     s.call = pbg.AgentStub(s.peer).ReceiveVm(timeout=MOVE_TIMEOUT)  # type: ignore[no-untyped-call]
     await s.send(pb.MigrationPacket(offer=offer))
     await s.expect("accepted")
-    s.mapping = GuestMapping(int(mem["pid"]), int(mem["fd"]), int(mem["size"]))
+    s.mapping = GuestMapping(mem.pid, mem.fd, mem.size)
 
 
 async def _precopy(s: _Source) -> AsyncIterator[tuple[pb.MigrationProgress, bytes]]:
     """Rounds of copying while the guest runs; yields progress and the pages still to send."""
     dirty: bytes | None = None
-    previous = -1
     while True:
         s.round += 1
         start, before = time.monotonic(), s.bytes_sent
         await s.send_pages(dirty)
-        rate = max(s.bytes_sent - before, PAGE) / max(time.monotonic() - start, 1e-6)
-        dirty = base64.b64decode((await s.runner("dirty"))["bitmap"])
+        sent = s.bytes_sent - before
+        if sent >= RATE_SAMPLE or not s.rate:
+            s.rate = max(sent, PAGE) / max(time.monotonic() - start, 1e-6)
+        dirty = base64.b64decode((await s.runner.dirty()).bitmap)
         s.dirty_pages = count_bits(dirty)
-        s.expected_s = s.dirty_pages * PAGE / rate
+        s.expected_s = s.dirty_pages * PAGE / s.rate
         yield s.progress("precopy"), dirty
-        converged = s.expected_s <= DOWNTIME_GOAL_S
-        stuck = s.round > 2 and s.dirty_pages >= previous
-        if converged or stuck or s.round >= MAX_ROUNDS:
+        if s.expected_s <= DOWNTIME_LIMIT_S or s.round >= MAX_ROUNDS:
             return
-        previous = s.dirty_pages
+        await _auto_converge(s, sent)
+
+
+async def _auto_converge(s: _Source, sent: int) -> None:
+    """QEMU's rule: after two rounds that each dirtied more than half of what they sent, slow the guest down more."""
+    s.high = s.high + 1 if s.dirty_pages * PAGE > sent // 2 else 0
+    if s.high < 2 or s.throttle >= THROTTLE_MAX:
+        return
+    s.high = 0
+    s.throttle = min(THROTTLE_MAX, s.throttle + THROTTLE_STEP if s.throttle else THROTTLE_FIRST)
+    await s.runner.throttle(s.throttle)
 
 
 def _or(a: bytes, b: bytes) -> bytes:
@@ -138,14 +164,14 @@ def _or(a: bytes, b: bytes) -> bytes:
 async def _switch(s: _Source, pending: bytes) -> float:
     """Stop and copy; returns when the target runs the VM (the downtime in seconds)."""
     t_stop = time.monotonic()
-    final = await s.runner("migrate_stop")
-    await s.send_pages(_or(pending, base64.b64decode(final["bitmap"])))
-    state = {"state": final["state"], "milestones": {}}
+    final = await s.runner.migrate_stop()
+    await s.send_pages(_or(pending, base64.b64decode(final.bitmap)))
+    state = {"state": final.state, "milestones": {}}
     await s.send(pb.MigrationPacket(state=json.dumps(state, separators=(",", ":")).encode()))
-    await s.expect("prepared")
-    first_seq = int(final["last_seq"]) + 2  # the source's own last event ("migrated to ...") takes the one between
-    try:
+    first_seq = final.last_seq + 2  # the source's own last event ("migrated to ...") takes the one between
+    try:  # the commit follows at once (one round trip less): the target commits only once the state loaded
         await s.send(pb.MigrationPacket(commit=pb.MigrationCommit(first_seq=first_seq)))
+        await s.expect("prepared")
         await s.expect("committed")
     except (grpc.RpcError, KvmplatError) as e:
         if not await _target_runs(s):
@@ -189,7 +215,7 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
             s.peer = peer
             await _offer(s)
             yield s.progress("offer")
-            await s.runner("migrate_begin", target=target)
+            await s.runner.migrate_begin(target)
             began = True
             pending = b""
             async for progress, dirty in _precopy(s):
@@ -197,18 +223,18 @@ async def migrate(c: Controller, name: str, target: str) -> AsyncIterator[pb.Mig
                 yield progress
             yield s.progress("stop-and-copy")
             downtime = await _switch(s, pending)
+            total = time.monotonic() - s.t0  # the VM runs on the target: what follows is the source's cleanup
             committed = True
             with contextlib.suppress(grpc.RpcError):
                 await s.call.done_writing()
-        await s.runner("migrate_done", target=target)
+        await s.runner.migrate_done(target)
         rec.moving = ""
         await c.destroy(name)
-        total = time.monotonic() - s.t0
         yield s.progress("done", downtime_ms=int(downtime * 1000), total_ms=int(total * 1000), target=target)
     except BaseException as e:  # any failure (the target's, the network's, ours, a cancelled call) resumes at home
         if began and not committed:
             with contextlib.suppress(KvmplatError):
-                await asyncio.shield(s.runner("migrate_abort", why=str(_peer_error(s, e))))
+                await asyncio.shield(s.runner.migrate_abort(str(_peer_error(s, e))))
         if s.call is not None:
             s.call.cancel()
         if not isinstance(e, Exception):
@@ -231,13 +257,17 @@ async def receive(c: Controller, packets: AsyncIterator[pb.MigrationPacket]) -> 
     check_incoming(c.platforms, offer.spec.name, offer.spec, offer.effective_platform, cpuid, offer.arch)
     vm = IncomingVm(c, offer.spec, offer.effective_platform, cpuid, f"arriving from {offer.source}")
     done = False
+    writing: asyncio.Future[int] | None = None  # the previous chunk, written while the next one arrives
     try:
         await vm.start()
         yield "accepted"
         async for p in it:
             kind = p.WhichOneof("kind")
+            if writing is not None:
+                await writing
+                writing = None
             if kind == "pages":
-                await vm.write_pages(p.pages)
+                writing = asyncio.ensure_future(vm.write_pages(p.pages))
             elif kind == "state":
                 st = json.loads(p.state)
                 await vm.load(st["state"], st.get("milestones"))
@@ -249,5 +279,8 @@ async def receive(c: Controller, packets: AsyncIterator[pb.MigrationPacket]) -> 
                 return
         raise Unavailable("the source ended the migration before committing it")
     finally:
+        if writing is not None:
+            with contextlib.suppress(BaseException):
+                await writing  # the memory must stay mapped until its writer is done
         if not done:
             await asyncio.shield(vm.abort())

@@ -31,6 +31,7 @@ class _Pending:
     record: dict[str, Any] | None  # None: remove the record
     durable: bool
     futures: list[Future[None]]  # every caller whose write this one is
+    first: bool = False  # a caller waits for it: it goes before the writes nobody waits for
 
 
 class RecordWriter:
@@ -46,31 +47,35 @@ class RecordWriter:
         for t in self._threads:
             t.start()
 
-    def save(self, name: str, record: dict[str, Any], durable: bool = False) -> Future[None]:
-        """Queues VM `name`'s record; the future completes once it is on disk (or with the OSError that stopped it)."""
-        return self._submit(name, record, durable)
+    def save(self, name: str, record: dict[str, Any], durable: bool = False, first: bool = False) -> Future[None]:
+        """Queues VM `name`'s record; the future completes once it is on disk (or with the OSError that stopped it).
+        Durable writes, and those with `first` (a caller waits), go before the others."""
+        return self._submit(name, record, durable, first)
 
-    def delete(self, name: str) -> Future[None]:
-        """Queues the removal of VM `name`'s record."""
-        return self._submit(name, None, False)
+    def delete(self, name: str, first: bool = False) -> Future[None]:
+        """Queues the removal of VM `name`'s record (before the writes nobody waits for with `first`)."""
+        return self._submit(name, None, False, first)
 
-    def _submit(self, name: str, record: dict[str, Any] | None, durable: bool) -> Future[None]:
+    def _submit(self, name: str, record: dict[str, Any] | None, durable: bool, first: bool = False) -> Future[None]:
         done: Future[None] = Future()
         with self._cv:
             if self._closing:
                 raise RuntimeError("the record writer is closed")
             old = self._pending.pop(name, None)  # re-inserted last: the newest write of a VM goes after the others
             if old is None:
-                self._pending[name] = _Pending(record, durable, [done])
+                self._pending[name] = _Pending(record, durable, [done], first)
             else:
-                self._pending[name] = _Pending(record, durable or old.durable, [*old.futures, done])
+                both = [*old.futures, done]
+                self._pending[name] = _Pending(record, durable or old.durable, both, first or old.first)
             self._cv.notify_all()
         return done
 
     def _next(self) -> str | None:
-        """The VM whose write goes next: a durable one first, else the longest waiting; none of those in flight."""
+        """The VM whose write goes next: a durable or waited-for one first, else the longest waiting; none of those
+        in flight."""
         free = [name for name in self._pending if name not in self._busy]
-        return next((n for n in free if self._pending[n].durable), free[0] if free else None)
+        urgent = (n for n in free if self._pending[n].durable or self._pending[n].first)
+        return next(urgent, free[0] if free else None)
 
     def _run(self) -> None:
         while True:

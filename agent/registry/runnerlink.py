@@ -3,72 +3,99 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from kvmplat.agent import errors
-from kvmplat.agent.runner.wire import MAX_LINE, decode, encode
+from kvmplat.agent.registry.lifecycle import Event
+from kvmplat.agent.registry.strays import template_argv
+from kvmplat.agent.runner import wire
+from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig, RunnerEvent
 
-__all__ = ["RunnerClient", "RunnerLost", "TemplateClient"]
+__all__ = ["MOVE_TIMEOUT", "RunnerClient", "RunnerLost", "TemplateClient"]
+
+MOVE_TIMEOUT = 30.0  # a move op copies or loads a whole machine state
 
 
 class RunnerLost(errors.Unavailable):
     """The runner's connection closed: it exited or was killed."""
 
 
-def _error(err: dict[str, Any]) -> errors.KvmplatError:
-    """Rebuilds an error the runner reported by its class name (HostError when unknown)."""
-    cls = getattr(errors, str(err.get("kind")), None)
-    message = str(err.get("message", "runner error"))
-    if (
-        isinstance(cls, type)
-        and issubclass(cls, errors.KvmplatError)
-        and cls not in (errors.InvalidArgument, errors.PlatformRefused, errors.KvmError)
-    ):
-        return cls(message)
-    if cls is errors.InvalidArgument:
-        return errors.InvalidArgument(message)
-    if cls is errors.PlatformRefused:
-        return errors.FailedPrecondition(message)
-    return errors.HostError(message)
+_T = TypeVar("_T")
+
+
+def _expect(msg: object, cls: type[_T]) -> _T:
+    """The message if it is a `cls`; a Failure as the agent's error; anything else as HostError."""
+    if isinstance(msg, cls):
+        return msg
+    if isinstance(msg, wire.Failure):
+        raise wire.error_of(msg)
+    raise errors.HostError(f"the runner answered {type(msg).__name__} where {cls.__name__} was expected")
 
 
 class TemplateClient:
-    """The runner template process; spawns are serialized (each takes a few milliseconds)."""
+    """The runner template process; spawns overlap (each answered by id once its runner listens)."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
-        self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[wire.Spawned | wire.Failure]] = {}
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def start(cls) -> TemplateClient:
-        """Starts the template as a fresh interpreter (exec, not a fork of this gRPC process)."""
+    async def start(cls, state_dir: str) -> TemplateClient:
+        """Starts the template as a fresh interpreter (exec, not a fork of this gRPC process); its command line names
+        the state directory, so a later agent can tell its runners (see strays.py)."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "kvmplat.agent.runner.template",
+            *template_argv(state_dir),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=MAX_LINE,
         )
         return cls(proc)
 
-    async def spawn(self, config: dict[str, Any]) -> int:
+    @property
+    def pid(self) -> int:
+        """The template's pid."""
+        return int(self._proc.pid)
+
+    async def spawn(self, config: RunnerConfig) -> int:
         """Forks a runner for `config`; returns its pid once it listens on its socket."""
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        async with self._lock:
-            self._proc.stdin.write(encode({"op": "spawn", "config": config}))
-            await self._proc.stdin.drain()
-            line = await self._proc.stdout.readline()
-        if not line:
+        assert self._proc.stdin is not None
+        if self._task.done():
             raise errors.HostError("the runner template exited; restart the agent")
-        reply = decode(line)
-        if not reply.get("ok"):
-            raise _error(reply.get("error", {}))
-        return int(reply["pid"])
+        rid = next(self._ids)
+        fut: asyncio.Future[wire.Spawned | wire.Failure] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            self._proc.stdin.write(wire.encode(wire.Spawn(config, rid)))
+            await self._proc.stdin.drain()
+            answer = await fut
+        except (OSError, ConnectionError):
+            raise errors.HostError("the runner template exited; restart the agent") from None
+        finally:
+            self._pending.pop(rid, None)
+        return _expect(answer, wire.Spawned).pid
+
+    async def _read_loop(self) -> None:
+        assert self._proc.stdout is not None
+        try:
+            while line := await self._proc.stdout.readline():
+                reply = wire.decode(line)
+                fut = self._pending.get(reply.id) if isinstance(reply, wire.SpawnReply) else None
+                if fut is not None and not fut.done():
+                    fut.set_result(reply.answer)
+        except (OSError, ValueError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(errors.HostError("the runner template exited; restart the agent"))
 
     async def close(self) -> None:
         """Ends the template (its runners live on)."""
@@ -76,6 +103,7 @@ class TemplateClient:
             self._proc.stdin.close()
         with contextlib.suppress(ProcessLookupError, asyncio.TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 2.0)
+        self._task.cancel()
 
 
 class RunnerClient:
@@ -85,19 +113,19 @@ class RunnerClient:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        on_event: Callable[[dict[str, Any]], None],
+        on_event: Callable[[RunnerEvent], None],
         on_lost: Callable[[], None],
     ) -> None:
         self._reader, self._writer = reader, writer
         self._on_event, self._on_lost = on_event, on_lost
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, asyncio.Future[wire.Reply]] = {}
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         self.closed = False
 
     @classmethod
     async def connect(
-        cls, path: str, on_event: Callable[[dict[str, Any]], None], on_lost: Callable[[], None]
+        cls, path: str, on_event: Callable[[RunnerEvent], None], on_lost: Callable[[], None]
     ) -> RunnerClient:
         """Connects to a runner's socket."""
         try:
@@ -106,15 +134,74 @@ class RunnerClient:
             raise RunnerLost(f"cannot reach the runner at {path}: {e.strerror}") from None
         return cls(reader, writer, on_event, on_lost)
 
-    async def call(self, op: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
-        """Sends one request and waits for its answer; raises the runner's error."""
+    async def hello(self, since: int) -> wire.Hello:
+        """Greets the runner: its state now, then its events after `since` (to `on_event`)."""
+        return _expect(await self._call("hello", since=since), wire.Hello)
+
+    async def request(self, event: Event, timeout: float = 10.0) -> wire.StateReply:
+        """A lifecycle request (start, pause, resume, stop, destroy); the state after it."""
+        return _expect(await self._call(event.value, timeout), wire.StateReply)
+
+    async def stats(self, timeout: float = 2.0) -> wire.RunnerStats:
+        """The runner's counters."""
+        return _expect(await self._call("stats", timeout), wire.RunnerStats)
+
+    async def console(self, data: bytes) -> int:
+        """Bytes typed at the guest's console; how many the UART took."""
+        return _expect(await self._call("console", data=base64.b64encode(data).decode()), wire.Accepted).count
+
+    async def memory(self) -> wire.MemoryFd:
+        """Where guest memory is (the runner's memfd) and the exact CPUID table the guest has."""
+        return _expect(await self._call("memory"), wire.MemoryFd)
+
+    async def freeze(self) -> wire.Frozen:
+        """A PAUSED VM's machine state."""
+        return _expect(await self._call("freeze", MOVE_TIMEOUT), wire.Frozen)
+
+    async def migrate_begin(self, target: str) -> wire.StateReply:
+        """RUNNING -> MIGRATING to `target`: dirty logging on, the guest keeps running."""
+        return _expect(await self._call("migrate_begin", MOVE_TIMEOUT, args=wire.Note(target)), wire.StateReply)
+
+    async def dirty(self) -> wire.DirtyPages:
+        """The pages written since the last call."""
+        return _expect(await self._call("dirty", MOVE_TIMEOUT), wire.DirtyPages)
+
+    async def throttle(self, percent: int) -> wire.StateReply:
+        """Auto-converge: holds the migrating guest's vCPUs paused `percent` % of each period."""
+        return _expect(await self._call("throttle", MOVE_TIMEOUT, args=wire.ThrottleTo(percent)), wire.StateReply)
+
+    async def migrate_stop(self) -> wire.FinalCopy:
+        """Stops the guest for the final copy."""
+        return _expect(await self._call("migrate_stop", MOVE_TIMEOUT), wire.FinalCopy)
+
+    async def migrate_abort(self, why: str) -> wire.StateReply:
+        """MIGRATING -> RUNNING: the guest runs on here."""
+        return _expect(await self._call("migrate_abort", MOVE_TIMEOUT, args=wire.Note(why)), wire.StateReply)
+
+    async def migrate_done(self, target: str) -> wire.StateReply:
+        """MIGRATING -> STOPPED: `target` runs the VM now."""
+        return _expect(await self._call("migrate_done", MOVE_TIMEOUT, args=wire.Note(target)), wire.StateReply)
+
+    async def load(self, state: dict[str, Any], milestones: dict[str, float]) -> wire.Loaded:
+        """Loads a frozen machine state into this incoming VM."""
+        return _expect(await self._call("load", MOVE_TIMEOUT, args=wire.LoadState(state, milestones)), wire.Loaded)
+
+    async def arrive(self, first_seq: int, paused: bool, reason: str) -> wire.Arrived:
+        """The incoming VM runs (or stays PAUSED); its first event is numbered `first_seq`."""
+        arrival = wire.Arrival(first_seq, paused, reason)
+        return _expect(await self._call("arrive", MOVE_TIMEOUT, args=arrival), wire.Arrived)
+
+    async def _call(
+        self, op: str, timeout: float = 10.0, since: int = 0, data: str = "", args: wire.Args | None = None
+    ) -> object:
+        """Sends one request and waits for its answer: the result, or the runner's Failure."""
         if self.closed:
             raise RunnerLost("the runner is gone")
         rid = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:  # a hung runner (stopped, stuck in an ioctl) costs this call `timeout`, never the agent
-            self._writer.write(encode({"id": rid, "op": op, **args}))
+            self._writer.write(wire.encode(wire.Call(rid, op, since, data, args)))
             await asyncio.wait_for(self._writer.drain(), timeout)
             reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:  # before OSError: TimeoutError is one
@@ -125,22 +212,21 @@ class RunnerClient:
             raise RunnerLost("the runner closed its connection") from None
         finally:
             self._pending.pop(rid, None)
-        if not reply.get("ok"):
-            raise _error(reply.get("error", {}))
-        return dict(reply.get("result", {}))
+        return reply.error or reply.result
 
     async def _read_loop(self) -> None:
         try:
             while line := await self._reader.readline():
-                msg = decode(line)
-                if "event" in msg:
-                    self._on_event(msg["event"])
-                elif (fut := self._pending.get(msg.get("id", -1))) is not None and not fut.done():
+                msg = wire.decode(line)
+                if isinstance(msg, RunnerEvent):
+                    self._on_event(msg)
+                elif isinstance(msg, wire.Reply) and (fut := self._pending.get(msg.id)) is not None and not fut.done():
                     fut.set_result(msg)
         except (OSError, ValueError, asyncio.LimitOverrunError):
             pass
         finally:
             self.closed = True
+            self._writer.close()  # the socket now, not when this client is collected (an EOF leaves it open)
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(RunnerLost("the runner closed its connection"))

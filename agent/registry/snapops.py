@@ -58,12 +58,12 @@ async def snapshot(c: Controller, name: str) -> AsyncIterator[bytes]:
     rec.moving = "being snapshotted"
     mapping: GuestMapping | None = None
     try:
-        frozen = await rec.runner.call("freeze", timeout=30.0)
-        mem = await rec.runner.call("memory")
-        mapping = GuestMapping(int(mem["pid"]), int(mem["fd"]), int(mem["size"]))
+        frozen = await rec.runner.freeze()
+        mem = await rec.runner.memory()
+        mapping = GuestMapping(mem.pid, mem.fd, mem.size)
         w = fmt.SnapshotWriter()
-        header = header_of(c, rec, mem["cpuid"], int(frozen["last_seq"]))
-        state = frozen["state"] | {"milestones": frozen.get("milestones", {})}
+        header = header_of(c, rec, [list(row) for row in mem.cpuid], frozen.last_seq)
+        state = frozen.state | {"milestones": frozen.milestones}
         yield w.prelude() + w.json_section(fmt.HEADER, header) + w.json_section(fmt.STATE, state)
         pages = mapping.pack()
         while (chunk := await asyncio.to_thread(next, pages, None)) is not None:

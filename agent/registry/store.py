@@ -37,11 +37,14 @@ class Store:
         path = self.vms / f"{name}.json"
         tmp = path.with_suffix(".json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
+        data = json.dumps(record).encode()  # one call of the C encoder: json.dump writes piecemeal, holding the GIL
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
             if durable:
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         if not durable:
             return

@@ -12,9 +12,8 @@ import os
 import select
 import threading
 from collections.abc import Callable
-from typing import Any
 
-from kvmplat.agent.kvm._kvmc import lib
+from kvmplat.agent.kvm.devices import Devices
 
 __all__ = ["ConsoleReader"]
 
@@ -27,9 +26,9 @@ LINE_MAX = 4096  # bytes of one console event: a longer line goes out in pieces
 class ConsoleReader:
     """A thread turning console bytes into text events."""
 
-    def __init__(self, fd: int, cvm: Any, emit: Callable[[str], None]) -> None:
+    def __init__(self, fd: int, devices: Devices | None, emit: Callable[[str], None]) -> None:
         self._fd = fd
-        self._cvm = cvm
+        self._devices = devices  # None: a pipe with no UART behind it
         self._emit = emit
         self._stop = threading.Event()
         self._pending = b""
@@ -71,14 +70,14 @@ class ConsoleReader:
                 continue
             # quiet, or stopping (the wake pipe stays readable): push out what the UART still buffers, then any
             # partial line
-            if self._cvm is not None and lib.kp_vm_flush_console(self._cvm):
+            if self._devices is not None and self._devices.flush_console():
                 continue
             if self._pending:
                 self._emit(self._pending.decode(errors="replace"))
                 self._pending = b""
             if self._stop.is_set():
                 return
-            if self._cvm is not None and not lib.kp_vm_console_idle(self._cvm, self._bytes_again):
+            if self._devices is not None and not self._devices.console_idle(self._bytes_again):
                 timeout = None  # nothing left anywhere: sleep until the guest writes or stop() wakes us
 
     def _feed(self, data: bytes) -> None:

@@ -6,7 +6,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+
+from kvmplat.agent.runner.wire import ConsoleText, ExitReport, RunnerEvent, StateChange
 
 __all__ = ["EventLog"]
 
@@ -16,16 +17,16 @@ RING = 4096
 class EventLog:
     """Assigns sequence numbers, keeps the last RING events and hands each to the current listener."""
 
-    def __init__(self, first_seq: int = 1, listener: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, first_seq: int = 1, listener: Callable[[RunnerEvent], None] | None = None) -> None:
         self._lock = threading.Lock()
-        self._ring: deque[dict[str, Any]] = deque(maxlen=RING)
+        self._ring: deque[RunnerEvent] = deque(maxlen=RING)
         self._next = first_seq
         self.listener = listener
 
-    def emit(self, kind: str, body: Any) -> dict[str, Any]:
-        """Records one event of `kind` (state, console, exit, error) and passes it to the listener."""
+    def emit(self, body: StateChange | ConsoleText | ExitReport) -> RunnerEvent:
+        """Records one event (a state change, console text or the guest's end) and passes it to the listener."""
         with self._lock:
-            event = {"seq": self._next, "time": time.time(), kind: body}
+            event = RunnerEvent(self._next, time.time(), body)
             self._next += 1
             self._ring.append(event)
             listener = self.listener
@@ -40,19 +41,19 @@ class EventLog:
                 raise ValueError("events were emitted already")
             self._next = first_seq
 
-    def attach(self, listener: Callable[[dict[str, Any]], None] | None, since: int) -> None:
+    def attach(self, listener: Callable[[RunnerEvent], None] | None, since: int) -> None:
         """Replays the ring after `since` to `listener`, then makes it the listener: one step, no gap, no reorder."""
         with self._lock:
             if listener is not None:
                 for e in self._ring:
-                    if e["seq"] > since:
+                    if e.seq > since:
                         listener(e)
             self.listener = listener
 
-    def since(self, seq: int) -> list[dict[str, Any]]:
+    def since(self, seq: int) -> list[RunnerEvent]:
         """Events with a sequence number above `seq` still in the ring."""
         with self._lock:
-            return [e for e in self._ring if e["seq"] > seq]
+            return [e for e in self._ring if e.seq > seq]
 
     @property
     def last_seq(self) -> int:

@@ -9,15 +9,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from kvmplat.agent.kvm.fds import ExitReason
+from kvmplat.agent.kvm.devices import FastExit
+from kvmplat.agent.kvm.fds import ExitReason, exit_reason_name
 from kvmplat.agent.runner.crashinfo import kvm_reported_bytes
 
 __all__ = ["Exit", "Outcome", "Verdict", "classify"]
-
-KP_EXIT_EINTR = -4
-KP_EXIT_POWEROFF = 1000
-KP_EXIT_RESET = 1001
-KP_EXIT_SLOW = 1002
 
 SYSTEM_EVENTS = {1: "shutdown", 2: "reset", 3: "crash"}
 INTERNAL_SUBERRORS = {
@@ -40,7 +36,7 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class Exit:
-    """One return of the fast loop: its code, and for KP_EXIT_SLOW the kvm_run fields that matter."""
+    """One return of the fast loop: its code, and for FastExit.SLOW the kvm_run fields that matter."""
 
     code: int
     reason: int = 0
@@ -61,17 +57,13 @@ class Outcome:
     instruction: bytes = b""  # what KVM reported at rip for an emulation failure, when it did
 
 
-def _name(reason: int) -> str:
-    return ExitReason(reason).name.lower() if reason in ExitReason._value2member_map_ else f"exit {reason}"
-
-
 def classify(e: Exit) -> Outcome:
     """Maps a fast-loop return to what happens to the VM."""
-    if e.code == KP_EXIT_EINTR:
+    if e.code == FastExit.EINTR:
         return Outcome(Verdict.KICKED, "intr")
-    if e.code == KP_EXIT_POWEROFF:
+    if e.code == FastExit.POWEROFF:
         return Outcome(Verdict.POWEROFF, "io", "the guest wrote the kvmplat exit port")
-    if e.code == KP_EXIT_RESET:
+    if e.code == FastExit.RESET:
         return Outcome(Verdict.RESET, "io", "the guest pulsed the i8042 reset line")
     if e.code < 0:
         return Outcome(Verdict.CRASH, "run", f"KVM_RUN failed with errno {-e.code}")
@@ -79,7 +71,7 @@ def classify(e: Exit) -> Outcome:
 
 
 def _classify_slow(e: Exit) -> Outcome:
-    name = _name(e.reason)
+    name = exit_reason_name(e.reason)
     if e.reason == ExitReason.SHUTDOWN:
         return Outcome(Verdict.RESET, name, "triple fault: the guest reset the machine")
     if e.reason == ExitReason.HLT:

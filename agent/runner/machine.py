@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
-from kvmplat.agent.errors import HostError, InvalidArgument
+from kvmplat.agent.errors import InvalidArgument
 from kvmplat.agent.guest.builtin import builtin_image
 from kvmplat.agent.guest.image import CpuState, GuestImage
-from kvmplat.agent.kvm._kvmc import ffi, lib
+from kvmplat.agent.kvm.devices import Devices
 from kvmplat.agent.kvm.fds import GuestMemory, Kvm, MpState, Vcpu, Vm
-from kvmplat.agent.kvm.ioctls import REQUESTS
 from kvmplat.agent.platform.x86 import for_vcpu
+from kvmplat.agent.runner.wire import BootSource, RunnerConfig
 
 __all__ = ["Machine", "build_machine", "load_image"]
 
@@ -27,13 +26,13 @@ MIB = 1 << 20
 
 @dataclass
 class Machine:
-    """A built VM: its fds, memory, the C device state and the console pipe's read end."""
+    """A built VM: its fds, memory, its devices and the console pipe's read end; `close()` frees them all."""
 
     kvm: Kvm
     vm: Vm
     memory: GuestMemory
     vcpus: list[Vcpu]
-    cvm: Any
+    devices: Devices
     console_fd: int
     image: GuestImage
     _console_w: int = field(repr=False, default=-1)
@@ -44,27 +43,25 @@ class Machine:
             v.close()
         self.vm.close()
         self.kvm.close()
-        if self.cvm is not None:
-            lib.kp_vm_free(self.cvm)
-            self.cvm = None
+        self.devices.close()
         for fd in (self._console_w, self.console_fd):
             if fd >= 0:
                 os.close(fd)
         self._console_w = self.console_fd = -1
 
 
-def load_image(boot: dict[str, str], memory_size: int, vcpus: int, image_dirs: list[str] | None = None) -> GuestImage:
-    """The GuestImage for a boot section of the configuration (built-in payload or Linux kernel)."""
-    if boot.get("builtin"):
-        return builtin_image(boot["builtin"], vcpus, memory_size)
+def load_image(boot: BootSource, memory_size: int, vcpus: int, image_dirs: tuple[str, ...] | None = None) -> GuestImage:
+    """The GuestImage for a boot source (built-in payload or Linux kernel)."""
+    if boot.builtin:
+        return builtin_image(boot.builtin, vcpus, memory_size)
     from kvmplat.agent.linux import load_linux  # only Linux guests pay for the loader
 
-    kernel = _read(boot["kernel"], "spec.boot.kernel", image_dirs)
-    initrd = _read(boot["initrd"], "spec.boot.initrd", image_dirs) if boot.get("initrd") else None
-    return load_linux(kernel, initrd, boot.get("cmdline", ""), memory_size, vcpus)
+    kernel = _read(boot.kernel, "spec.boot.kernel", image_dirs)
+    initrd = _read(boot.initrd, "spec.boot.initrd", image_dirs) if boot.initrd else None
+    return load_linux(kernel, initrd, boot.cmdline, memory_size, vcpus)
 
 
-def _read(path: str, field_name: str, image_dirs: list[str] | None) -> bytes:
+def _read(path: str, field_name: str, image_dirs: tuple[str, ...] | None) -> bytes:
     """The file's bytes; with `image_dirs`, only if the file really opened lies inside one of them (the agent
     checked the path before, but a link swapped since then would point elsewhere)."""
     try:
@@ -78,15 +75,16 @@ def _read(path: str, field_name: str, image_dirs: list[str] | None) -> bytes:
         raise InvalidArgument.field(field_name, f"cannot read {path}: {e.strerror}") from None
 
 
-def build_machine(config: dict[str, Any]) -> Machine:
-    """Creates the VM described by `config` (vcpus, memory_mib, boot, cpuid rows); nothing runs yet."""
-    memory_size = int(config["memory_mib"]) * MIB
-    if config.get("incoming"):  # memory and CPU state come from a snapshot or a migration, not from a boot image
-        image = GuestImage(segments=(), bsp=CpuState(), ap=None, description=str(config["incoming"]))
+def build_machine(config: RunnerConfig) -> Machine:
+    """Creates the VM described by `config` (vcpus, memory, boot, CPUID rows); nothing runs yet."""
+    memory_size = config.memory_mib * MIB
+    if config.incoming:  # memory and CPU state come from a snapshot or a migration, not from a boot image
+        image = GuestImage(segments=(), bsp=CpuState(), ap=None, description=config.incoming)
     else:
-        image = load_image(config["boot"], memory_size, int(config["vcpus"]), config.get("image_dirs"))
+        image = load_image(config.boot, memory_size, config.vcpus, config.image_dirs)
     kvm = Kvm()
     vm = kvm.create_vm()
+    machine: Machine | None = None
     try:
         vm.set_tss_addr(TSS_ADDR)
         vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
@@ -97,22 +95,27 @@ def build_machine(config: dict[str, Any]) -> Machine:
         for seg in image.segments:
             memory.write(seg.gpa, seg.data)
         r, w = os.pipe2(os.O_CLOEXEC)
-        cvm = lib.kp_vm_new(vm.fd, w, 1, REQUESTS["KVM_RUN"], REQUESTS["KVM_IRQ_LINE"])
-        if cvm == ffi.NULL:
-            raise HostError("out of memory for the VM's device state")
-        machine = Machine(kvm, vm, memory, [], cvm, r, image, w)
-        for i in range(int(config["vcpus"])):
-            machine.vcpus.append(_make_vcpu(vm, i, image, config.get("cpuid")))
+        try:
+            devices = Devices(vm.fd, w)
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+        machine = Machine(kvm, vm, memory, [], devices, r, image, w)
+        for i in range(config.vcpus):
+            machine.vcpus.append(_make_vcpu(vm, i, image, config.cpuid))
     except BaseException:
+        if machine is not None:
+            machine.close()
         vm.close()
         kvm.close()
         raise
     return machine
 
 
-def _make_vcpu(vm: Vm, index: int, image: GuestImage, cpuid: list[list[int]] | None) -> Vcpu:
+def _make_vcpu(vm: Vm, index: int, image: GuestImage, cpuid: tuple[tuple[int, ...], ...] | None) -> Vcpu:
     vcpu = vm.create_vcpu(index)
-    rows = [tuple(r) for r in cpuid] if cpuid is not None else vm.kvm.get_supported_cpuid()
+    rows = list(cpuid) if cpuid is not None else vm.kvm.get_supported_cpuid()
     vcpu.set_cpuid2(for_vcpu(rows, index))
     state = image.bsp if index == 0 else image.ap
     if state is not None:

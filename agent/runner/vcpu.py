@@ -7,19 +7,22 @@ interrupted by the signal. A parked thread is outside KVM_RUN by construction.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 import signal
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from kvmplat.agent.kvm._kvmc import ffi, lib
+from kvmplat.agent.kvm.devices import Devices, FastExit, VcpuStats
 from kvmplat.agent.kvm.fds import Vcpu
 from kvmplat.agent.runner.exits import Exit, Outcome, Verdict, classify
 
-__all__ = ["KICK_SIGNAL", "Mode", "VcpuThread", "install_kick_handler"]
+__all__ = ["GUEST_NICE", "KICK_SIGNAL", "Mode", "VcpuThread", "install_kick_handler"]
 
 KICK_SIGNAL = signal.SIGUSR1
+GUEST_NICE = 5  # the niceness of each vCPU thread: a busy guest never delays its runner's answers to the agent
 
 
 def install_kick_handler() -> None:
@@ -38,10 +41,10 @@ class Mode(enum.Enum):
 class VcpuThread:
     """Runs one vCPU; reports exits the fast path did not absorb to `on_exit`."""
 
-    def __init__(self, vcpu: Vcpu, cvm: Any, on_exit: Callable[[int, Outcome], None]) -> None:
+    def __init__(self, vcpu: Vcpu, devices: Devices, on_exit: Callable[[int, Outcome], None]) -> None:
         self.vcpu = vcpu
-        self.stats: Any = ffi.new("struct kp_vcpu_stats *")
-        self._cvm = cvm
+        self.stats = VcpuStats()
+        self._devices = devices
         self._on_exit = on_exit
         self._cond = threading.Condition()
         self._mode = Mode.PAUSE
@@ -71,9 +74,11 @@ class VcpuThread:
         return not self._thread.is_alive()
 
     def _main(self) -> None:
+        with contextlib.suppress(OSError):  # guest work yields to control work (this runner's requests, the agent)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), GUEST_NICE)
         run = self.vcpu.run_struct
         while self._await_run():
-            code = lib.kp_run(self._cvm, self.vcpu.fd, run, self.stats)
+            code = self._devices.run(self.vcpu, self.stats)
             outcome = classify(_exit_of(code, run))
             if outcome.verdict is Verdict.KICKED:
                 continue
@@ -95,7 +100,7 @@ class VcpuThread:
 
 def _exit_of(code: int, run: Any) -> Exit:
     """The fields of kvm_run that classify() needs, copied out of the shared mapping."""
-    if code != 1002:  # KP_EXIT_SLOW
+    if code != FastExit.SLOW:
         return Exit(code)
     return Exit(
         code,

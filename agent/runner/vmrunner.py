@@ -15,11 +15,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
 
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm.fds import Vcpu
-from kvmplat.agent.registry.lifecycle import Event, State, next_state
+from kvmplat.agent.registry.lifecycle import ACTIVE, Event, State, next_state
 from kvmplat.agent.runner import moveops
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
@@ -27,8 +27,26 @@ from kvmplat.agent.runner.eventlog import EventLog
 from kvmplat.agent.runner.exits import Outcome, Verdict
 from kvmplat.agent.runner.machine import Machine, build_machine
 from kvmplat.agent.runner.panic import PANIC_GRACE_S, PanicWatch
+from kvmplat.agent.runner.throttle import Throttle
 from kvmplat.agent.runner.vcpu import Mode, VcpuThread
-from kvmplat.agent.runner.wire import MAX_LINE, decode, encode
+from kvmplat.agent.runner.wire import (
+    MAX_LINE,
+    Accepted,
+    Call,
+    ConsoleText,
+    ExitReport,
+    Hello,
+    Reply,
+    Result,
+    RunnerConfig,
+    RunnerEvent,
+    RunnerStats,
+    StateChange,
+    StateReply,
+    decode,
+    encode,
+    failure_of,
+)
 
 __all__ = ["MILESTONES", "VmRunner"]
 
@@ -47,30 +65,30 @@ _REASON = {
 class VmRunner:
     """One VM and its lifecycle, served to the agent over a unix socket."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.name: str = config["name"]
-        self.log = EventLog(int(config.get("first_seq", 1)))
-        self.incoming = bool(config.get("incoming"))  # built for a restore or an incoming migration: silent until
+    def __init__(self, config: RunnerConfig) -> None:
+        self.name = config.name
+        self.log = EventLog(config.first_seq)
+        self.incoming = bool(config.incoming)  # built for a restore or an incoming migration: silent until
         # it arrives (moveops.arrive); a restart (STOPPED --start--> RUNNING) is a new runner taking over a stopped VM
-        restart = bool(config.get("restart", False))
+        restart = config.restart
         self.state = State.MIGRATING if self.incoming else State.STOPPED if restart else State.CREATED
-        self.reason = str(config["incoming"]) if self.incoming else "stopped; booting again" if restart else "created"
+        self.reason = config.incoming or ("stopped; booting again" if restart else "created")
         self._lock = threading.RLock()
         self.lock = self._lock  # moveops acts under it too
-        self.cpuid: list[list[int]] | None = config.get("cpuid")  # the exact table the guest was given
+        self.cpuid = config.cpuid  # the exact table the guest was given
         self._exits: queue.Queue[tuple[int, Outcome]] = queue.Queue()
         self.machine: Machine | None = build_machine(config)
-        self.threads = [VcpuThread(v, self.machine.cvm, self._on_vcpu_exit) for v in self.machine.vcpus]
-        self.console = ConsoleReader(self.machine.console_fd, self.machine.cvm, self._on_console)
+        self.threads = [VcpuThread(v, self.machine.devices, self._on_vcpu_exit) for v in self.machine.vcpus]
+        self.console = ConsoleReader(self.machine.console_fd, self.machine.devices, self._on_console)
         self._done = threading.Event()
         self._closer: threading.Thread | None = None
         self._listener: socket.socket | None = None  # once serve() runs
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
+        self.throttle: Throttle | None = None  # while migrating out: auto-converge (moveops)
         threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
         if not (self.incoming or restart):
-            created = f"created ({self.machine.image.description})"
-            self.log.emit("state", {"from": "", "to": State.CREATED.name, "reason": created})
+            self.log.emit(StateChange("", State.CREATED.name, f"created ({self.machine.image.description})"))
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def request(self, event: Event) -> State:
@@ -94,7 +112,7 @@ class VmRunner:
 
     def _transition(self, new: State, reason: str) -> None:
         old, self.state, self.reason = self.state, new, reason
-        self.log.emit("state", {"from": old.name, "to": new.name, "reason": reason})
+        self.log.emit(StateChange(old.name, new.name, reason))
 
     def transition(self, new: State, reason: str) -> None:
         """Records a state change (under `lock`) as an event."""
@@ -115,33 +133,33 @@ class VmRunner:
         while True:
             index, outcome = self._exits.get()
             with self._lock:
-                if self.state not in (State.RUNNING, State.PAUSED, State.MIGRATING):
+                if self.state not in ACTIVE:
                     continue  # a second vCPU reporting the same end, or an end racing a stop
                 body = self._exit_body(index, outcome)
                 self._teardown()  # drains the console first, so the guest's last lines come before its end
-                reason = outcome.verdict.value if outcome.verdict is not Verdict.CRASH else body["detail"]
+                reason = outcome.verdict.value if outcome.verdict is not Verdict.CRASH else body.detail
                 if self.panic.panic:  # seen in the drained console too: the reset that follows a panic is a crash
-                    body |= {"reason": Verdict.CRASH.value, "detail": self.panic.detail()}
+                    body = replace(body, reason=Verdict.CRASH.value, detail=self.panic.detail())
                     reason = self.panic.reason()
-                event = Event.CRASH if body["reason"] == Verdict.CRASH.value else Event.GUEST_EXIT
+                event = Event.CRASH if body.reason == Verdict.CRASH.value else Event.GUEST_EXIT
                 new = next_state(self.name, self.state, event)
-                self.log.emit("exit", body)
+                self.log.emit(body)
                 self._transition(new, reason)
 
-    def _exit_body(self, index: int, outcome: Outcome) -> dict[str, Any]:
-        body: dict[str, Any] = {"reason": outcome.verdict.value, "vcpu": index, "detail": outcome.detail}
-        body["exit"] = outcome.exit_name
+    def _exit_body(self, index: int, outcome: Outcome) -> ExitReport:
+        body = ExitReport(outcome.verdict.value, index, outcome.detail, outcome.exit_name)
         if outcome.verdict is Verdict.CRASH and self.machine is not None:
             for t in self.threads:
                 t.set_mode(Mode.PAUSE)
                 t.wait_parked(1.0)
             vcpu = self.machine.vcpus[index]
             regs = vcpu.get_regs()
-            body["registers"] = {n: int(getattr(regs, n)) for n in ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "rflags")}
+            names = ("rip", "rsp", "rax", "rbx", "rcx", "rdx", "rflags")
+            body = replace(body, registers={n: int(getattr(regs, n)) for n in names})
             if outcome.extra.get("suberror") == 1:
                 insn = outcome.instruction or _bytes_at_rip(self.machine, vcpu, int(regs.rip))
-                body["instruction"] = insn.hex()
-                body["detail"] = explain_emulation_failure(outcome.detail, insn, int(regs.rip))
+                detail = explain_emulation_failure(outcome.detail, insn, int(regs.rip))
+                body = replace(body, instruction=insn.hex(), detail=detail)
         return body
 
     def _teardown(self) -> None:
@@ -160,17 +178,15 @@ class VmRunner:
             self._closer = threading.Thread(target=machine.close, name="vm-close", daemon=True)
             self._closer.start()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RunnerStats:
         """Exit counters summed over the vCPUs."""
         by: dict[int, int] = {}
         out = {"exits": 0, "unhandled_pio": 0, "unhandled_mmio": 0, "console_bytes": 0}
         for t in self.threads:
-            s = t.stats
-            for k in out:
-                out[k] += int(getattr(s, k))
-            for i in range(64):
-                if s.by_reason[i]:
-                    by[i] = by.get(i, 0) + int(s.by_reason[i])
+            for k, n in t.stats.counters().items():
+                out[k] += n
+            for reason, n in t.stats.by_reason().items():
+                by[reason] = by.get(reason, 0) + n
         mem = self.machine.memory.size if self.machine is not None else 0
         # under the lock: a teardown frees the C device state; if one is running, it notes the milestone itself
         if self._lock.acquire(timeout=0.2):
@@ -178,16 +194,22 @@ class VmRunner:
                 self._note_first_byte()
             finally:
                 self._lock.release()
-        return out | {"by_reason": by, "memory_bytes": mem, "milestones": dict(self.milestones)}
+        return RunnerStats(
+            out["exits"],
+            out["unhandled_pio"],
+            out["unhandled_mmio"],
+            out["console_bytes"],
+            tuple(sorted(by.items())),
+            mem,
+            dict(self.milestones),
+        )
 
     def _note_first_byte(self) -> None:
         """Copies the UART's time of the first console byte into the milestones (once it exists). Called under
         `_lock`, or on the console thread, which a teardown joins before it frees the machine."""
-        from kvmplat.agent.kvm._kvmc import lib
-
         machine = self.machine
-        if "first_console_byte" not in self.milestones and machine is not None and machine.cvm is not None:
-            ns = int(lib.kp_vm_first_console_ns(machine.cvm))
+        if "first_console_byte" not in self.milestones and machine is not None and not machine.devices.closed:
+            ns = machine.devices.first_console_ns()
             if ns:
                 self.milestones["first_console_byte"] = ns / 1e9
 
@@ -197,7 +219,7 @@ class VmRunner:
         for field, marker in MILESTONES.items():
             if field not in self.milestones and marker in text:
                 self.milestones[field] = now
-        self.log.emit("console", text)
+        self.log.emit(ConsoleText(text))
         if self.panic.feed(text):
             crash = Outcome(Verdict.CRASH, "panic", self.panic.reason())
             timer = threading.Timer(PANIC_GRACE_S, self._exits.put, args=((0, crash),))
@@ -225,12 +247,12 @@ class VmRunner:
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _connection(self, conn: socket.socket) -> None:
-        out: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=OUTBOUND_MAX)
+        out: queue.Queue[Reply | RunnerEvent | None] = queue.Queue(maxsize=OUTBOUND_MAX)
         writer = threading.Thread(target=_write_loop, args=(conn, out), daemon=True)
         writer.start()
 
-        def forward(event: dict[str, Any]) -> None:
-            _put(out, {"event": event})
+        def forward(event: RunnerEvent) -> None:
+            _put(out, event)
 
         try:
             with conn.makefile("rb") as rfile:
@@ -238,8 +260,10 @@ class VmRunner:
                     if len(line) > MAX_LINE:
                         break
                     msg = decode(line)
+                    if not isinstance(msg, Call):
+                        break
                     _put(out, self._answer(msg, forward))
-                    if msg.get("op") == "destroy":
+                    if msg.op == Event.DESTROY.value:
                         self._done.set()
                         if self._listener is not None:
                             with contextlib.suppress(OSError):
@@ -259,42 +283,39 @@ class VmRunner:
             writer.join(2.0)
             conn.close()
 
-    def _answer(self, msg: dict[str, Any], forward: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def _answer(self, msg: Call, forward: Callable[[RunnerEvent], None]) -> Reply:
         try:
-            result = self._dispatch(msg, forward)
+            return Reply(msg.id, result=self._dispatch(msg, forward))
         except KvmplatError as e:
-            return {"id": msg.get("id"), "ok": False, "error": {"kind": type(e).__name__, "message": str(e)}}
-        return {"id": msg.get("id"), "ok": True, "result": result}
+            return Reply(msg.id, error=failure_of(e))
 
-    def _dispatch(self, msg: dict[str, Any], forward: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        op = msg.get("op")
+    def _dispatch(self, msg: Call, forward: Callable[[RunnerEvent], None]) -> Result:
+        op = msg.op
         if op == "hello":
-            self.log.attach(forward, int(msg.get("since", 0)))
-            return {"state": self.state.name, "reason": self.reason, "pid": os.getpid(), "last_seq": self.log.last_seq}
-        if op in ("start", "pause", "resume", "stop"):
-            return {"state": self.request(Event(op)).name, "reason": self.reason}
+            self.log.attach(forward, msg.since)
+            return Hello(self.state.name, self.reason, os.getpid(), self.log.last_seq)
+        if op in (Event.START.value, Event.PAUSE.value, Event.RESUME.value, Event.STOP.value):
+            return StateReply(self.request(Event(op)).name, self.reason)
         if op in moveops.OPS:
             return moveops.dispatch(self, msg)
         if op == "stats":
             return self.stats()
         if op == "console":
-            return {"accepted": self._console_input(base64.b64decode(msg.get("data", "")))}
-        if op == "destroy":
+            return Accepted(self._console_input(base64.b64decode(msg.data)))
+        if op == Event.DESTROY.value:
             with self._lock:
                 next_state(self.name, self.state, Event.DESTROY)
                 self.state = State.DESTROYED
-            return {"state": State.DESTROYED.name}
+            return StateReply(State.DESTROYED.name)
         raise KvmplatError(f"unknown runner op {op!r}")
 
     def _console_input(self, data: bytes) -> int:
-        from kvmplat.agent.kvm._kvmc import lib
-
         with self._lock:
             if self.machine is None or self.state is not State.RUNNING:
                 raise FailedPrecondition(
                     f"VM {self.name!r} is {self.state.name}: its console takes input only while RUNNING"
                 )
-            return int(lib.kp_vm_console_input(self.machine.cvm, data, len(data)))
+            return self.machine.devices.console_input(data)
 
     def wait_destroyed(self) -> None:
         """Blocks until the agent destroys this VM, then frees what is left."""
@@ -313,14 +334,14 @@ def _bytes_at_rip(machine: Machine, vcpu: Vcpu, rip: int) -> bytes:
     return instruction_at(machine.memory.read, cpu)
 
 
-def _put(out: queue.Queue[dict[str, Any] | None], msg: dict[str, Any]) -> None:
+def _put(out: queue.Queue[Reply | RunnerEvent | None], msg: Reply | RunnerEvent) -> None:
     """Queues a message for the agent; a full queue means the agent stopped reading, so its events are dropped
     (they stay in the ring, and the next hello replays them)."""
     with contextlib.suppress(queue.Full):
         out.put_nowait(msg)
 
 
-def _write_loop(conn: socket.socket, out: queue.Queue[dict[str, Any] | None]) -> None:
+def _write_loop(conn: socket.socket, out: queue.Queue[Reply | RunnerEvent | None]) -> None:
     while (msg := out.get()) is not None:
         try:
             conn.sendall(encode(msg))

@@ -14,7 +14,6 @@ import base64
 from typing import Any
 
 from kvmplat.agent.errors import FailedPrecondition, InvalidArgument
-from kvmplat.agent.kvm._kvmc import ffi, lib
 from kvmplat.agent.kvm.fds import MpState, Vcpu
 from kvmplat.agent.kvm.x86state import IOAPIC, PIC_MASTER, PIC_SLAVE, as_bytes
 from kvmplat.agent.runner.machine import Machine
@@ -40,8 +39,7 @@ def _vcpu_state(vcpu: Vcpu, msr_list: list[int]) -> dict[str, Any]:
 def freeze(machine: Machine) -> dict[str, Any]:
     """The state of a machine whose vCPUs are parked (outside KVM_RUN)."""
     msr_list = machine.kvm.get_msr_index_list()
-    dev = ffi.new("struct kp_dev_state *")
-    lib.kp_vm_save_devices(machine.cvm, dev)
+    devices = machine.devices.save()
     vm = machine.vm
     return {
         "version": STATE_VERSION,
@@ -49,7 +47,7 @@ def freeze(machine: Machine) -> dict[str, Any]:
         "irqchip": [_b64(as_bytes(vm.get_irqchip(c))) for c in (PIC_MASTER, PIC_SLAVE, IOAPIC)],
         "pit2": _b64(as_bytes(vm.get_pit2())),
         "clock": _b64(as_bytes(vm.get_clock())),
-        "devices": _b64(as_bytes(dev)),
+        "devices": _b64(devices),
         "memory_bytes": machine.memory.size,
     }
 
@@ -90,12 +88,11 @@ def load(machine: Machine, state: dict[str, Any]) -> list[str]:
         refused = _load_vcpu(vcpu, st)
         if refused:
             notes.append(f"vCPU {vcpu.index}: this host refused MSRs {', '.join(hex(i) for i in refused)}")
-    dev = ffi.new("struct kp_dev_state *")
-    raw = _raw(state, "devices")
-    if len(raw) != ffi.sizeof(dev[0]):
-        raise InvalidArgument("machine state: the device state is not one this agent wrote")
-    ffi.memmove(dev, raw, len(raw))
-    if lib.kp_vm_load_devices(machine.cvm, dev) != 0:
+    try:
+        loaded = machine.devices.load(_raw(state, "devices"))
+    except ValueError:
+        raise InvalidArgument("machine state: the device state is not one this agent wrote") from None
+    if not loaded:
         raise FailedPrecondition("machine state: the device state has a version or size this agent cannot load")
     vm.set_clock(_raw(state, "clock"))
     return notes

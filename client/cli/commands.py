@@ -8,21 +8,16 @@ turned into exit codes by `kvmplat.client.cli.main`.
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
-from typing import Any
 
 from kvmplat.client.cli import output
-from kvmplat.client.cli.main import EXIT_OK, Commands, Context, UsageError
+from kvmplat.client.cli.main import EXIT_OK, Commands, Context, Refused, UsageError
 from kvmplat.client.specfile import load_spec
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["register", "spec_from_args"]
 
-# Modules owned elsewhere, imported only when --xml / --from-libvirt is used (libvirt-python is heavy and optional).
-DOMAIN_XML_MODULE = "kvmplat.client.libvirt.domain_xml"
 MAX_INPUT_BYTES = 4 << 20  # --spec and --xml files (domain_xml refuses above 2 MiB with its own reason)
-LIBVIRT_SOURCE_MODULE = "kvmplat.client.libvirt.source"
 
 
 def register(commands: Commands) -> None:
@@ -81,16 +76,23 @@ def _add_spec_source(parser: argparse.ArgumentParser, libvirt: bool) -> None:
 
 def spec_from_args(ctx: Context, name: str = "") -> pb.VmSpec:
     """The VmSpec named by --spec, --xml or --from-libvirt, with NAME (when given) overriding its name."""
+    return spec_source(ctx, name)[0]
+
+
+def spec_source(ctx: Context, name: str = "") -> tuple[pb.VmSpec, bool]:
+    """(the VmSpec of --spec, --xml or --from-libvirt, whether kvmplat would run it): a spec file always, a domain
+    only when it opts in (`<kvmplat:vm run="yes">`); others are QEMU's to run, judged on their platform alone, as
+    the libvirt hook judges them."""
     a = ctx.args
     if a.spec is not None:
-        spec = load_spec(a.spec)
+        spec, runs = load_spec(a.spec), True
     elif a.xml is not None:
-        spec = _translate(ctx, _read_text(a.xml), a.xml)
+        spec, runs = _translate(ctx, _read_text(a.xml), a.xml)
     else:
-        spec = _translate(ctx, _libvirt_xml(a.from_libvirt, name), f"{a.from_libvirt} domain {name}")
+        spec, runs = _translate(ctx, _libvirt_xml(a.from_libvirt, name), f"{a.from_libvirt} domain {name}")
     if name:
         spec.name = name
-    return spec
+    return spec, runs
 
 
 def _read_text(path: str) -> str:
@@ -106,32 +108,26 @@ def _read_text(path: str) -> str:
         raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _optional_module(name: str, what: str) -> Any:
-    """A module owned elsewhere, imported on first use; UsageError when it is not installed."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        raise UsageError(f"{what} is not installed ({name} is missing)") from None
+def _translate(ctx: Context, xml_text: str, source: str) -> tuple[pb.VmSpec, bool]:
+    """domain XML -> (VmSpec, opted in) through kvmplat.client.libvirt.domain_xml; its warnings go to stderr."""
+    from kvmplat.client.libvirt import domain_xml  # imported only when --xml / --from-libvirt is used
 
-
-def _translate(ctx: Context, xml_text: str, source: str) -> pb.VmSpec:
-    """domain XML -> VmSpec through kvmplat.client.libvirt.domain_xml; its warnings go to stderr."""
-    module = _optional_module(DOMAIN_XML_MODULE, "domain XML translation")
     try:
-        translation = module.translate(xml_text)
+        translation = domain_xml.translate(xml_text)
+    except domain_xml.DomainRefused as e:
+        raise Refused(f"{source}: {e}") from None
     except ValueError as e:
         raise UsageError(f"{source}: {e}") from None
     for warning in translation.warnings:
         ctx.warn(f"warning: {source}: {warning}")
     spec: pb.VmSpec = translation.spec
-    return spec
+    return spec, bool(translation.opt_in)
 
 
 def _libvirt_xml(uri: str, name: str) -> str:
     """The domain XML of `name` as libvirt at `uri` has it (kvmplat.client.libvirt.source, read-only)."""
-    source = _optional_module(LIBVIRT_SOURCE_MODULE, "--from-libvirt")
+    from kvmplat.client.libvirt import source  # libvirt-python itself loads only here
+
     try:
         xml: str = source.domain_xml(uri, name)
     except source.LibvirtError as e:
@@ -146,7 +142,8 @@ def _caps(ctx: Context) -> int:
 
 
 def _check(ctx: Context) -> int:
-    reply = pb.CheckPlatformResponse(effective_platform=ctx.client().check_platform(spec_from_args(ctx)))
+    spec, runs = spec_source(ctx)
+    reply = pb.CheckPlatformResponse(effective_platform=ctx.client().check_platform(spec, platform_only=not runs))
     ctx.print(output.to_json(reply) if ctx.args.json else output.format_platform(reply.effective_platform))
     return EXIT_OK
 

@@ -19,14 +19,12 @@ from typing import TextIO
 
 from kvmplat.client.agent import Client, EventStream
 from kvmplat.client.cli.main import EXIT_OK, Commands, Context, UsageError
-from kvmplat.client.cli.output import state_name
 from kvmplat.client.errors import FailedPrecondition
-from kvmplat.v1 import agent_pb2 as pb
+from kvmplat.client.vmstates import ENDED, state_name
 
 __all__ = ["DETACH", "attach", "register"]
 
 DETACH = b"\x1d"  # Ctrl-]
-_ENDED = (pb.STOPPED, pb.CRASHED)
 _POLL_S = 0.1  # how often the input loop notices that the VM ended
 
 
@@ -51,7 +49,7 @@ def _console(ctx: Context) -> int:
 def attach(client: Client, name: str, stdin_fd: int, out: TextIO, err: TextIO, since: int | None = None) -> None:
     """Runs one console session: VM output to `out`, `stdin_fd` bytes to the VM, until Ctrl-] or the VM ends."""
     vm = client.get_vm(name)
-    if vm.state in _ENDED and since is None:
+    if vm.state in ENDED and since is None:
         # Nothing would ever arrive: refuse as the agent refuses a transition, naming the state.
         raise FailedPrecondition(f"cannot attach to {name}: it is {state_name(vm.state)}", "FAILED_PRECONDITION")
     start = vm.last_seq if since is None else since
@@ -82,7 +80,7 @@ def _print_output(
                 out.flush()
             elif kind == "error":
                 err.write(f"kvmplat: {event.vm}: {event.error.message}\n")
-            elif kind == "state" and event.state.to in _ENDED:
+            elif kind == "state" and event.state.to in ENDED:
                 reason = f" ({event.state.reason})" if event.state.reason else ""
                 err.write(f"kvmplat: {event.vm} is {state_name(event.state.to)}{reason}\n")
                 break

@@ -3,17 +3,13 @@ guest taken through start, pause, resume, stop and destroy, with every event pri
 
 The agent is `kvmplat-agent` from the same environment as this Python. Everything is cleaned up (VMs destroyed, agent
 sent SIGTERM, temporary directory removed) however the demo ends, Ctrl-C included. `--linux` hands the running agent
-to `kvmplat.client.cli.linux_demo.run(client)` instead, when that module is installed.
+to `kvmplat.client.cli.linux_demo.run(client)` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,12 +20,14 @@ from kvmplat.client.agent import Client, EventStream
 from kvmplat.client.cli import output
 from kvmplat.client.cli.main import EXIT_OK, Commands, Context, UsageError
 from kvmplat.client.errors import KvmplatError
+from kvmplat.client.localagent import AGENT, AgentNotStarted, LocalAgent
+from kvmplat.client.vmstates import ENDED, state_name
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["LINUX_DEMO_MODULE", "StateBoard", "agent_command", "embedded_agent", "register", "run_demo"]
+__all__ = ["AGENT_PROGRAM", "StateBoard", "embedded_agent", "register", "run_demo"]
 
-LINUX_DEMO_MODULE = "kvmplat.client.cli.linux_demo"
 _AGENT_START_S = 15.0
+AGENT_PROGRAM: tuple[str, ...] = (str(AGENT),)  # the agent's program (the tests run a stand-in)
 _PROBE_END_S = 120.0  # every guest instruction is emulated on kvm_pvm hosts; the probe still ends in seconds
 _STATE_S = 30.0
 _TICKS_S = 3.0
@@ -38,72 +36,25 @@ _TICKS_S = 3.0
 def register(commands: Commands) -> None:
     """Adds `demo`."""
     p = commands.add("demo", _demo, "start an embedded agent and walk guests through their lifecycle")
-    p.add_argument("--linux", action="store_true", help=f"boot a Linux guest instead ({LINUX_DEMO_MODULE})")
-
-
-def agent_command(sock: Path, state_dir: Path) -> list[str]:
-    """The command line of the embedded agent: kvmplat-agent beside this interpreter."""
-    exe = Path(sys.executable).parent / "kvmplat-agent"
-    return [str(exe), "--listen", f"unix://{sock}", "--state-dir", str(state_dir)]
+    p.add_argument("--linux", action="store_true", help="boot a Linux guest instead (client/cli/linux_demo.py)")
 
 
 @contextlib.contextmanager
 def embedded_agent(say: Callable[[str], None]) -> Iterator[Client]:
-    """A private agent in a temporary directory, answering; stopped and removed on exit."""
+    """A private agent in a temporary directory, answering; its VMs destroyed, it stopped and removed on exit."""
+    if not Path(AGENT_PROGRAM[-1]).exists():
+        raise UsageError(f"{AGENT_PROGRAM[-1]} is missing: install kvmplat in this environment (make demo does)")
     tmp = Path(tempfile.mkdtemp(prefix="kvmplat-demo-"))
-    sock = tmp / "agent.sock"
-    cmd = agent_command(sock, tmp / "state")
-    if not Path(cmd[0]).exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UsageError(f"{cmd[0]} is missing: install kvmplat in this environment (make demo does)")
-    log = (tmp / "agent.log").open("wb")
-    say(f"starting {' '.join(cmd)}")
-    agent = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    client: Client | None = None
     try:
-        client = _wait_answering(sock, agent, tmp / "agent.log")
-        yield client
-    finally:
-        if client is not None:
-            client.close()
-        _stop(agent)
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _wait_answering(sock: Path, agent: subprocess.Popen[bytes], log: Path) -> Client:
-    """A Client once the agent answers GetCapabilities; UsageError with its log's tail if it dies or stays silent.
-    The channel is made only after the socket exists, so gRPC's reconnect backoff never delays the demo."""
-    deadline = time.monotonic() + _AGENT_START_S
-    while time.monotonic() < deadline:
-        if agent.poll() is not None:
-            raise UsageError(f"the embedded agent exited ({agent.returncode}): {_tail(log)}")
-        if sock.exists():
-            client = Client(f"unix://{sock}", timeout=10.0)
-            try:
-                client.capabilities()
-                return client
-            except KvmplatError:
-                client.close()
-        time.sleep(0.05)
-    raise UsageError(f"the embedded agent did not answer within {_AGENT_START_S:.0f} s: {_tail(log)}")
-
-
-def _tail(log: Path) -> str:
-    """The last lines of the agent's log, on one line."""
-    lines = log.read_text(errors="replace").strip().splitlines()[-3:]
-    return " | ".join(lines) or "(no output)"
-
-
-def _stop(agent: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it lingers."""
-    if agent.poll() is None:
-        agent.terminate()
+        say(f"starting {' '.join(AGENT_PROGRAM)} --listen unix://{tmp}/agent.sock --state-dir {tmp}/state")
         try:
-            agent.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+            agent = LocalAgent.start(tmp, program=AGENT_PROGRAM, timeout=_AGENT_START_S)
+        except AgentNotStarted as e:
+            raise UsageError(f"the embedded agent did not start: {e}") from None
+        with agent:
+            yield agent.client
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class StateBoard:
@@ -124,8 +75,8 @@ class StateBoard:
         """Waits until `vm` is in one of `states`; its state, or TimeoutError naming what it is."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._states.get(vm) in states, timeout):
-                now = output.state_name(self._states.get(vm, 0))
-                wanted = "/".join(output.state_name(s) for s in states)
+                now = state_name(self._states.get(vm, 0))
+                wanted = "/".join(state_name(s) for s in states)
                 raise TimeoutError(f"{vm} did not reach {wanted} within {timeout:.0f} s (it is {now})")
             return self._states[vm]
 
@@ -149,7 +100,7 @@ def _probe(client: Client, board: StateBoard, say: Callable[[str], None]) -> Non
     vm = client.create_vm(_spec("probe", "probe", 2), start=True)
     platform = output.format_platform(vm.effective_platform).splitlines()
     say("effective platform:\n" + "\n".join("  " + line for line in platform))
-    board.wait("probe", (pb.STOPPED, pb.CRASHED), _PROBE_END_S)
+    board.wait("probe", ENDED, _PROBE_END_S)
     client.destroy_vm("probe")
 
 
@@ -188,15 +139,11 @@ def run_demo(client: Client, say: Callable[[str], None]) -> None:
 
 
 def _demo(ctx: Context) -> int:
-    linux = None
-    if ctx.args.linux:
-        if importlib.util.find_spec(LINUX_DEMO_MODULE) is None:
-            raise UsageError(f"demo --linux needs {LINUX_DEMO_MODULE}, which is not installed")
-        linux = importlib.import_module(LINUX_DEMO_MODULE)
     with embedded_agent(ctx.print) as client:
-        if linux is not None:
-            code = linux.run(client)
-            return EXIT_OK if code is None else int(code)
+        if ctx.args.linux:
+            from kvmplat.client.cli import linux_demo
+
+            return linux_demo.run(client)
         try:
             run_demo(client, ctx.print)
         except TimeoutError as e:

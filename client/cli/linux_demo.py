@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from kvmplat.client import guest_image
 from kvmplat.client.agent import Client, EventStream
-from kvmplat.client.cli.output import state_name
 from kvmplat.client.errors import KvmplatError
+from kvmplat.client.vmstates import ENDED, state_name
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = ["hardware_kvm", "run"]
@@ -32,7 +32,6 @@ FIRST_LINE = re.compile(r"KASLR disabled|Decompressing|early console")
 MEMORY_MIB = 256
 FIRST_LINE_S = 120.0
 BOOT_S = 600.0  # the vmlinux on kvm_pvm ends by itself after 1-2 minutes; a hardware-KVM boot in seconds
-_ENDED = (pb.STOPPED, pb.CRASHED)
 _MILESTONES = (
     ("started", "vCPUs started"),
     ("first_console_byte", "first console byte"),
@@ -111,7 +110,7 @@ def _spec(name: str, kernel: str, image: dict[str, str], extra: str, vcpus: int)
 def _wait_end(client: Client, name: str, timeout: float) -> pb.Vm:
     """The VM once ended; stopped by the demo when still running after `timeout` s."""
     deadline = time.monotonic() + timeout
-    while (vm := client.get_vm(name)).state not in _ENDED:
+    while (vm := client.get_vm(name)).state not in ENDED:
         if time.monotonic() > deadline:
             _say(f"-- {name}: still running after {timeout:.0f} s: stopping it")
             client.stop_vm(name)

@@ -10,8 +10,7 @@ Subcommands live in the modules named by `COMMAND_MODULES`; each exposes `regist
 adds its parsers with `commands.add(name, handler, help)`. A handler takes a `Context` and returns an exit code;
 it raises `UsageError`, `SpecError` or a client error rather than printing them. A module may instead expose
 `add_commands(subparsers)` and set `func(args) -> int` on its parsers (plain argparse; it then prints its own
-errors). Adding a command group is one line in `COMMAND_MODULES`; a module named there but not installed yet is
-skipped.
+errors). Adding a command group is one line in `COMMAND_MODULES`.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ __all__ = [
     "Commands",
     "Context",
     "Handler",
+    "Refused",
     "UsageError",
     "build_parser",
     "main",
@@ -55,6 +55,11 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 class UsageError(Exception):
     """Bad command-line input found by a handler (exit 2)."""
+
+
+class Refused(Exception):
+    """A platform refused before any agent is asked (a domain's exact CPU model with no level, a machine no KVM
+    runs): exit 1, like the agent's own refusals."""
 
 
 class _ParseError(Exception):
@@ -162,12 +167,7 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
     _add_global_options(parser, suppress=False)
     commands = Commands(parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser))
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue  # registered ahead of its module landing
-            raise
+        module = importlib.import_module(name)
         if hasattr(module, "register"):
             module.register(commands)
         else:
@@ -216,6 +216,9 @@ def _exit_code(exc: BaseException, ctx: Context) -> int:
     if isinstance(exc, Unreachable):
         ctx.warn(exc.one_line())
         return EXIT_USAGE
+    if isinstance(exc, Refused):
+        ctx.warn(f"refused: {' '.join(str(exc).split())}")
+        return EXIT_REFUSED
     if isinstance(exc, KvmplatError):
         ctx.warn(f"{exc.code}: {exc.one_line()}" if exc.code else exc.one_line())
         return EXIT_REFUSED

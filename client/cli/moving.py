@@ -52,6 +52,7 @@ def _progress_line(p: pb.MigrationProgress) -> str:
     return (
         f"migrate: {p.phase} round {p.round}: {p.bytes_sent / MIB:.1f} MiB sent, {p.dirty_pages} dirty pages, "
         f"expected downtime {p.expected_downtime_ms} ms"
+        + (f", vCPUs throttled {p.throttle_percent}%" if p.throttle_percent else "")
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from kvmplat.client.specfile import enum_prefix
+from kvmplat.client.vmstates import state_name
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = [
@@ -22,7 +23,6 @@ __all__ = [
     "format_vm",
     "format_vm_line",
     "format_vm_table",
-    "state_name",
     "table",
     "to_json",
 ]
@@ -43,11 +43,6 @@ def enum_label(enum: object, number: int) -> str:
         return str(number)
     name: str = value.name
     return name.removeprefix(enum_prefix(descriptor))
-
-
-def state_name(state: int) -> str:
-    """A VmState without prefix (RUNNING, UNSPECIFIED)."""
-    return enum_label(pb.VmState, state)
 
 
 def _names(enum: object, numbers: Iterable[int]) -> str:
@@ -72,6 +67,7 @@ def _pairs(pairs: Sequence[tuple[str, str]]) -> str:
 def _level(level: pb.CompatLevel) -> str:
     """One compat level and how the host admits it."""
     how = "strict" if level.strict else "best effort" if level.best_effort else "refused"
+    how = f"above the ceiling: {', '.join(level.above_ceiling_features) or 'newer'}" if level.above_ceiling else how
     extra = f"; missing {', '.join(level.missing)}" if level.missing else ""
     extra += f"; cannot hide {', '.join(level.unhideable)}" if level.unhideable else ""
     return f"{level.name} ({how}{extra})"
@@ -80,7 +76,7 @@ def _level(level: pb.CompatLevel) -> str:
 def format_caps(caps: pb.Capabilities) -> str:
     """A readable summary of the host's capabilities."""
     pairs = [
-        ("arch", caps.arch),
+        ("arch", caps.arch + (f" (guests: {_names(pb.Arch, caps.arches)})" if caps.arches else "")),
         ("kvm api", str(caps.kvm_api_version)),
         ("accel", f"{caps.accel_default or '-'} (offered: {', '.join(caps.accels) or '-'})"),
         ("vcpus", f"{caps.vcpus_free} of {caps.vcpus_total} free; per VM max {caps.max_vcpus}"),
@@ -88,6 +84,7 @@ def format_caps(caps: pb.Capabilities) -> str:
         ("abis", _names(pb.Abi, caps.abis)),
         ("pv", _names(pb.Pv, caps.pv)),
         ("levels", "; ".join(_level(lv) for lv in caps.levels) or "-"),
+        ("max level", f"{caps.max_level} (nothing above it is offered)" if caps.max_level else "none"),
         ("builtins", ", ".join(caps.builtin_payloads) or "-"),
         ("host truth", caps.host_truth_source or "-"),
         ("agent", caps.agent_version or "-"),
@@ -101,10 +98,11 @@ def format_platform(ep: pb.EffectivePlatform) -> str:
     if ep.compat_raw:
         compat += f" ({ep.compat_raw:#x})"
     pairs = [
+        ("arch", enum_label(pb.Arch, ep.arch) if ep.arch else "-"),
         ("abi", enum_label(pb.Abi, ep.abi)),
         ("pv", _names(pb.Pv, ep.pv)),
         ("compat", f"{compat}, {enum_label(pb.CompatPolicy, ep.compat_policy)}"),
-        ("bits", str(ep.bits or 64)),
+        ("bits", str(ep.bits or (32 if ep.arch == pb.PPC else 64))),
         ("accel", ep.accel or "-"),
         ("cross arch", "yes" if ep.cross_arch else "no"),
     ]

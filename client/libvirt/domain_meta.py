@@ -6,7 +6,8 @@ an absent one leaves it derived:
 
     <metadata>
       <kvmplat:vm xmlns:kvmplat="http://kvmplat.io/xmlns/domain/1" run="yes">
-        <kvmplat:platform abi="spapr" pv="kvm" compat="power9" compat-policy="strict" bits="64" accel="hv"/>
+        <kvmplat:platform abi="spapr" pv="kvm" compat="power9" compat-policy="strict" bits="64" accel="hv"
+                          arch="ppc64le"/>
         <kvmplat:boot builtin="loop"/>
         <kvmplat:label key="team">web</kvmplat:label>
       </kvmplat:vm>
@@ -14,7 +15,8 @@ an absent one leaves it derived:
 
 `run="yes"` opts the domain in: the libvirt hook then also creates and runs it on the kvmplat agent. Values are
 case-insensitive: abi `bare-metal|spapr|booke`, pv a comma-separated subset of `kvm,hyperv` (empty: none),
-compat-policy `strict|best-effort`, bits `32|64`, accel `auto|hv|pr`. Anything unknown (attribute, element, value,
+compat-policy `strict|best-effort`, bits `32|64`, accel `auto|hv|pr`, arch `x86_64|ppc64|ppc64le|ppc|host` (host:
+the host's own, whatever os/type says). Anything unknown (attribute, element, value,
 a second `kvmplat:vm`, another version of the namespace) is refused rather than guessed at.
 """
 
@@ -37,7 +39,8 @@ _ABI = {"bare-metal": pb.BARE_METAL, "spapr": pb.SPAPR, "booke": pb.BOOKE}
 _PV = {"kvm": pb.KVM, "hyperv": pb.HYPERV}
 _POLICY = {"strict": pb.STRICT, "best-effort": pb.BEST_EFFORT}
 _ACCEL = {"auto": pb.AUTO, "hv": pb.HV, "pr": pb.PR}
-_PLATFORM_ATTRS = ("abi", "pv", "compat", "compat-policy", "bits", "accel")
+ARCH_NAMES = {"x86_64": pb.X86_64, "ppc64": pb.PPC64, "ppc64le": pb.PPC64LE, "ppc": pb.PPC, "host": pb.ARCH_UNSPECIFIED}
+_PLATFORM_ATTRS = ("abi", "pv", "compat", "compat-policy", "bits", "accel", "arch")
 
 
 class MetaError(ValueError):
@@ -55,6 +58,7 @@ class Meta(NamedTuple):
     compat_policy: pb.CompatPolicy | None = None
     bits: int | None = None
     accel: pb.Accel | None = None
+    arch: pb.Arch | None = None
     builtin: str | None = None
     labels: Mapping[str, str] = {}
 
@@ -106,6 +110,8 @@ def _platform(el: Element) -> dict[str, object]:
         out["bits"] = _bits(a["bits"])
     if "accel" in a:
         out["accel"] = _choice(_ACCEL, "accel", a["accel"])
+    if "arch" in a:
+        out["arch"] = ARCH_NAMES.get(a["arch"].strip().lower()) or _choice(ARCH_NAMES, "arch", a["arch"])
     return out
 
 

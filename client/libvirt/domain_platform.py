@@ -13,29 +13,85 @@ from xml.etree.ElementTree import Element
 
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["ARCHES", "OsPlatform", "PlatformXmlError", "cpu_compat", "os_platform", "pv_of"]
+__all__ = [
+    "ARCHES",
+    "PPC_MACHINES",
+    "PPC_UNRUNNABLE",
+    "OsPlatform",
+    "PlatformXmlError",
+    "PlatformXmlRefused",
+    "cpu_compat",
+    "os_platform",
+    "ppc_machine",
+    "pv_of",
+]
 
 
 class PlatformXmlError(ValueError):
     """`<os>`, `<cpu>` or `<features>` says something kvmplat cannot express or that contradicts itself."""
 
 
-# arch → (family, bits); bits 0 is the proto default (64).
-ARCHES: dict[str, tuple[str, int]] = {
-    "x86_64": ("x86", 0),
-    "i686": ("x86", 32),
-    "ppc64": ("ppc", 0),
-    "ppc64le": ("ppc", 0),
-    "ppc": ("ppc", 32),
-    "ppcle": ("ppc", 32),
+class PlatformXmlRefused(PlatformXmlError):
+    """The domain is readable and consistent, but asks for a platform no kvmplat agent can give (a refusal of the
+    platform, exit 1 like an agent's): `field` and `asked` name the culprit."""
+
+    def __init__(self, field: str, asked: str, reason: str) -> None:
+        super().__init__(f"{field} {asked} cannot be honoured: {reason}")
+        self.field, self.asked, self.reason = field, asked, reason
+
+
+# libvirt arch → (family, bits, kvmplat arch); bits 0 is the proto default, the arch's width (32 for PPC).
+ARCHES: dict[str, tuple[str, int, pb.Arch]] = {
+    "x86_64": ("x86", 0, pb.X86_64),
+    "i686": ("x86", 32, pb.X86_64),
+    "ppc64": ("ppc", 0, pb.PPC64),
+    "ppc64le": ("ppc", 0, pb.PPC64LE),
+    "ppc": ("ppc", 0, pb.PPC),
+    "ppcle": ("ppc", 0, pb.PPC),
 }
 _X86_MACHINES = re.compile(r"^(pc|q35|microvm|isapc|pc-(i440fx|q35)-.*|pc-\d.*)$")
-# PowerPC machines by abi: sPAPR servers, BookE embedded boards (e500 and 440 cores), bare-metal Book3S.
-_PPC_MACHINES: tuple[tuple[re.Pattern[str], pb.Abi], ...] = (
-    (re.compile(r"^pseries(-.*)?$"), pb.SPAPR),
-    (re.compile(r"^(ppce500|e500|mpc8544ds|bamboo|sam460ex|virtex-ml507)$"), pb.BOOKE),
-    (re.compile(r"^(powernv\d*|mac99|g3beige|40p|prep|pegasos2)$"), pb.BARE_METAL),
-)
+
+
+class PpcMachine(NamedTuple):
+    """A libvirt/QEMU PowerPC machine: its abi, the kvmplat arch for each libvirt arch it runs under, and its core."""
+
+    abi: pb.Abi
+    arches: dict[str, pb.Arch]
+    core: str
+
+
+_BOTH64 = {"ppc64": pb.PPC64, "ppc64le": pb.PPC64LE}
+_BE32 = {"ppc": pb.PPC, "ppcle": pb.PPC, "ppc64": pb.PPC, "ppc64le": pb.PPC}  # a 32-bit core whatever the binary
+# Every machine of qemu-system-ppc/ppc64 7.2 (`-M help`) and of QEMU's PowerPC docs (amigaone, prep: other
+# versions). The 4xx boards have Book E cores (440, 460); ppce500 and mpc8544ds e500 (e5500 under ppc64).
+PPC_MACHINES: dict[str, PpcMachine] = {
+    "pseries": PpcMachine(pb.SPAPR, _BOTH64, "POWER (sPAPR partition)"),
+    "powernv": PpcMachine(pb.BARE_METAL, _BOTH64, "POWER9 (OPAL, no hypervisor below)"),
+    "powernv8": PpcMachine(pb.BARE_METAL, _BOTH64, "POWER8 (OPAL, no hypervisor below)"),
+    "powernv9": PpcMachine(pb.BARE_METAL, _BOTH64, "POWER9 (OPAL, no hypervisor below)"),
+    "powernv10": PpcMachine(pb.BARE_METAL, _BOTH64, "POWER10 (OPAL, no hypervisor below)"),
+    "mac99": PpcMachine(
+        pb.BARE_METAL, {"ppc": pb.PPC, "ppc64": pb.PPC64}, "PowerPC 7400 (G4), or 970 (G5) under ppc64"
+    ),
+    "g3beige": PpcMachine(pb.BARE_METAL, _BE32, "PowerPC 750 (G3)"),
+    "40p": PpcMachine(pb.BARE_METAL, _BE32, "PowerPC 604 (PReP)"),
+    "prep": PpcMachine(pb.BARE_METAL, _BE32, "PowerPC 603/604 (PReP)"),
+    "pegasos2": PpcMachine(pb.BARE_METAL, _BE32, "PowerPC 7447 (G4)"),
+    "amigaone": PpcMachine(pb.BARE_METAL, _BE32, "PowerPC 7457 (G4)"),
+    "ppce500": PpcMachine(pb.BOOKE, {"ppc": pb.PPC, "ppc64": pb.PPC64}, "e500v2, or e5500 under ppc64"),
+    "e500": PpcMachine(pb.BOOKE, {"ppc": pb.PPC, "ppc64": pb.PPC64}, "e500v2, or e5500 under ppc64"),
+    "mpc8544ds": PpcMachine(pb.BOOKE, {"ppc": pb.PPC, "ppc64": pb.PPC}, "e500v2 (MPC8544)"),
+    "bamboo": PpcMachine(pb.BOOKE, _BE32, "PowerPC 440EP (Book E)"),
+    "sam460ex": PpcMachine(pb.BOOKE, _BE32, "PowerPC 460EX (Book E)"),
+    "virtex-ml507": PpcMachine(pb.BOOKE, _BE32, "PowerPC 440x5 (Book E)"),
+}
+# Machines no KVM can run: a refusal of the platform, not a misreading of the document.
+PPC_UNRUNNABLE: dict[str, str] = {
+    "ref405ep": "its PowerPC 405 core is neither Book3S nor Book E: no PowerPC KVM (HV, PR, BookE) runs it",
+    "taihu": "its PowerPC 405 core is neither Book3S nor Book E: no PowerPC KVM (HV, PR, BookE) runs it",
+    "none": "an empty machine has no processor to give the guest",
+}
+_PSERIES = re.compile(r"^pseries-\d+\.\d+(-sxxm)?$")
 _POWER_MODEL = re.compile(r"^power(\d+)(\+|e|nvl)?(_v[0-9.]+)?$", re.IGNORECASE)
 _BOOKE_MODEL = re.compile(r"^(powerpc_)?(e500|e500v2|e500mc|e5500|e6500|440.*)$", re.IGNORECASE)
 # Named x86 models approximated by the x86-64 level they reach (lower-case, version/mitigation suffixes stripped).
@@ -54,35 +110,57 @@ _X86_SUFFIX = re.compile(r"-(v\d+|ibrs|ibpb|notsx|noavx512|nohle)$")
 
 
 class OsPlatform(NamedTuple):
-    """What `<os><type>` implies: family (`x86`/`ppc`/"" when no arch is given), abi, bits and a short summary."""
+    """What `<os><type>` implies: family (`x86`/`ppc`/"" when no arch is given), abi, bits, arch and a summary."""
 
     family: str
     abi: pb.Abi
     bits: int
     summary: str
+    arch: pb.Arch = pb.ARCH_UNSPECIFIED
 
 
-def _machine_abi(family: str, arch: str, machine: str, notes: list[str]) -> pb.Abi:
-    if family == "x86":
-        if any(p.match(machine) for p, _ in _PPC_MACHINES):
-            raise PlatformXmlError(f"os/type machine {machine!r} is a PowerPC machine, not one for arch {arch}")
-        if not _X86_MACHINES.match(machine):
-            notes.append(f"os/type machine {machine!r} is not a known PC machine; run as kvmplat's PC (BARE_METAL)")
-        else:
-            notes.append(f"os/type machine {machine!r}: kvmplat runs its own minimal PC, not QEMU's chipset")
-        return pb.BARE_METAL
-    for pattern, abi in _PPC_MACHINES:
-        if pattern.match(machine):
-            return abi
-    if _X86_MACHINES.match(machine):
-        raise PlatformXmlError(f"os/type machine {machine!r} is a PC machine, not one for arch {arch}")
-    raise PlatformXmlError(
-        f"os/type machine {machine!r} for arch {arch} is not known to kvmplat (pseries, ppce500, powernv, mac99, ...)"
-    )
+def ppc_machine(machine: str) -> PpcMachine | None:
+    """The PowerPC machine `machine` names (versioned pseries-X.Y included), or None."""
+    return PPC_MACHINES.get("pseries" if _PSERIES.match(machine) else machine)
+
+
+def _x86_machine(arch: str, machine: str, notes: list[str]) -> None:
+    if machine == "none":
+        raise PlatformXmlRefused("os/type machine", machine, PPC_UNRUNNABLE[machine])
+    if ppc_machine(machine) is not None or machine in PPC_UNRUNNABLE:
+        raise PlatformXmlError(f"os/type machine {machine!r} is a PowerPC machine, not one for arch {arch}")
+    if not _X86_MACHINES.match(machine):
+        notes.append(f"os/type machine {machine!r} is not a known PC machine; run as kvmplat's PC (BARE_METAL)")
+    else:
+        notes.append(f"os/type machine {machine!r}: kvmplat runs its own minimal PC, not QEMU's chipset")
+
+
+def _ppc_machine(arch: str, machine: str, notes: list[str]) -> tuple[pb.Abi, pb.Arch]:
+    """(abi, kvmplat arch) of a PowerPC machine under libvirt arch `arch`."""
+    if machine in PPC_UNRUNNABLE:
+        raise PlatformXmlRefused("os/type machine", machine, PPC_UNRUNNABLE[machine])
+    known = ppc_machine(machine)
+    if known is None:
+        if _X86_MACHINES.match(machine):
+            raise PlatformXmlError(f"os/type machine {machine!r} is a PC machine, not one for arch {arch}")
+        raise PlatformXmlError(
+            f"os/type machine {machine!r} for arch {arch} is not known to kvmplat "
+            "(pseries, ppce500, powernv, mac99, ...)"
+        )
+    if arch not in known.arches:
+        under = ", ".join(known.arches)
+        raise PlatformXmlError(f"os/type machine {machine!r} does not run under arch {arch} (only {under})")
+    guest = known.arches[arch]
+    if ARCHES[arch][2] != guest:
+        notes.append(f"os/type machine {machine!r} under arch {arch}: its core, {known.core}, is {_ARCH_TEXT[guest]}")
+    return known.abi, guest
+
+
+_ARCH_TEXT = {pb.PPC: "32-bit (arch PPC)", pb.PPC64: "64-bit big-endian (arch PPC64)", pb.PPC64LE: "ppc64le"}
 
 
 def os_platform(os_el: Element | None, notes: list[str]) -> OsPlatform:
-    """The abi and bits implied by `<os><type arch machine>hvm</type>`."""
+    """The abi, arch and bits implied by `<os><type arch machine>hvm</type>`."""
     type_el = None if os_el is None else os_el.find("type")
     if type_el is None:
         notes.append("no os/type: the host's native abi is used")
@@ -97,17 +175,18 @@ def os_platform(os_el: Element | None, notes: list[str]) -> OsPlatform:
         return OsPlatform("", pb.ABI_UNSPECIFIED, 0, "no arch")
     if arch not in ARCHES:
         raise PlatformXmlError(f"os/type arch {arch!r} is not supported by kvmplat (x86_64, i686, ppc64, ppc64le, ppc)")
-    family, bits = ARCHES[arch]
+    family, bits, guest = ARCHES[arch]
+    if family == "x86":
+        if machine:
+            _x86_machine(arch, machine, notes)
+        return OsPlatform(family, pb.BARE_METAL, bits, f"{arch} {machine}".strip(), guest)
     if not machine:
-        if family == "ppc" and bits == 0:
-            notes.append("os/type has no machine: pseries (libvirt's default for ppc64) is assumed")
-            machine = "pseries"
-        elif family == "ppc":
+        if guest == pb.PPC:
             raise PlatformXmlError(f"os/type arch {arch} needs a machine (ppce500, mac99, ...): the abi is ambiguous")
-        else:
-            return OsPlatform(family, pb.BARE_METAL, bits, arch)
-    abi = _machine_abi(family, arch, machine, notes)
-    return OsPlatform(family, abi, bits, f"{arch} {machine}")
+        notes.append("os/type has no machine: pseries (libvirt's default for ppc64) is assumed")
+        machine = "pseries"
+    abi, guest = _ppc_machine(arch, machine, notes)
+    return OsPlatform(family, abi, 0, f"{arch} {machine}", guest)
 
 
 def _x86_level(model: str) -> tuple[int, bool]:
@@ -139,8 +218,11 @@ def _x86_compat(mode: str, model: str, model_el: Element, notes: list[str]) -> s
     level, exact = _x86_level(model)
     if level == 0:
         if model_el.get("fallback") == "forbid":
-            raise PlatformXmlError(
-                f"cpu model {model!r} with fallback='forbid' is not a model kvmplat knows a level for"
+            raise PlatformXmlRefused(
+                "cpu model",
+                model,
+                "fallback='forbid' asks for exactly this model, and kvmplat knows no architecture level for it "
+                f"(known: {', '.join(sorted(_X86_LEVELS))}, x86-64-v1..v4)",
             )
         notes.append(f"cpu model {model!r} is not known to kvmplat: the guest sees the host's level")
         return ""

@@ -24,6 +24,13 @@ _XML_CHARS = re.compile("^[\t\n\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*
 _X86_LEVEL = re.compile(r"^x86-64-v[1-4]$")
 _POWER = re.compile(r"^power\d+$")
 _FALLBACK = {pb.STRICT: "forbid", pb.BEST_EFFORT: "allow"}
+_ARCH_SPELLING = {
+    pb.X86_64: "x86_64",
+    pb.PPC64: "ppc64",
+    pb.PPC64LE: "ppc64le",
+    pb.PPC: "ppc",
+    pb.ARCH_UNSPECIFIED: "host",
+}
 _PLATFORM_ATTRS = (
     ("abi", "abi", {pb.BARE_METAL: "bare-metal", pb.SPAPR: "spapr", pb.BOOKE: "booke"}),
     ("compat_policy", "compat-policy", {pb.STRICT: "strict", pb.BEST_EFFORT: "best-effort"}),
@@ -47,16 +54,31 @@ def _check(spec: pb.VmSpec) -> None:
         raise ValueError("spec.platform.pv must be a sorted subset of KVM, HYPERV")
 
 
+# (abi, arch) → the (libvirt arch, machine) that translate() maps back to them; arch unset is the abi's usual one.
+_OS_TYPES: dict[tuple[int, int], tuple[str, str]] = {
+    (pb.SPAPR, pb.PPC64LE): ("ppc64le", "pseries"),
+    (pb.SPAPR, pb.ARCH_UNSPECIFIED): ("ppc64le", "pseries"),
+    (pb.SPAPR, pb.PPC64): ("ppc64", "pseries"),
+    (pb.BOOKE, pb.PPC): ("ppc", "ppce500"),
+    (pb.BOOKE, pb.PPC64): ("ppc64", "ppce500"),
+    (pb.BARE_METAL, pb.PPC): ("ppc", "mac99"),
+    (pb.BARE_METAL, pb.PPC64): ("ppc64", "powernv"),
+    (pb.BARE_METAL, pb.PPC64LE): ("ppc64le", "powernv"),
+    (pb.BARE_METAL, pb.X86_64): ("x86_64", "pc"),
+    (pb.BARE_METAL, pb.ARCH_UNSPECIFIED): ("x86_64", "pc"),
+}
+
+
 def _arch_machine(platform: pb.PlatformSpec) -> tuple[str, str]:
-    """The (arch, machine) libvirt would write for the abi and bits; ("", "") leaves the abi to the host."""
+    """The (arch, machine) libvirt would write for the abi, arch and bits; ("", "") leaves them to the host (or to
+    the metadata, when libvirt has no spelling for the combination)."""
     bits32 = platform.bits == 32
-    if platform.abi == pb.SPAPR:
-        return "ppc64le", "pseries"
-    if platform.abi == pb.BOOKE:
+    if platform.abi == pb.BOOKE and platform.arch == pb.ARCH_UNSPECIFIED:
         return ("ppc" if bits32 else "ppc64"), "ppce500"
-    if platform.abi == pb.BARE_METAL:
-        return ("i686" if bits32 else "x86_64"), "pc"
-    return "", ""
+    arch, machine = _OS_TYPES.get((platform.abi, platform.arch), ("", ""))
+    if arch == "x86_64" and bits32:
+        return "i686", "pc"
+    return arch, machine
 
 
 def _os(spec: pb.VmSpec, root: ET.Element) -> None:
@@ -82,10 +104,10 @@ def _features(platform: pb.PlatformSpec, root: ET.Element) -> None:
 
 
 def _cpu(platform: pb.PlatformSpec, root: ET.Element) -> None:
-    compat = platform.compat
-    if platform.abi == pb.BARE_METAL and _X86_LEVEL.match(compat):
+    compat, arch = platform.compat, _arch_machine(platform)[0]
+    if arch in ("x86_64", "i686") and _X86_LEVEL.match(compat):
         cpu = ET.SubElement(root, "cpu", {"mode": "custom", "match": "exact", "check": "none"})
-    elif platform.abi == pb.SPAPR and _POWER.match(compat):
+    elif platform.abi == pb.SPAPR and arch in ("ppc64", "ppc64le") and _POWER.match(compat):
         cpu = ET.SubElement(root, "cpu", {"mode": "host-model"})
     else:
         return
@@ -120,6 +142,8 @@ def _platform_attrs(want: pb.PlatformSpec, got: pb.PlatformSpec) -> str:
         attrs.append(f"compat={quoteattr(want.compat)}")
     if want.bits != got.bits:
         attrs.append(f"bits={quoteattr(str(want.bits))}")
+    if want.arch != got.arch:
+        attrs.append(f"arch={quoteattr(_ARCH_SPELLING[want.arch])}")
     return " ".join(attrs)
 
 

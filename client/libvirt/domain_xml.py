@@ -3,7 +3,9 @@
 `translate(xml_text)` returns a frozen `Translation`: the spec, warnings for everything understood but not applied
 (disks, NICs, graphics, tuning, ...), the domain's uuid, and whether the domain opted in to be run by kvmplat
 through the metadata namespace (`kvmplat.client.libvirt.domain_meta`, URI `http://kvmplat.io/xmlns/domain/1`).
-Malformed, hostile (DTDs, entities, oversize) or ambiguous documents raise `DomainXmlError` with one clear line.
+Malformed, hostile (DTDs, entities, oversize) or ambiguous documents raise `DomainXmlError` with one clear line; a
+readable domain asking for a platform no agent can give (an exact CPU model kvmplat has no level for, a machine no
+KVM runs) raises its subclass `DomainRefused`, which callers report as a refusal (the CLI's exit 1), not bad input.
 
 What is translated (everything else under `<domain>` is a warning, never a silent drop):
 
@@ -12,7 +14,7 @@ What is translated (everything else under `<domain>` is a warning, never a silen
     <memory unit>          spec.memory_mib, every libvirt unit, rounded up to MiB (warned when not whole)
     <currentMemory>        warned when below <memory> (kvmplat has no balloon)
     <vcpu current>         spec.vcpus = current (or the count); placement/cpuset warned
-    <os><type arch machine> abi and bits (domain_xml_platform); kernel/initrd/cmdline → spec.boot
+    <os><type arch machine> arch, abi and bits (domain_platform); kernel/initrd/cmdline → spec.boot
     <cpu mode><model>      compat (x86 levels, POWER compat modes) and compat_policy (fallback forbid/allow)
     <features>             <kvm><hidden> drops pv KVM; <hyperv> adds pv HYPERV
     <metadata><kvmplat:vm> exact platform/boot/labels and opt-in (`run="yes"`)
@@ -34,13 +36,20 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml  # type: ignore[import-untyped]
 import defusedxml.ElementTree as safe_et  # type: ignore[import-untyped]
 from kvmplat.client.libvirt.domain_meta import NAMESPACE, Meta, MetaError, parse_meta
-from kvmplat.client.libvirt.domain_platform import PlatformXmlError, cpu_compat, os_platform, pv_of
+from kvmplat.client.libvirt.domain_platform import (
+    PlatformXmlError,
+    PlatformXmlRefused,
+    cpu_compat,
+    os_platform,
+    pv_of,
+)
 from kvmplat.client.libvirt.domain_units import UnitError, memory_kib
 from kvmplat.v1 import agent_pb2 as pb
 
 __all__ = [
     "MAX_XML_BYTES",
     "NAMESPACE",
+    "DomainRefused",
     "DomainXmlError",
     "Translation",
     "parse_document",
@@ -62,6 +71,10 @@ _QUIET_DEVICES = {"emulator", "serial", "console"}
 
 class DomainXmlError(ValueError):
     """The document is not a domain kvmplat can read: malformed, hostile, ambiguous or unsupported."""
+
+
+class DomainRefused(DomainXmlError):
+    """The domain is readable, but its platform is one no kvmplat agent can give: a refusal, like an agent's."""
 
 
 @dataclass(frozen=True)
@@ -237,9 +250,11 @@ def _platform(root: Element, kind: str, notes: list[str]) -> tuple[pb.PlatformSp
         osp = os_platform(root.find("os"), notes)
         compat, policy = cpu_compat(root.find("cpu"), osp.family, osp.abi, notes)
         pv = pv_of(kind, root.find("features"), notes)
+    except PlatformXmlRefused as e:
+        raise DomainRefused(str(e)) from None
     except PlatformXmlError as e:
         raise DomainXmlError(str(e)) from None
-    platform = pb.PlatformSpec(abi=osp.abi, pv=pv, compat=compat, compat_policy=policy, bits=osp.bits)
+    platform = pb.PlatformSpec(abi=osp.abi, pv=pv, compat=compat, compat_policy=policy, bits=osp.bits, arch=osp.arch)
     return platform, osp.summary
 
 
@@ -247,6 +262,7 @@ _ENUM_NAMES: dict[str, Callable[[int], str]] = {
     "abi": pb.Abi.Name,
     "compat_policy": pb.CompatPolicy.Name,
     "accel": pb.Accel.Name,
+    "arch": pb.Arch.Name,
 }
 
 
@@ -261,6 +277,7 @@ def _override(platform: pb.PlatformSpec, meta: Meta, notes: list[str]) -> None:
         "compat_policy": meta.compat_policy,
         "bits": meta.bits,
         "accel": meta.accel,
+        "arch": meta.arch,
     }
     for field, value in stated.items():
         if value is None:

@@ -41,7 +41,14 @@ import os
 from collections.abc import Callable, Mapping
 from typing import IO, Any, NamedTuple
 
-from kvmplat.client.libvirt.domain_xml import MAX_XML_BYTES, DomainXmlError, Translation, parse_document, translate_root
+from kvmplat.client.libvirt.domain_xml import (
+    MAX_XML_BYTES,
+    DomainRefused,
+    DomainXmlError,
+    Translation,
+    parse_document,
+    translate_root,
+)
 from kvmplat.client.libvirt.hook_scope import SCOPES, in_scope
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -352,6 +359,8 @@ def _main(
         run.config = load_config(env)  # first: the scope decides whether this domain is ours at all
         try:
             t = _translation(data, run.config.scope)
+        except DomainRefused as e:  # the same answer the agent would give: the platform is refused
+            return run.refuse(f"platform refused: {e}") if op == ("prepare", "begin") else 0
         except DomainXmlError as e:
             return run.refuse(f"cannot read its domain XML: {e}") if op == ("prepare", "begin") else 0
         if t is None or (action[1] and not t.opt_in):

@@ -6,6 +6,8 @@ label as is, once the prefix is allowed in nfd-master's `-extra-label-ns`.
 
 Labels (all under `kvmplat.io/`, values `true` unless said):
     arch=<x86_64|ppc64le>        abi.<abi>, pv.<pv>          accel=<default>, accel.<name>
+    arch.<guest arch>            a guest arch the host's KVM runs (arch.x86-64, arch.ppc64le, arch.ppc, ...)
+    max-level=<level>            the agent's ceiling (kvmplat-agent --max-level): no level above it is labelled
     <level>.strict               CheckPlatform admits the level under STRICT: the guest sees exactly that level
     <level>.best-effort          CheckPlatform admits it under BEST_EFFORT: every feature it needs is offered, and
                                  features above it that cannot be hidden stay visible (named in the notes)
@@ -57,6 +59,9 @@ def labels_from_caps(caps: pb.Capabilities) -> dict[str, str]:
     pairs: list[tuple[str, str]] = []
     if caps.arch:
         pairs.append(("arch", caps.arch))
+    pairs += [(f"arch.{_slug(pb.Arch.Name(a))}", "true") for a in caps.arches if a]
+    if caps.max_level:
+        pairs.append(("max-level", _label_safe(caps.max_level)))
     pairs += [(f"abi.{_slug(pb.Abi.Name(a))}", "true") for a in caps.abis if a]
     pairs += [(f"pv.{_slug(pb.Pv.Name(p))}", "true") for p in caps.pv if p]
     pairs += [(f"accel.{_label_safe(a)}", "true") for a in caps.accels]

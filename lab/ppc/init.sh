@@ -13,6 +13,6 @@ if [ -f "$mods/kvm.ko" ]; then
 fi
 echo "KVMPLAT-LAB-BEGIN kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) cmdline=$(cat /proc/cmdline)"
 PYTHONPATH=/lab:/usr/lib/python3/dist-packages PYTHONDONTWRITEBYTECODE=1 \
-  /usr/bin/python3.11 -S -m kvmplat.agent.platform.ppc_lab
+  /usr/bin/python3.11 -S -m kvmplat.lab.ppc.guest
 echo "KVMPLAT-LAB-END rc=$? uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f

@@ -11,7 +11,7 @@ Prepares (ppc_prepare.py), in the cache ($KVMPLAT_PPC_CACHE, default /var/cache/
   kernel-pr-KEY/vmlinux   the KVM-PR kernel built from linux-source-6.1 with kvm-pr.config (only when absent)
   initrd.cpio, logs/      the initramfs (rebuilt each run: kvmplat's code is staged fresh) and each boot's console
 then boots QEMU's pseries POWER9 twice (HV: stock kernel, cap-nested-hv, radix; PR: built kernel, disable_radix).
-In each guest /init (init.sh) runs `python3.11 -m kvmplat.agent.platform.ppc_lab`: it learns the host from the real
+In each guest /init (init.sh) runs `python3.11 -m kvmplat.lab.ppc.guest`: it learns the host from the real
 /dev/kvm, predicts every case with the agent's resolution, applies the plan and compares, then runs the ppc probe
 payload under KVM_RUN. The last stdout line is the JSON report; the exit status is 0 only when every check holds.
 """
@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script: ppc_prepare sits beside it
-from ppc_prepare import (
+from kvmplat.lab.ppc.ppc_prepare import (
     CACHE,
     CONFIGS,
     QEMU,
@@ -134,6 +133,7 @@ def report_hv(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "accel": cases.get("accel-auto", {}).get("accel"),
         "compat": _verdicts(cases),
+        "bare_metal": cases.get("bare-metal-ppc64", {}).get("predicted", "missing"),
         "kernel_agrees": summary.get("kernel_agrees") is True and result["rc"] == 0,
         "probe_console": probe.get("probe_console") is True,
         "seconds": result["seconds"],
@@ -147,10 +147,20 @@ def report_pr(result: dict[str, Any]) -> dict[str, Any]:
         "accel": cases.get("accel-auto", {}).get("accel"),
         "compat": _verdicts(cases),
         "pvinfo": cases.get("pv-kvm", {}).get("pvinfo"),
+        "bare_metal_ppc64": _bare(cases, "bare-metal-ppc64"),
+        "bare_metal_ppc32": _bare(cases, "bare-metal-ppc32"),
         "kernel_agrees": summary.get("kernel_agrees") is True and result["rc"] == 0,
         "mmio_exit": probe.get("mmio_exit") is True,
         "seconds": result["seconds"],
     }
+
+
+def _bare(cases: dict[str, Any], name: str) -> bool | str:
+    """True when the agent admitted a bare-metal case and its probe ran without PAPR; else what happened."""
+    predicted = str(cases.get(name, {}).get("predicted", "missing"))
+    if predicted != "admitted":
+        return predicted
+    return cases.get(f"{name}-run", {}).get("ran") is True
 
 
 def check(config: str, result: dict[str, Any]) -> list[str]:
@@ -172,6 +182,9 @@ def check(config: str, result: dict[str, Any]) -> list[str]:
         )
         want["H_PUT_TERM_CHAR console line starts with kvmplat-probe"] = probe.get("probe_console") is True
         want["the probe's hypercalls reached userspace"] = bool(probe.get("hcalls"))
+        want["BARE_METAL refused (book3s_hv runs only PAPR), KVM_VM_PPC_PR's EINVAL confirms"] = all(
+            _refused_confirmed(cases.get(f"bare-metal-{w}")) for w in ("ppc64", "ppc32")
+        )
     else:
         want["STRICT power8/power9 refused, the kernel's EINVAL confirms"] = all(
             _refused_confirmed(cases.get(f"spapr-{lv}")) for lv in ("power8", "power9")
@@ -182,6 +195,10 @@ def check(config: str, result: dict[str, Any]) -> list[str]:
         )
         want["pv KVM reports KVM_PPC_GET_PVINFO's 4 words"] = len(cases.get("pv-kvm", {}).get("pvinfo") or []) == 4
         want["the probe's MMIO store exited to userspace"] = probe.get("mmio_exit") is True
+        want["BARE_METAL PPC64 admitted and its probe stored without PAPR"] = _bare(cases, "bare-metal-ppc64") is True
+        want["BARE_METAL PPC (32-bit Book3S) admitted and its probe ran with MSR.SF clear"] = (
+            _bare(cases, "bare-metal-ppc32") is True
+        )
     return [f"{config}: {what}" for what, held in want.items() if not held]
 
 

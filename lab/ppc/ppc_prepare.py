@@ -49,7 +49,7 @@ def _mirror() -> str:
             continue
         for uri in re.findall(r"^\s*(?:URIs:|deb(?:\s+\[[^]]*\])?)\s+(https?://\S+)", text, re.M):
             if uri.rstrip("/").endswith("/debian"):
-                return uri.rstrip("/")
+                return str(uri).rstrip("/")
     return "http://deb.debian.org/debian"
 
 
@@ -287,12 +287,12 @@ def pr_kernel() -> Path:
 
 def initramfs(root: Path, stock_root: Path) -> Path:
     """A newc initramfs: the ppc64el root, Debian's kvm.ko/kvm-hv.ko, kvmplat's staged code under /lab, /init."""
-    sys.path.insert(0, str(REPO))  # kvmplat is installed editable in .venv; this also covers a bare checkout
-    from kvmplat.agent.platform.ppc_lab import stage
     from kvmplat.client.guest_image import CpioEntry, cpio_newc
+    from kvmplat.lab.ppc.guest import stage
 
     with tempfile.TemporaryDirectory() as tmp:
         stage(tmp)
+        probe32(Path(tmp) / "probe32.bin")
         compile_tree(Path(tmp), "/lab")
         entries = [CpioEntry(d, 0o040755) for d in ("dev", "proc", "sys", "tmp", "lab")]
         entries.append(CpioEntry("dev/console", 0o020600, rdev=(5, 1)))
@@ -307,6 +307,15 @@ def initramfs(root: Path, stock_root: Path) -> Path:
     out = CACHE / "initrd.cpio"
     out.write_bytes(data)
     progress(f"initramfs {out}: {len(data) / 2**20:.1f} MiB")
+    return out
+
+
+def probe32(out: Path) -> Path:
+    """lab/ppc/probe32.S (the 32-bit Book3S probe) assembled big-endian 32-bit into a flat binary at `out`."""
+    obj = out.with_suffix(".o")
+    run(["powerpc64le-linux-gnu-as", "-a32", "-mbig", "-o", str(obj), str(HERE / "probe32.S")])
+    run(["powerpc64le-linux-gnu-objcopy", "-O", "binary", str(obj), str(out)])
+    obj.unlink()
     return out
 
 

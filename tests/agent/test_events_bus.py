@@ -1,5 +1,7 @@
 """agent/registry/events.py Bus: replay then live without gaps or repeats, slow watchers cut off at WATCH_BUFFER with
-RESOURCE_EXHAUSTED, and memory bounded by RING and WATCH_BUFFER whatever the watchers do."""
+RESOURCE_EXHAUSTED (and able to resume from their last sequence number), memory bounded by RING and WATCH_BUFFER
+whatever the watchers do, and fan-out that serializes each event once: every watcher gets the very same bytes, in
+order, a backlog as one batch."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from kvmplat.agent.api.status import code_of
 from kvmplat.agent.errors import ResourceExhausted
 from kvmplat.agent.registry.events import RING, WATCH_BUFFER, Bus, event_from_runner
+from kvmplat.agent.runner.wire import ConsoleText, ExitReport, RunnerEvent, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
 T = TypeVar("T")
@@ -27,7 +30,32 @@ def publish(bus: Bus, vm: str, seqs: range) -> None:
         bus.publish(pb.Event(seq=s, vm=vm, console=pb.ConsoleText(text=f"line {s}\n")))
 
 
-async def take(stream: AsyncIterator[pb.Event], n: int) -> list[int]:
+class Events:
+    """A bus stream read one decoded event at a time (the bus hands out batches of bytes)."""
+
+    def __init__(self, batches: AsyncIterator[list[bytes]]) -> None:
+        self.batches = batches
+        self.buffered: list[bytes] = []
+
+    def __aiter__(self) -> Events:
+        return self
+
+    async def __anext__(self) -> pb.Event:
+        if not self.buffered:
+            self.buffered = list(await anext(self.batches))
+        return pb.Event.FromString(self.buffered.pop(0))
+
+    async def aclose(self) -> None:
+        """Ends the stream (the bus forgets the watcher)."""
+        await self.batches.aclose()  # type: ignore[attr-defined]
+
+
+def watch(bus: Bus, vm: str, since: int, follow: bool) -> Events:
+    """A watch of `bus` read as events."""
+    return Events(bus.watch(vm, since, follow))
+
+
+async def take(stream: Events, n: int) -> list[int]:
     """Seqs of the next `n` events."""
     return [(await anext(stream)).seq for _ in range(n)]
 
@@ -36,7 +64,7 @@ def test_replay_then_live_without_gaps_or_repeats() -> None:
     async def main() -> list[int]:
         bus = Bus()
         publish(bus, "a", range(1, 6))
-        stream = bus.watch("a", 2, follow=True)
+        stream = watch(bus, "a", 2, follow=True)
         got = await take(stream, 1)  # subscribed now, in the middle of the replay
         publish(bus, "a", range(6, 9))
         got += await take(stream, 5)
@@ -53,7 +81,7 @@ def test_watch_without_follow_replays_and_ends() -> None:
         bus = Bus()
         publish(bus, "a", range(1, 4))
         publish(bus, "b", range(1, 3))
-        return [e.seq async for e in bus.watch("a", 1, follow=False)]
+        return [e.seq async for e in watch(bus, "a", 1, follow=False)]
 
     assert run(main()) == [2, 3]
 
@@ -63,7 +91,7 @@ def test_watching_every_vm_applies_since_per_vm() -> None:
         bus = Bus()
         publish(bus, "a", range(1, 4))
         publish(bus, "b", range(1, 3))
-        stream = bus.watch("", 1, follow=True)
+        stream = watch(bus, "", 1, follow=True)
         out = [(e.vm, e.seq) for e in [await anext(stream) for _ in range(3)]]
         publish(bus, "b", range(3, 4))
         out.append(((e := await anext(stream)).vm, e.seq))
@@ -77,7 +105,7 @@ def test_a_slow_watcher_is_cut_off_with_resource_exhausted() -> None:
     async def main() -> tuple[int, int, int]:
         bus = Bus()
         publish(bus, "a", range(1, 2))
-        stream = bus.watch("a", 0, follow=True)
+        stream = watch(bus, "a", 0, follow=True)
         await take(stream, 1)
         publish(bus, "a", range(2, 2 + WATCH_BUFFER + 50))  # nobody reads
         watchers = bus.watcher_count()
@@ -96,8 +124,8 @@ def test_a_slow_watcher_is_cut_off_with_resource_exhausted() -> None:
 def test_a_fast_watcher_is_not_cut_off_by_a_slow_one() -> None:
     async def main() -> list[int]:
         bus = Bus()
-        slow = bus.watch("a", 0, follow=True)
-        fast = bus.watch("a", 0, follow=True)
+        slow = watch(bus, "a", 0, follow=True)
+        fast = watch(bus, "a", 0, follow=True)
         publish(bus, "a", range(1, 2))
         await take(slow, 1)
         out = await take(fast, 1)
@@ -115,7 +143,7 @@ def test_memory_is_bounded_by_the_ring() -> None:
     async def main() -> list[int]:
         bus = Bus()
         publish(bus, "a", range(1, 3 * RING + 1))
-        return [e.seq async for e in bus.watch("a", 0, follow=False)]
+        return [e.seq async for e in watch(bus, "a", 0, follow=False)]
 
     seqs = run(main())
     assert seqs == list(range(2 * RING + 1, 3 * RING + 1))
@@ -125,8 +153,8 @@ def test_forget_ends_the_streams_of_that_vm_only() -> None:
     async def main() -> tuple[list[int], int]:
         bus = Bus()
         publish(bus, "a", range(1, 3))
-        stream = bus.watch("a", 0, follow=True)
-        other = bus.watch("b", 0, follow=True)
+        stream = watch(bus, "a", 0, follow=True)
+        other = watch(bus, "b", 0, follow=True)
         task = asyncio.ensure_future(anext(other))
         await asyncio.sleep(0)  # let it subscribe
         got = await take(stream, 2)
@@ -134,7 +162,7 @@ def test_forget_ends_the_streams_of_that_vm_only() -> None:
         got += [e.seq async for e in stream]
         remaining = bus.watcher_count()
         task.cancel()
-        replay = [e.seq async for e in bus.watch("a", 0, follow=False)]
+        replay = [e.seq async for e in watch(bus, "a", 0, follow=False)]
         assert replay == []
         return got, remaining
 
@@ -143,14 +171,68 @@ def test_forget_ends_the_streams_of_that_vm_only() -> None:
 
 
 def test_event_from_runner_builds_each_kind() -> None:
-    state = event_from_runner(
-        "v", {"seq": 1, "time": 1.5, "state": {"from": "CREATED", "to": "RUNNING", "reason": "r"}}
-    )
+    state = event_from_runner("v", RunnerEvent(1, 1.5, StateChange("CREATED", "RUNNING", "r")))
     assert state.state.to == pb.RUNNING and getattr(state.state, "from") == pb.CREATED and state.time.nanos == 5 * 10**8
-    exit_ = event_from_runner(
-        "v", {"seq": 2, "exit": {"reason": "crash", "registers": {"rip": 16}, "instruction": "0f0b"}}
-    )
+    report = ExitReport("crash", 0, "d", registers={"rip": 16}, instruction="0f0b")
+    exit_ = event_from_runner("v", RunnerEvent(2, 0.0, report))
     assert exit_.exit.registers["rip"] == 16 and exit_.exit.instruction == b"\x0f\x0b"
-    assert event_from_runner("v", {"seq": 3, "error": "x"}).error.message == "x"
-    unknown = event_from_runner("v", {"seq": 4, "state": {"to": "NONSENSE"}})
+    assert event_from_runner("v", RunnerEvent(3, 0.0, ConsoleText("x"))).console.text == "x"
+    unknown = event_from_runner("v", RunnerEvent(4, 0.0, StateChange("", "NONSENSE", "")))
     assert unknown.state.to == pb.VM_STATE_UNSPECIFIED
+
+
+def test_every_watcher_gets_the_same_bytes_in_order() -> None:
+    async def main() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        bus = Bus()
+        streams = bus.watch("", 0, True), bus.watch("", 0, True), bus.watch("a", 0, True)
+        firsts = [asyncio.ensure_future(anext(s)) for s in streams]
+        await asyncio.sleep(0)  # all subscribed, waiting
+        got: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
+        for s in range(1, 201):  # one sequence over both VMs: publish order is seq order
+            publish(bus, "a" if s % 3 else "b", range(s, s + 1))
+            if s % 7 == 0:  # read now and then: batches of varying length
+                for stream, first, out in zip(streams, firsts, got, strict=True):
+                    out.extend(await first if not out else await anext(stream))
+        for stream, out in zip(streams, got, strict=True):
+            out.extend(await anext(stream))  # the rest (197..200)
+            await stream.aclose()  # type: ignore[attr-defined]
+        return got
+
+    every1, every2, only_a = run(main())
+    assert len(every1) == 200 and all(x is y for x, y in zip(every1, every2, strict=True))  # serialized once
+    assert [pb.Event.FromString(d).seq for d in every1] == list(range(1, 201))
+    assert only_a == [d for d in every1 if pb.Event.FromString(d).vm == "a"]
+    assert all(any(d is e for e in every1) for d in only_a)
+
+
+def test_a_watcher_that_fell_behind_gets_its_backlog_as_one_batch() -> None:
+    async def main() -> list[int]:
+        bus = Bus()
+        stream = bus.watch("a", 0, follow=True)
+        publish(bus, "a", range(1, 2))
+        first = await anext(stream)
+        publish(bus, "a", range(2, 502))  # it does not read meanwhile
+        backlog = await anext(stream)
+        await stream.aclose()  # type: ignore[attr-defined]
+        return [len(first), len(backlog)]
+
+    assert run(main()) == [1, 500]
+
+
+def test_a_cut_off_watcher_resumes_from_its_last_sequence_number_without_a_gap() -> None:
+    async def main() -> list[int]:
+        bus = Bus()
+        stream = watch(bus, "a", 0, follow=True)
+        publish(bus, "a", range(1, 2))
+        got = await take(stream, 1)
+        publish(bus, "a", range(2, 2 + WATCH_BUFFER + 50))  # nobody reads: cut off
+        with pytest.raises(ResourceExhausted):
+            async for ev in stream:
+                got.append(ev.seq)
+        again = watch(bus, "a", got[-1], follow=True)  # as the error says: since_seq = the last one received
+        publish(bus, "a", range(2 + WATCH_BUFFER + 50, 2 + WATCH_BUFFER + 60))
+        got += await take(again, 60)
+        await again.aclose()
+        return got
+
+    assert run(main()) == list(range(1, 2 + WATCH_BUFFER + 60))

@@ -66,6 +66,19 @@ def test_waiting_writes_of_a_vm_coalesce_to_its_newest_durable_first(tmp_path: P
     assert {r["name"]: r["v"] for r in store.load_all()} == {"a": 3, "c": 1}
 
 
+def test_a_write_someone_waits_for_goes_first_without_an_fsync(tmp_path: Path) -> None:
+    store = GatedStore(str(tmp_path))
+    writer = RecordWriter(store, threads=1)
+    writer.save("x", {"name": "x", "spec": {}, "v": 0})
+    assert store.started.wait(5)
+    writer.save("y", {"name": "y", "spec": {}, "v": 1})
+    waited = writer.save("z", {"name": "z", "spec": {}, "v": 1}, first=True)  # DestroyVm's mark
+    store.gate.set()
+    waited.result(5)
+    writer.close()
+    assert [c[1:] for c in store.calls] == [("x", 0, False), ("z", 1, False), ("y", 1, False)]
+
+
 def test_a_coalesced_write_stays_durable(tmp_path: Path) -> None:
     store = GatedStore(str(tmp_path))
     writer = RecordWriter(store, threads=1)

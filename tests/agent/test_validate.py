@@ -65,8 +65,11 @@ def _fields(spec: pb.VmSpec, limits: Limits = LIMITS) -> set[str]:
     return {f for f, _ in info.value.violations}
 
 
-def test_a_good_spec_passes() -> None:
-    validate_spec(_spec(), LIMITS)
+def test_a_good_spec_passes_up_to_each_limit_and_not_one_past() -> None:
+    at_limits = _spec(vcpus=LIMITS.max_vcpus, memory_mib=LIMITS.max_memory_mib)
+    assert validate_spec(at_limits, LIMITS) is None
+    assert _fields(_spec(vcpus=LIMITS.max_vcpus + 1), LIMITS) == {"spec.vcpus"}
+    assert _fields(_spec(memory_mib=LIMITS.max_memory_mib + 1), LIMITS) == {"spec.memory_mib"}
 
 
 @pytest.mark.parametrize(
@@ -121,5 +124,7 @@ def test_validate_name_refuses(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["a", "A.b_c-9", "9" * 63])
-def test_validate_name_accepts(name: str) -> None:
-    validate_name(name)
+def test_validate_name_accepts_exactly_the_name(name: str) -> None:
+    assert validate_name(name) is None
+    with pytest.raises(InvalidArgument):  # the same name one character off the rules is refused
+        validate_name(name + "/")

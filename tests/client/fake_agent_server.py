@@ -77,7 +77,10 @@ class FakeAgent(pb_grpc.AgentServicer):  # type: ignore[misc]
     def CheckPlatform(self, request: pb.CheckPlatformRequest, context: Any) -> pb.CheckPlatformResponse:
         if request.spec.platform.abi == pb.SPAPR:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "platform.abi SPAPR cannot be honoured: host is x86_64")
-        return pb.CheckPlatformResponse(effective_platform=pb.EffectivePlatform(abi=pb.BARE_METAL, accel="kvm"))
+        notes = ["platform only"] if request.platform_only else []  # what the CLI asked, for its tests
+        return pb.CheckPlatformResponse(
+            effective_platform=pb.EffectivePlatform(abi=pb.BARE_METAL, accel="kvm", notes=notes)
+        )
 
     def CreateVm(self, request: pb.CreateVmRequest, context: Any) -> pb.Vm:
         spec = request.spec

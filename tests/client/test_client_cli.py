@@ -4,6 +4,7 @@ answers and refuses; it runs no guests)."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
@@ -121,26 +122,21 @@ def test_bad_address_exits_2() -> None:
     assert code == 2 and "tcp://HOST:PORT" in err
 
 
-def test_xml_without_translator_is_a_clear_usage_error(
-    agent_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from kvmplat.client.cli import commands
-
-    monkeypatch.setattr(commands, "DOMAIN_XML_MODULE", "kvmplat.client.no_such_translator")
-    xml = tmp_path / "d.xml"
-    xml.write_text("<domain/>")
-    code, _, err = run(["check", "--xml", str(xml)], agent_env)
-    assert code == 2 and "kvmplat.client.no_such_translator" in err
-
-
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["--help"])[0] == 0
     assert "events" in capsys.readouterr().out
 
 
-def test_a_missing_command_module_is_skipped() -> None:
-    parser = cli.build_parser(("kvmplat.client.cli.commands", "kvmplat.client.not_landed_yet"))
-    assert parser.parse_args(["caps"]).command == "caps"
+def test_every_command_module_registers_its_commands() -> None:
+    for module in cli.COMMAND_MODULES:
+        sub = next(a for a in cli.build_parser((module,))._actions if isinstance(a, argparse._SubParsersAction))
+        assert sub.choices, f"{module} registered no command"
+    assert cli.build_parser().parse_args(["caps"]).command == "caps"
+
+
+def test_a_missing_command_module_is_an_error() -> None:
+    with pytest.raises(ModuleNotFoundError):
+        cli.build_parser(("kvmplat.client.cli.commands", "kvmplat.client.cli.no_such_commands"))
 
 
 def test_tls_problems_are_usage_errors(tmp_path: Path) -> None:
@@ -191,17 +187,29 @@ GOLDEN_DOMAIN = Path(__file__).resolve().parents[1] / "golden" / "domains" / "x8
 
 
 def test_check_xml_translates_through_domain_xml(agent_env: dict[str, str]) -> None:
-    pytest.importorskip("kvmplat.client.libvirt.domain_xml")
     code, out, _ = run(["check", "--xml", str(GOLDEN_DOMAIN), "--json"], agent_env)
     assert code == 0 and json.loads(out)["effectivePlatform"]["abi"] == "BARE_METAL"
     bad = GOLDEN_DOMAIN.parent.parent / "not-there.xml"
     assert run(["check", "--xml", str(bad)], agent_env)[0] == 2
 
 
+def test_check_xml_judges_a_domain_not_opted_in_on_its_platform_alone(
+    agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Like the libvirt hook: an opted-in domain gets the full dry run, any other one CheckPlatform(platform_only)."""
+    plain = tmp_path / "plain.xml"
+    plain.write_text(
+        "<domain type='kvm'><name>p</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+    )
+    code, out, _ = run(["check", "--xml", str(plain), "--json"], agent_env)
+    assert code == 0 and json.loads(out)["effectivePlatform"]["notes"] == ["platform only"]
+    code, out, _ = run(["check", "--xml", str(GOLDEN_DOMAIN), "--json"], agent_env)
+    assert code == 0 and json.loads(out)["effectivePlatform"].get("notes", []) == []
+
+
 def test_create_from_libvirt_uses_libvirts_test_driver(agent_env: dict[str, str]) -> None:
     """libvirt's built-in test driver (test:///default, no daemon) defines a domain named `test`."""
-    pytest.importorskip("libvirt")
-    pytest.importorskip("kvmplat.client.libvirt.domain_xml")
     code, out, err = run(["create", "test", "--from-libvirt", "test:///default", "--json"], agent_env)
     assert code == 0, err
     assert json.loads(out)["spec"]["vcpus"] == 2 and "warning" in err

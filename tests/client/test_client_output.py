@@ -6,6 +6,7 @@ import json
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kvmplat.client.cli import output
+from kvmplat.client.vmstates import state_name
 from kvmplat.v1 import agent_pb2 as pb
 
 
@@ -48,8 +49,9 @@ def test_event_json_is_one_line_with_seq() -> None:
 
 
 def test_enum_labels_drop_the_prefix() -> None:
-    assert output.state_name(pb.VM_STATE_UNSPECIFIED) == "UNSPECIFIED"
-    assert output.state_name(pb.PAUSED) == "PAUSED"
+    assert state_name(pb.VM_STATE_UNSPECIFIED) == "UNSPECIFIED"
+    assert state_name(pb.PAUSED) == "PAUSED"
+    assert state_name(99) == "99"  # a state a newer agent may report
     assert output.enum_label(pb.CompatPolicy, pb.COMPAT_POLICY_UNSPECIFIED) == "UNSPECIFIED"
     assert output.enum_label(pb.Abi, 99) == "99"
 

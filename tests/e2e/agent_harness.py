@@ -7,20 +7,18 @@ import contextlib
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from kvmplat.client.agent import Client
+from kvmplat.client.localagent import AGENT as AGENT_PATH
+from kvmplat.client.localagent import LocalAgent
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
-from proc_util import stop_process
 
 AgentFactory = Callable[..., "AgentProc"]  # the agent_factory fixture: flags in, a running agent out
-AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
+AGENT = str(AGENT_PATH)  # for tests of the agent's own start-up refusals, which run it directly
 # What a bad request may get: the caller's fault, named; never UNKNOWN or INTERNAL.
 BAD_INPUT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -32,31 +30,16 @@ BAD_INPUT_CODES = {
 
 
 class AgentProc:
-    """One running agent: its process, address, state dir, a raw stub and a `Client`."""
+    """One running agent (started by the one launcher, kvmplat.client.localagent): its process, address, state dir,
+    a raw stub and a `Client`."""
 
     def __init__(self, tmp: Path, *flags: str) -> None:
-        self.tmp = tmp
-        self.state_dir = tmp / "state"
-        self.address = f"unix://{tmp}/agent.sock"
-        self.log_path = tmp / "agent.log"
-        self._log = self.log_path.open("wb")
-        argv = [AGENT, "--listen", self.address, "--state-dir", str(self.state_dir), *flags]
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=self._log)
+        self.local = LocalAgent.start(tmp, flags)
+        self.tmp, self.address, self.proc, self.client = tmp, self.local.address, self.local.proc, self.local.client
+        self.state_dir, self.log_path = self.local.state_dir, self.local.log_path
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pbg.AgentStub(self.channel)
-        self.client = Client(self.address, timeout=30.0)
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=2)
-                return
-            except grpc.RpcError:
-                assert self.proc.poll() is None, f"agent exited: {self.log_path.read_text()[-800:]}"
-                assert time.monotonic() < deadline, "agent did not answer within 20 s"
-                time.sleep(0.05)
+        self.stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10)  # both connections open before any test
 
     def list_vms(self) -> pb.ListVmsResponse:
         """ListVms, raw."""
@@ -79,13 +62,9 @@ class AgentProc:
     def close(self) -> None:
         """Destroys every VM, stops the agent and removes its files."""
         try:
-            if self.proc.poll() is None:
-                self.client.destroy_all()
+            self.local.stop()
         finally:
-            self.client.close()
             self.channel.close()
-            stop_process(self.proc)
-            self._log.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 

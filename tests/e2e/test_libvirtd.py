@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 import pytest
+from kvmplat.client.localagent import LocalAgent
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pb_grpc
 from proc_util import stop_process
@@ -33,7 +34,6 @@ from proc_util import stop_process
 ROOT = Path(__file__).resolve().parents[2]
 HOOK = ROOT / "libvirt-hooks" / "qemu"
 BIN = Path(sys.executable).parent
-AGENT = BIN / "kvmplat-agent"
 DOMTYPE = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
 NS = "http://kvmplat.io/xmlns/domain/1"
 
@@ -72,15 +72,6 @@ def _missing() -> str:
         if not os.access(tool, os.X_OK):
             return f"{tool} is missing (mk/libvirt.debs installs it)"
     return ""
-
-
-def _agent_missing() -> str:
-    """Why the real agent cannot be started, or ""."""
-    try:
-        import kvmplat.agent.api.main  # noqa: F401
-    except ImportError:
-        return "the kvmplat agent (kvmplat.agent.api.main) has not landed yet"
-    return "" if AGENT.exists() else f"{AGENT} is not installed"
 
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(_missing()), reason=_missing() or "-")]
@@ -242,32 +233,13 @@ def _stand_in(tmp: Path) -> Iterator[str]:
 
 
 def _real_agent(tmp: Path) -> Iterator[str]:
-    address = f"unix://{tmp}/agent.sock"
-    log = (tmp / "agent.log").open("wb")
-    argv = [str(AGENT), "--listen", address, "--state-dir", str(tmp / "state")]
-    proc = subprocess.Popen(argv, stdout=log, stderr=log)
-    env = {**os.environ, "KVMPLAT_AGENT": address}
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run([str(BIN / "kvmplat"), "caps", "--json"], env=env, capture_output=True).returncode:
-            assert proc.poll() is None, f"agent exited: {(tmp / 'agent.log').read_text()[-800:]}"
-            assert time.monotonic() < deadline, "agent did not answer within 30 s"
-            time.sleep(0.2)
-        yield address
-    finally:
-        for vm in kvmplat_list(address):
-            subprocess.run([str(BIN / "kvmplat"), "stop", vm], env=env, capture_output=True, timeout=30)
-            subprocess.run([str(BIN / "kvmplat"), "destroy", vm], env=env, capture_output=True, timeout=30)
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
+    with LocalAgent.start(tmp, timeout=30) as agent:
+        yield agent.address
 
 
 @pytest.fixture(params=["stand-in", "kvmplat-agent"])
 def agent_address(request: pytest.FixtureRequest) -> Iterator[str]:
     """An agent on a private unix socket: the stand-in, or the real kvmplat agent."""
-    if request.param == "kvmplat-agent" and _agent_missing():
-        pytest.skip(_agent_missing())
     tmp = Path(tempfile.mkdtemp(prefix="kvl-agent-"))
     try:
         yield from (_stand_in(tmp) if request.param == "stand-in" else _real_agent(tmp))

@@ -51,12 +51,15 @@ def wait_gone(pid: int, timeout: float = 10.0) -> None:
 
 
 def test_pause_really_stops_the_vcpus(agent: AgentProc) -> None:
+    """While `p` is paused, a second loop guest ticks twice: a PIT second in which `p` would have ticked and
+    exited had its vCPUs run (its guest clock, not a sleep, measures the pause)."""
     agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("p"), start=True), timeout=30)
+    agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("clock"), start=True), timeout=30)
     seq = wait_tick(agent, "p", 0)
     paused = agent.stub.PauseVm(pb.VmRequest(name="p"), timeout=10)
     assert paused.state == pb.PAUSED
     exits = agent.get("p").stats.exits
-    time.sleep(2.5)
+    wait_tick(agent, "clock", wait_tick(agent, "clock", agent.get("clock").last_seq))
     assert agent.get("p").stats.exits == exits, "exits grew while PAUSED"
     assert ticks(events(agent, "p", paused.last_seq)) == [], "the guest ticked while PAUSED"
     agent.stub.ResumeVm(pb.VmRequest(name="p"), timeout=10)
@@ -135,8 +138,7 @@ def test_a_vm_recreated_at_once_keeps_its_socket(agent: AgentProc) -> None:
         agent.stub.StopVm(pb.VmRequest(name="again"), timeout=10)
         agent.stub.DestroyVm(pb.VmRequest(name="again"), timeout=10)
         new = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("again"), start=True), timeout=30)
-        wait_gone(old.runner_pid)
-        time.sleep(0.1)
+        wait_gone(old.runner_pid)  # the old runner has ended: whatever it did on its way out is done
         assert (agent.state_dir / "run" / "again.sock").exists()
         assert agent.get("again").runner_pid == new.runner_pid
         agent.stub.StopVm(pb.VmRequest(name="again"), timeout=10)

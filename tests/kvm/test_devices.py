@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kvmplat.agent.kvm._kvmc import ffi, lib
-from kvmplat.agent.kvm.ioctls import REQUESTS
-from kvmplat.agent.runner.exits import KP_EXIT_POWEROFF, KP_EXIT_RESET
+from kvmplat.agent.kvm._kvmc import ffi
+from kvmplat.agent.kvm.devices import Devices, FastExit, VcpuStats
 
 
 class Dev:
@@ -18,10 +17,10 @@ class Dev:
     def __init__(self) -> None:
         self.r, self.w = os.pipe()
         os.set_blocking(self.r, False)
-        self.cvm = lib.kp_vm_new(-1, self.w, 0, REQUESTS["KVM_RUN"], REQUESTS["KVM_IRQ_LINE"])
+        self.devices = Devices(-1, self.w, irqchip=False)
         self.buf = ffi.new("uint8_t[8192]")
         self.run: Any = ffi.cast("struct kvm_run *", self.buf)
-        self.stats = ffi.new("struct kp_vcpu_stats *")
+        self.stats = VcpuStats()
 
     def io(self, port: int, value: int | None = None, size: int = 1) -> tuple[int, int]:
         """One port access (write when value is given); returns (handler result, byte read)."""
@@ -30,11 +29,11 @@ class Dev:
         self.run.io.size, self.run.io.port, self.run.io.count, self.run.io.data_offset = size, port, 1, 4096
         if value is not None:
             self.buf[4096] = value
-        r = lib.kp_handle_pio(self.cvm, self.run, self.stats)
+        r = self.devices.handle_pio(self.run, self.stats)
         return r, self.buf[4096]
 
     def console(self) -> bytes:
-        lib.kp_vm_flush_console(self.cvm)
+        self.devices.flush_console()
         try:
             return os.read(self.r, 65536)
         except BlockingIOError:
@@ -45,7 +44,7 @@ class Dev:
 def dev() -> Iterator[Dev]:
     d = Dev()
     yield d
-    lib.kp_vm_free(d.cvm)
+    d.devices.close()
     os.close(d.r)
     os.close(d.w)
 
@@ -56,7 +55,7 @@ def test_uart_lines_reach_the_console(dev: Dev) -> None:
     assert os.read(dev.r, 100) == b"hi\n"  # a newline flushes at once
     dev.io(0x3F8, ord(">"))
     assert dev.console() == b">"  # a partial line waits for an explicit flush
-    assert dev.stats.console_bytes == 4
+    assert dev.stats.counters()["console_bytes"] == 4
 
 
 def test_uart_registers_as_the_8250_driver_expects(dev: Dev) -> None:
@@ -71,18 +70,18 @@ def test_uart_registers_as_the_8250_driver_expects(dev: Dev) -> None:
 
 
 def test_input_is_queued_for_the_guest(dev: Dev) -> None:
-    assert lib.kp_vm_console_input(dev.cvm, b"ls\n", 3) == 3
+    assert dev.devices.console_input(b"ls\n") == 3
     assert dev.io(0x3FD)[1] & 0x01  # data ready
     assert bytes(dev.io(0x3F8)[1] for _ in range(3)) == b"ls\n"
     assert not dev.io(0x3FD)[1] & 0x01
 
 
 def test_exit_port_reset_line_and_unknown_ports(dev: Dev) -> None:
-    assert dev.io(0xF4, 0)[0] == KP_EXIT_POWEROFF
-    assert dev.io(0x64, 0xFE)[0] == KP_EXIT_RESET
+    assert dev.io(0xF4, 0)[0] == FastExit.POWEROFF
+    assert dev.io(0x64, 0xFE)[0] == FastExit.RESET
     assert dev.io(0x64) == (0, 0x01)  # i8042 never busy (IBF clear); OBF set: Linux finds no controller at once
     assert dev.io(0x60) == (0, 0)
-    assert dev.io(0x80, 0x12)[0] == 0 and dev.stats.unhandled_pio == 0
+    assert dev.io(0x80, 0x12)[0] == 0 and dev.stats.counters()["unhandled_pio"] == 0
     assert dev.io(0x1234) == (0, 0xFF)
     dev.io(0x1234, 1)
-    assert dev.stats.unhandled_pio == 2
+    assert dev.stats.counters()["unhandled_pio"] == 2

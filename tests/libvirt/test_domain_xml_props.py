@@ -86,6 +86,7 @@ def specs(draw: st.DrawFn) -> pb.VmSpec:
         compat=draw(st.sampled_from(["", "x86-64-v1", "x86-64-v4", "power8", "power10", "0x0f000005"]) | TRIMMED),
         compat_policy=draw(st.sampled_from([0, pb.STRICT, pb.BEST_EFFORT])),
         bits=draw(st.sampled_from([0, 32, 64])),
+        arch=draw(st.sampled_from([pb.ARCH_UNSPECIFIED, pb.X86_64, pb.PPC64, pb.PPC64LE, pb.PPC])),
         accel=draw(st.sampled_from([0, pb.AUTO, pb.HV, pb.PR])),
     )
     spec = pb.VmSpec(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import libvirt  # type: ignore[import-untyped]
 import pytest
 from kvmplat.client.libvirt.domain_xml import translate
 from kvmplat.client.libvirt.source import LibvirtError, domain_xml
 from kvmplat.v1 import agent_pb2 as pb
-
-libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (mk/libvirt.debs + pyproject)")
 
 
 def test_reads_the_default_test_domain() -> None:

@@ -6,16 +6,12 @@ from __future__ import annotations
 import contextlib
 import re
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from kvmplat.client.agent import Client
+from kvmplat.client.localagent import LocalAgent
 from kvmplat.v1 import agent_pb2 as pb
-from proc_util import stop_process
 
-AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
 LOAD = 0x100000  # physical and virtual: the loader's page tables map the first 4 GiB one to one
 ENDED = (pb.STOPPED, pb.CRASHED)
 
@@ -48,15 +44,14 @@ class Agent:
     """A kvmplat-agent on a private socket, allowed to boot kernels from `image_dirs`."""
 
     def __init__(self, tmp: Path, image_dirs: list[str]) -> None:
-        self.address = f"unix://{tmp}/agent.sock"
-        self.log = tmp / "agent.log"
-        flags = [f for d in image_dirs for f in ("--image-dir", d)]
-        argv = [AGENT, "--listen", self.address, "--state-dir", str(tmp / "state"), *flags]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        self.client = Client(self.address, timeout=30.0)
-        # a bound, not a speed check: inside the x86 lab's TCG the agent's start-up takes ~25 s
-        assert self.client.wait_ready(90.0), f"agent did not answer: {self.log.read_text()[-500:]}"
+        # timeout: a bound, not a speed check (inside the x86 lab's TCG the agent's start-up takes ~25 s)
+        self.local = LocalAgent.start(tmp, [f for d in image_dirs for f in ("--image-dir", d)], timeout=90.0)
+        self.address, self.log, self.proc, self.client = (
+            self.local.address,
+            self.local.log_path,
+            self.local.proc,
+            self.local.client,
+        )
 
     def boot(
         self, name: str, kernel: str, cmdline: str = "", initrd: str = "", pv: tuple[int, ...] = (pb.KVM,), **spec: int
@@ -109,8 +104,4 @@ class Agent:
 
     def close(self) -> None:
         """Destroys every VM and stops the agent."""
-        with contextlib.suppress(Exception):
-            for vm in self.client.list_vms():
-                self.discard(vm.spec.name)
-        self.client.close()
-        stop_process(self.proc)
+        self.local.stop()

@@ -9,6 +9,9 @@ reports what the guest sees: test_linux_hardware.py (the x86 lab runs it on kvm-
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from guest_harness import Agent
 from kvmplat.v1 import agent_pb2 as pb
@@ -41,11 +44,25 @@ def test_bzimage_reaches_the_decompressor_first_line(debian_agent: Agent, debian
     a.discard("bz")
 
 
-def test_vmlinux_reaches_the_banner_then_ends(debian_agent: Agent, debian_image: dict[str, str]) -> None:
-    a = debian_agent
-    a.boot("elf", debian_image["vmlinux"], _cmdline(debian_image), debian_image["initrd"], memory_mib=MEMORY_MIB)
-    a.wait_text("elf", r"Linux version \d", BANNER_S)
-    assert a.client.get_vm("elf").stats.HasField("linux_banner")
+def test_vmlinux_reaches_the_banner_moves_mid_boot_then_ends(
+    debian_agent: Agent, debian_image: dict[str, str], tmp_path: Path
+) -> None:
+    """The banner, then a live migration mid-boot: the kernel keeps printing on the target and ends there."""
+    home = debian_agent
+    home.boot("elf", debian_image["vmlinux"], _cmdline(debian_image), debian_image["initrd"], memory_mib=MEMORY_MIB)
+    home.wait_text("elf", r"Linux version \d", BANNER_S)
+    assert home.client.get_vm("elf").stats.HasField("linux_banner")
+    a = Agent(tmp_path, sorted({str(Path(debian_image[k]).resolve().parent) for k in ("vmlinux", "initrd")}))
+    try:
+        _move_mid_boot(home, a)
+    finally:
+        a.close()
+
+
+def _move_mid_boot(home: Agent, a: Agent) -> None:
+    assert list(home.client.migrate_vm("elf", a.address))[-1].phase == "done"
+    a.wait_text("elf", r"\S", BANNER_S)  # console lines printed after the move, on the target
+    assert not re.search(r"Linux version \d", a.console("elf"))  # it went on, it did not boot again
     vm = a.wait_end("elf", END_S)
     if vm.state == pb.CRASHED:  # kvm_pvm: the emulator's missing instruction, named with its bytes
         summary = a.exit_event("elf")

@@ -1,14 +1,14 @@
 """Golden tests: the zero page, e820 map, GDT, page tables, MP table and entry state for a fake bzImage and ELF.
 
-Regenerate after an intended layout change with `KVMPLAT_REGEN_GOLDEN=1 pytest tests/linux`, then review the diff
-of tests/golden/linux/*.txt before committing.
+Regenerate after an intended layout change with `KVMPLAT_REGEN_GOLDEN=1 pytest tests/linux` (the `golden` fixture),
+then review the diff of tests/golden/linux/*.txt before committing.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kvmplat.agent.guest.image import GuestImage
@@ -20,15 +20,12 @@ INITRD = b"07070100000000" + bytes(4000)
 CMDLINE = "console=ttyS0 reboot=t panic=-1 earlyprintk=serial,ttyS0,115200 nokaslr"
 
 
-def _check(name: str, image: GuestImage) -> None:
-    """Compare the dump with the golden file, or rewrite it under KVMPLAT_REGEN_GOLDEN=1."""
-    path = GOLDEN / f"{name}.txt"
+def _check(name: str, image: GuestImage, golden: Any) -> None:
+    """Compare the dump with the golden file (the `golden` fixture rewrites it under KVMPLAT_REGEN_GOLDEN=1)."""
     text = dump(image)
-    if os.environ.get("KVMPLAT_REGEN_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} missing: run with KVMPLAT_REGEN_GOLDEN=1"
-    assert text == path.read_text(), f"{name} layout changed; regenerate with KVMPLAT_REGEN_GOLDEN=1 if intended"
+    assert text == golden.text(GOLDEN / f"{name}.txt", text), (
+        f"{name} layout changed; KVMPLAT_REGEN_GOLDEN=1 if intended"
+    )
 
 
 def _zero_page(image: GuestImage) -> bytes:
@@ -37,16 +34,16 @@ def _zero_page(image: GuestImage) -> bytes:
 
 
 @pytest.mark.parametrize("vcpus", [1, 2])
-def test_bzimage_golden(vcpus: int) -> None:
+def test_bzimage_golden(vcpus: int, golden: Any) -> None:
     """A relocatable bzImage: payload at pref_address, entered there (32-bit protocol), initrd at the top of 64 MiB."""
     image = load_linux(fake_bzimage(), INITRD, CMDLINE, 64 * MIB, vcpus)
-    _check(f"bzimage-{vcpus}cpu", image)
+    _check(f"bzimage-{vcpus}cpu", image, golden)
 
 
-def test_elf_golden() -> None:
+def test_elf_golden(golden: Any) -> None:
     """An ELF vmlinux with a virtual e_entry: segments at p_paddr, entry converted to physical."""
     image = load_linux(fake_elf(), INITRD, CMDLINE, 64 * MIB, 2)
-    _check("elf-2cpu", image)
+    _check("elf-2cpu", image, golden)
 
 
 def test_bzimage_semantics() -> None:

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -101,36 +100,35 @@ class PlacementService:
 
 
 class PlacedAgent:
-    """A kvmplat-agent registered with Placement at `url`, advertising its own `address`; its state dir survives
-    a kill, so it can be started again (re-adoption and reconciliation)."""
+    """A kvmplat-agent registered with Placement at `url`, advertising its own `address`, started by the one
+    launcher (kvmplat.client.localagent); its state dir survives a kill, so it can be started again (re-adoption
+    and reconciliation)."""
 
     def __init__(self, address: str, state_dir: Path, url: str, *flags: str, netns: str = "", tls: Any = None) -> None:
-        from kvmplat.client.agent import Client
-
-        self.address, self.state_dir, self.netns = address, state_dir, netns
-        self.argv = [str(Path(sys.executable).parent / "kvmplat-agent"), "--listen", address]
-        self.argv += ["--state-dir", str(state_dir), "--placement-url", url, "--advertise", address, *flags]
-        self.client = Client(address, timeout=30, tls=tls)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.address, self.state_dir, self.netns, self.tls = address, state_dir, netns, tls
+        self.flags = ["--placement-url", url, "--advertise", address, *flags]
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
+        self.local: Any = None
         self.start()
 
     def start(self, *extra: str) -> None:
         """Starts the agent (with `extra` flags this time) and waits until it answers."""
-        from kvmplat.client.errors import KvmplatError
+        from kvmplat.client.localagent import LocalAgent
 
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([*prefix, *self.argv, *extra], stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.client.capabilities()
-                return
-            except KvmplatError:
-                assert self.proc.poll() is None, f"agent exited: {self.log_path.read_text()[-800:]}"
-                assert time.monotonic() < deadline, "agent did not answer within 30 s"
-                time.sleep(0.05)
+        if self.local is not None:
+            self.local.client.close()
+        wrapper = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.local = LocalAgent.start(
+            self.state_dir.parent,
+            [*self.flags, *extra],
+            address=self.address,
+            wrapper=wrapper,
+            tls=self.tls,
+            timeout=30,
+            state_dir=self.state_dir,
+            log_path=self.log_path,
+        )
+        self.proc, self.client = self.local.proc, self.local.client
 
     def provider_uuid(self) -> str:
         """The provider UUID the agent keeps in its state dir."""
@@ -138,21 +136,13 @@ class PlacedAgent:
 
     def kill(self) -> None:
         """SIGKILL: the runners keep running, the agent learns nothing."""
-        assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
 
     def stop(self) -> None:
         """SIGTERM (a clean shutdown; VMs keep running)."""
-        assert self.proc is not None
-        stop_process(self.proc)
+        self.local.stop(destroy_vms=False)
 
     def close(self) -> None:
         """Destroys every VM, stops the agent."""
-        try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.client.destroy_all()
-        finally:
-            self.client.close()
-            if self.proc is not None and self.proc.poll() is None:
-                stop_process(self.proc)
+        self.local.stop()

@@ -1,7 +1,7 @@
 """Fixtures for platform tests: the measured host truth and a driver that runs the built-in probe payload.
 
-The driver follows the runner's recipe (payload blob at 0x1000, vCPU count at 0x500, rip = 0x1000 + entry, rbx = vCPU
-index, flat real-mode segments, in-kernel irqchip) and the C vCPU loop, which writes console bytes to a pipe.
+The driver builds the runner's machine for the built-in probe and runs it with the C vCPU loop, which writes console
+bytes to a pipe.
 """
 
 from __future__ import annotations
@@ -27,63 +27,33 @@ def parse_cpuid_lines(text: str) -> CpuidLines:
 
 
 def _run_probe(rows: list[tuple[int, ...]], vcpus: int = 1, timeout: float = 20.0) -> str:
-    """Console output of the probe payload run on `vcpus` vCPUs, each with `rows` adjusted by for_vcpu."""
-    from kvmplat.agent.kvm._kvmc import ffi, lib
-    from kvmplat.agent.kvm.fds import Kvm, MpState
-    from kvmplat.agent.kvm.ioctls import REQUESTS
-    from kvmplat.agent.platform.x86 import for_vcpu
+    """Console output of the probe payload run on `vcpus` vCPUs, each with `rows` adjusted by for_vcpu: the machine
+    the runner builds (runner/machine.py), driven by the C vCPU loop on one thread per vCPU."""
+    from kvmplat.agent.kvm.devices import VcpuStats
+    from kvmplat.agent.runner.machine import build_machine
+    from kvmplat.agent.runner.wire import BootSource, RunnerConfig
 
-    with Kvm() as kvm, kvm.create_vm() as vm:
-        vm.set_tss_addr(0xFFFBD000)
-        vm.create_irqchip()
-        mem = vm.add_memory(1 << 20)
-        mem.write(0x1000, bytes(ffi.buffer(lib.kp_payload_blob, lib.kp_payload_blob_size)))
-        mem.write(0x500, bytes([vcpus]))
-        r, w = os.pipe()
-        kv = lib.kp_vm_new(vm.fd, w, 1, REQUESTS["KVM_RUN"], REQUESTS["KVM_IRQ_LINE"])
-        cpus = [vm.create_vcpu(i) for i in range(vcpus)]
+    config = RunnerConfig("probe", vcpus, 1, boot=BootSource(builtin="probe"), cpuid=tuple(rows))
+    m = build_machine(config)
+    try:
+        signal.signal(signal.SIGUSR1, lambda *_: None)
+        threads = [threading.Thread(target=m.devices.run, args=(c, VcpuStats())) for c in m.vcpus]
+        for t in threads:
+            t.start()
+        threads[-1].join(timeout)  # the last vCPU prints last and powers off; the others park in hlt
+        for c, t in zip(m.vcpus, threads, strict=True):
+            if t.is_alive():
+                c.run_struct.immediate_exit = 1
+                signal.pthread_kill(t.ident or 0, signal.SIGUSR1)
+            t.join(5)
+        m.devices.flush_console()
+        os.set_blocking(m.console_fd, False)
         try:
-            for c in cpus:
-                c.set_cpuid2(for_vcpu(rows, c.index))
-                s = c.get_sregs()
-                for seg in (s.cs, s.ds, s.es, s.fs, s.gs, s.ss):
-                    seg.base, seg.selector = 0, 0
-                c.set_sregs(s)
-                regs = c.get_regs()
-                regs.rip, regs.rflags, regs.rbx = 0x1000 + lib.kp_entry_probe, 2, c.index
-                c.set_regs(regs)
-                if c.index:
-                    c.set_mp_state(MpState.RUNNABLE)
-            _run_all(lib, ffi, kv, cpus, timeout)
-            lib.kp_vm_flush_console(kv)
-            os.close(w)
-            w = -1
-            return os.read(r, 1 << 16).decode(errors="replace")
-        finally:
-            for c in cpus:
-                c.close()
-            lib.kp_vm_free(kv)
-            os.close(r)
-            if w >= 0:
-                os.close(w)
-
-
-def _run_all(lib: object, ffi: object, kv: object, cpus: list, timeout: float) -> None:  # type: ignore[type-arg]
-    """Runs every vCPU on its own thread until the payload powers off; kicks them after `timeout` seconds."""
-    signal.signal(signal.SIGUSR1, lambda *_: None)
-
-    def run(c: object) -> None:
-        lib.kp_run(kv, c.fd, c.run_struct, ffi.new("struct kp_vcpu_stats *"))  # type: ignore[attr-defined]
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in cpus]
-    for t in threads:
-        t.start()
-    threads[-1].join(timeout)  # the last vCPU prints last and powers off; the others park in hlt
-    for c, t in zip(cpus, threads, strict=True):
-        if t.is_alive():
-            c.run_struct.immediate_exit = 1
-            signal.pthread_kill(t.ident or 0, signal.SIGUSR1)
-        t.join(5)
+            return os.read(m.console_fd, 1 << 16).decode(errors="replace")
+        except BlockingIOError:
+            return ""
+    finally:
+        m.close()
 
 
 @pytest.fixture(scope="session")

@@ -48,5 +48,12 @@ def test_level_table_positions_are_unique_and_levels_known() -> None:
 
 
 def test_ppc_logical_pvrs_follow_the_issue() -> None:
-    assert [lv.pvr for lv in PPC_LEVELS] == [0x0F000002, 0x0F000003, 0x0F100003, 0x0F000004, 0x0F000005, 0x0F000006]
+    assert [lv.logical_pvr for lv in PPC_LEVELS] == [
+        0x0F000002,
+        0x0F000003,
+        0x0F100003,
+        0x0F000004,
+        0x0F000005,
+        0x0F000006,
+    ]
     assert [lv.name for lv in PPC_LEVELS] == ["power6", "power7", "power7+", "power8", "power9", "power10"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kvmplat.agent.platform.ppc_lab import lab_main, stage
+from kvmplat.lab.ppc.guest import lab_main, stage
 from ppc_cases import GOLDEN
 
 
@@ -45,7 +45,7 @@ def test_lab_staged_tree_runs_in_abi_mode(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)}
     host = GOLDEN / "hosts" / "power9-hv.json"
     code = (
-        "import sys; from kvmplat.agent.platform.ppc_lab import lab_main; r = lab_main(sys.argv[1:]);"
+        "import sys; from kvmplat.lab.ppc.guest import lab_main; r = lab_main(sys.argv[1:]);"
         "import kvmplat.agent.kvm._kvmc as k; assert k.ABI_MODE; sys.exit(r)"
     )
     proc = subprocess.run(

@@ -40,7 +40,7 @@ def test_console_parsing_finds_marker_after_kernel_banner(lab: ModuleType) -> No
     hv = _boot(lab, "hv")
     assert hv["rc"] == 0 and hv["lab_seconds"] is not None and hv["lab_seconds"] > 0
     assert [next(iter(d)) for d in (hv["lines"][0], hv["lines"][-1])] == ["host", "summary"]
-    assert len([d for d in hv["lines"] if "case" in d]) == 8
+    assert len([d for d in hv["lines"] if "case" in d]) == 10
 
 
 def test_report_matches_issue_8_shape(lab: ModuleType) -> None:
@@ -51,6 +51,7 @@ def test_report_matches_issue_8_shape(lab: ModuleType) -> None:
     assert pr["accel"] == "pr" and set(pr["compat"].values()) == {"refused"}
     assert pr["pvinfo"] == ["564b003c", "214d0060", "02000044", "00000060"]
     assert pr["kernel_agrees"] is True and pr["mmio_exit"] is True
+    assert (pr["bare_metal_ppc64"], pr["bare_metal_ppc32"], hv["bare_metal"]) == (True, True, "refused")
     assert lab.check("hv", _boot(lab, "hv")) == [] and lab.check("pr", _boot(lab, "pr")) == []
 
 

@@ -24,7 +24,8 @@ QEMU = "qemu-system-ppc64"
     reason=f"{QEMU} not installed: the Debian package qemu-system-ppc (mk/ppc.debs) could not be installed here",
 )
 def test_ppc_lab_kernels_agree_with_the_agent() -> None:
-    """HV: p8/p9 admitted, p10 refused, probe console line; PR: STRICT levels refused, PVINFO, MMIO exit."""
+    """HV: p8/p9 admitted, p10 refused, probe console line, bare metal refused; PR: STRICT levels refused, PVINFO,
+    MMIO exit, bare-metal ppc64 and 32-bit Book3S probes run without PAPR."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "lab" / "ppc" / "lab.py")],
         cwd=REPO,
@@ -40,3 +41,5 @@ def test_ppc_lab_kernels_agree_with_the_agent() -> None:
     assert hv["kernel_agrees"] is True and hv["probe_console"] is True
     assert pr["accel"] == "pr" and pr["compat"] and set(pr["compat"].values()) == {"refused"}
     assert len(pr["pvinfo"]) == 4 and pr["kernel_agrees"] is True and pr["mmio_exit"] is True
+    # issue 13: bare metal (no PAPR) under PR, 64-bit big-endian and 32-bit Book3S; refused by HV
+    assert (pr["bare_metal_ppc64"], pr["bare_metal_ppc32"], hv["bare_metal"]) == (True, True, "refused")

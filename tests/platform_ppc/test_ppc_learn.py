@@ -6,8 +6,8 @@ import json
 
 import pytest
 from kvmplat.agent.platform.ppc import PpcHost
-from kvmplat.agent.platform.ppc_learn import cpuinfo_pvr, learn_ppc_host
-from kvmplat.agent.platform.ppc_sim import sim_fds
+from kvmplat.lab.ppc.learn import cpuinfo_pvr, learn_ppc_host
+from kvmplat.lab.ppc.sim import sim_fds
 from ppc_cases import HOSTS
 
 CPUINFO = "processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\nrevision\t: 2.2 (pvr 004e 1202)\n"
@@ -38,3 +38,26 @@ def test_host_json_round_trip(name: str) -> None:
     """to_json/from_json are inverse and the data is plain JSON."""
     host = HOSTS[name]
     assert PpcHost.from_json(json.loads(json.dumps(host.to_json()))) == host
+
+
+def test_a_pr_kernel_refusing_32bit_pvrs_is_learnt_and_the_agent_follows_it() -> None:
+    """The kernel wins (issue 13 item 3): where book3s_pr does not take a 32-bit Book3S PVR, learning records it and
+    arch PPC is refused saying so, instead of the prediction KVM_ABI.md would make."""
+    import dataclasses
+
+    from kvmplat.agent.errors import PlatformRefused
+    from kvmplat.agent.platform.model import Abi, Arch, PlatformRequest
+    from kvmplat.agent.platform.ppc import resolve_ppc
+    from kvmplat.lab.ppc.learn import learn_ppc_host
+    from kvmplat.lab.ppc.sim import sim_fds
+    from ppc_cases import HOSTS
+
+    stubborn = dataclasses.replace(HOSTS["power9-pr"], book3s32=False)
+    learnt = learn_ppc_host(sim_fds(stubborn), name="stubborn")
+    assert learnt.book3s32 is False and learn_ppc_host(sim_fds(HOSTS["power9-pr"])).book3s32 is True
+    try:
+        resolve_ppc(PlatformRequest(abi=Abi.BARE_METAL, arch=Arch.PPC), learnt)
+    except PlatformRefused as e:
+        assert e.field == "arch" and "did not take a 32-bit Book3S PVR" in e.reason
+    else:
+        raise AssertionError("arch PPC admitted on a PR kernel that refused a 32-bit PVR")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from kvmplat.agent.platform import ppc_payload as pp
+from kvmplat.lab.ppc import payload as pp
 
 
 def test_encoder_matches_known_words() -> None:

@@ -4,14 +4,15 @@ the lab of issue 8 runs the same plans on real kernels)."""
 
 from __future__ import annotations
 
+import errno
 import struct
 
 from kvmplat.agent.errors import PlatformRefused
 from kvmplat.agent.platform.model import Accel
 from kvmplat.agent.platform.ppc import resolve_ppc
-from kvmplat.agent.platform.ppc_apply import RecordingFds, apply_ppc, plan_ok
-from kvmplat.agent.platform.ppc_plan import plan_ppc, plan_refusal_probe, ppc_vm_type
-from kvmplat.agent.platform.ppc_sim import sim_fds
+from kvmplat.lab.ppc.apply import RecordingFds, apply_ppc, plan_ok
+from kvmplat.lab.ppc.plan import plan_ppc, plan_refusal_probe, ppc_vm_type
+from kvmplat.lab.ppc.sim import sim_fds
 from ppc_cases import CASES, HOSTS
 
 CHECK, CREATE_VM, CREATE_VCPU = 0x2000AE03, 0x2000AE01, 0x2000AE41
@@ -112,7 +113,7 @@ def _probe(case: str, host: str) -> list[tuple[str, int, object]]:
         steps = plan_refusal_probe(req, HOSTS[host], e)
     fds = sim_fds(HOSTS[host])
     results = apply_ppc(steps, fds)
-    assert results and all(r.ok for r in results) and results[-1].errno == 22
+    assert results and all(r.ok for r in results) and results[-1].errno == errno.EINVAL
     return _calls(fds)
 
 

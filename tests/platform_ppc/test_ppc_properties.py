@@ -5,11 +5,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kvmplat.agent.errors import InvalidArgument, PlatformRefused
-from kvmplat.agent.platform.model import Abi, Accel, CompatPolicy, PlatformRequest, Pv
+from kvmplat.agent.platform.arch import arch_width, is_cross_arch
+from kvmplat.agent.platform.model import Abi, Accel, Arch, CompatPolicy, PlatformRequest, Pv
 from kvmplat.agent.platform.ppc import resolve_ppc
-from kvmplat.agent.platform.ppc_apply import apply_ppc, plan_ok
-from kvmplat.agent.platform.ppc_plan import plan_ppc, ppc_vm_type
-from kvmplat.agent.platform.ppc_sim import sim_fds
+from kvmplat.lab.ppc.apply import apply_ppc, plan_ok
+from kvmplat.lab.ppc.plan import plan_ppc, ppc_vm_type
+from kvmplat.lab.ppc.sim import sim_fds
 from ppc_cases import HOSTS
 
 COMPATS = st.one_of(
@@ -26,6 +27,7 @@ REQUESTS = st.builds(
     policy=st.sampled_from(list(CompatPolicy)),
     bits=st.sampled_from([32, 64, 0, 16, 128]),
     accel=st.sampled_from(list(Accel)),
+    arch=st.sampled_from([None, *Arch]),
 )
 
 
@@ -36,12 +38,15 @@ def test_any_request_resolves_or_is_refused(request: PlatformRequest, host: str)
     try:
         eff = resolve_ppc(request, HOSTS[host])
     except PlatformRefused as e:
-        assert e.field in {"abi", "pv", "compat", "bits", "accel"} and e.reason
+        assert e.field in {"arch", "abi", "pv", "compat", "bits", "accel"} and e.reason
         return
     except InvalidArgument as e:
         assert e.violations and e.violations[0][0].startswith("platform.")
         return
     assert eff.accel in HOSTS[host].accels
-    assert eff.bits == request.bits and (request.abi is None or eff.abi is request.abi)
+    assert eff.arch is not None and eff.bits == (request.bits or arch_width(eff.arch))
+    assert request.abi is None or eff.abi is request.abi
+    assert request.arch is None or eff.arch is request.arch  # never silently another arch
+    assert eff.cross_arch == is_cross_arch(eff.arch, HOSTS[host])
     plan = plan_ppc(eff, 2, ppc_vm_type(request.accel, eff, HOSTS[host]))
     assert plan_ok(apply_ppc(plan, sim_fds(HOSTS[host])), plan)

@@ -7,8 +7,6 @@ the diff before committing.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import pytest
@@ -32,6 +30,7 @@ def _outcome(host: PpcHost, name: str) -> dict[str, Any]:
         "policy": eff.policy.name,
         "bits": eff.bits,
         "accel": eff.accel,
+        "arch": eff.arch.name if eff.arch else None,
         "cross_arch": eff.cross_arch,
         "notes": list(eff.notes),
         "visible_above_level": list(eff.visible_above_level),
@@ -39,14 +38,10 @@ def _outcome(host: PpcHost, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("host_name", sorted(HOSTS))
-def test_resolve_ppc_golden(host_name: str) -> None:
+def test_resolve_ppc_golden(host_name: str, golden: Any) -> None:
     """Every case's outcome on this host equals the golden file's."""
     got = {name: _outcome(HOSTS[host_name], name) for name in CASES}
-    path = GOLDEN / "resolve" / f"{host_name}.json"
-    if os.environ.get("KVMPLAT_REGEN_GOLDEN") == "1":
-        path.write_text(json.dumps(got, indent=2) + "\n")
-    assert path.exists(), f"{path} missing: run with KVMPLAT_REGEN_GOLDEN=1"
-    want = json.loads(path.read_text())
+    want = golden.json(GOLDEN / "resolve" / f"{host_name}.json", got, ensure_ascii=True)
     assert got.keys() == want.keys()
     for name in got:
         assert got[name] == want[name], name

@@ -12,45 +12,34 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from kvmplat.client.agent import Client, TlsFiles
-from kvmplat.client.errors import KvmplatError
+from kvmplat.client.agent import TlsFiles
+from kvmplat.client.localagent import AGENT as LOCAL_AGENT
+from kvmplat.client.localagent import LocalAgent
 from kvmplat.v1 import agent_pb2 as pb
-from proc_util import stop_process
 
-AGENT = str(Path(sys.executable).parent / "kvmplat-agent")
+AGENT = str(LOCAL_AGENT)
 KVMPLAT = str(Path(sys.executable).parent / "kvmplat")
 
 
 class Agent:
-    """One kvmplat-agent process at `address` (run inside `netns` when given), with a state dir of its own."""
+    """One kvmplat-agent process at `address` (run inside `netns` when given), with a state dir of its own, started
+    by the one launcher (kvmplat.client.localagent)."""
 
     def __init__(self, address: str, *flags: str, netns: str = "", tls: TlsFiles | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="kvmplat-sched-"))
-        self.address = address
-        self.log_path = self.tmp / "agent.log"
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        argv = [*prefix, AGENT, "--listen", address, "--state-dir", str(self.tmp / "state"), *flags]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
-        self.client = Client(address, timeout=10, tls=tls)
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.client.capabilities()
-                return
-            except KvmplatError:
-                assert self.proc.poll() is None, f"agent exited: {self.log_path.read_text()[-800:]}"
-                assert time.monotonic() < deadline, "agent did not answer within 20 s"
-                time.sleep(0.05)
+        wrapper = ["ip", "netns", "exec", netns] if netns else []
+        self.local = LocalAgent.start(self.tmp, flags, address=address, wrapper=wrapper, tls=tls)
+        self.address, self.proc, self.client, self.log_path = (
+            address,
+            self.local.proc,
+            self.local.client,
+            self.local.log_path,
+        )
 
     def create(self, name: str, memory_mib: int = 16, start: bool = True) -> pb.Vm:
         """Creates (and starts) a `loop` VM."""
@@ -60,16 +49,8 @@ class Agent:
     def close(self) -> None:
         """Destroys every VM, stops the agent, removes its files."""
         try:
-            if self.proc.poll() is None:
-                for vm in self.client.list_vms():
-                    if vm.state in (pb.RUNNING, pb.PAUSED):
-                        with contextlib.suppress(KvmplatError):
-                            self.client.stop_vm(vm.spec.name)
-                    with contextlib.suppress(KvmplatError):
-                        self.client.destroy_vm(vm.spec.name)
+            self.local.stop()
         finally:
-            self.client.close()
-            stop_process(self.proc)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -6,9 +6,9 @@ file body). Regenerate with KVMPLAT_REGEN_GOLDEN=1 (then review the diff).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import json_format
@@ -17,7 +17,6 @@ from kvmplat.v1 import agent_pb2 as pb
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "labels"
 CASES = sorted(p.name.removesuffix(".caps.json") for p in GOLDEN.glob("*.caps.json"))
-REGEN = os.environ.get("KVMPLAT_REGEN_GOLDEN") == "1"
 # Kubernetes: an optional DNS-subdomain prefix, a name of ≤ 63 [A-Za-z0-9._-] starting and ending alphanumeric.
 LABEL = re.compile(
     r"^[a-z0-9.-]+/[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?=([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?$"
@@ -30,12 +29,9 @@ def caps_of(case: str) -> pb.Capabilities:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_golden(case: str) -> None:
+def test_golden(case: str, golden: Any) -> None:
     got = format_nfd(labels_from_caps(caps_of(case)))
-    path = GOLDEN / f"{case}.labels"
-    if REGEN:
-        path.write_text(got)
-    assert got == path.read_text(), f"{case}: rerun with KVMPLAT_REGEN_GOLDEN=1 if the change is intended"
+    assert got == golden.text(GOLDEN / f"{case}.labels", got), f"{case}: KVMPLAT_REGEN_GOLDEN=1 if it is intended"
 
 
 @pytest.mark.parametrize("case", CASES)

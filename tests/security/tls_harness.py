@@ -29,10 +29,10 @@ def _openssl(cwd: Path, *args: str) -> None:
 KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2")
 
 
-def make_pki(d: Path) -> Path:
-    """CA-signed certificates for NAMES (CN = name, SAN 127.0.0.1/localhost) plus `rogue`: self-signed, CN=operator."""
+def make_pki(d: Path, ips: tuple[str, ...] = ("127.0.0.1",)) -> Path:
+    """CA-signed certificates for NAMES (CN = name, SAN `ips`/localhost) plus `rogue`: self-signed, CN=operator."""
     _openssl(d, "req", "-x509", *KEY, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test-ca")
-    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "ext").write_text(f"subjectAltName={','.join(f'IP:{ip}' for ip in ips)},DNS:localhost\n")
     for n in NAMES:
         _openssl(d, "req", *KEY[:-2], "-keyout", f"{n}.key", "-out", f"{n}.csr", "-subj", f"/CN={n}")
         sign = ("-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext")

@@ -36,6 +36,14 @@ class Accel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HV: _ClassVar[Accel]
     PR: _ClassVar[Accel]
 
+class Arch(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARCH_UNSPECIFIED: _ClassVar[Arch]
+    X86_64: _ClassVar[Arch]
+    PPC64: _ClassVar[Arch]
+    PPC64LE: _ClassVar[Arch]
+    PPC: _ClassVar[Arch]
+
 class VmState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VM_STATE_UNSPECIFIED: _ClassVar[VmState]
@@ -59,6 +67,11 @@ ACCEL_UNSPECIFIED: Accel
 AUTO: Accel
 HV: Accel
 PR: Accel
+ARCH_UNSPECIFIED: Arch
+X86_64: Arch
+PPC64: Arch
+PPC64LE: Arch
+PPC: Arch
 VM_STATE_UNSPECIFIED: VmState
 CREATED: VmState
 RUNNING: VmState
@@ -68,23 +81,25 @@ CRASHED: VmState
 MIGRATING: VmState
 
 class PlatformSpec(_message.Message):
-    __slots__ = ("abi", "pv", "compat", "compat_policy", "bits", "accel")
+    __slots__ = ("abi", "pv", "compat", "compat_policy", "bits", "accel", "arch")
     ABI_FIELD_NUMBER: _ClassVar[int]
     PV_FIELD_NUMBER: _ClassVar[int]
     COMPAT_FIELD_NUMBER: _ClassVar[int]
     COMPAT_POLICY_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
     ACCEL_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
     abi: Abi
     pv: _containers.RepeatedScalarFieldContainer[Pv]
     compat: str
     compat_policy: CompatPolicy
     bits: int
     accel: Accel
-    def __init__(self, abi: _Optional[_Union[Abi, str]] = ..., pv: _Optional[_Iterable[_Union[Pv, str]]] = ..., compat: _Optional[str] = ..., compat_policy: _Optional[_Union[CompatPolicy, str]] = ..., bits: _Optional[int] = ..., accel: _Optional[_Union[Accel, str]] = ...) -> None: ...
+    arch: Arch
+    def __init__(self, abi: _Optional[_Union[Abi, str]] = ..., pv: _Optional[_Iterable[_Union[Pv, str]]] = ..., compat: _Optional[str] = ..., compat_policy: _Optional[_Union[CompatPolicy, str]] = ..., bits: _Optional[int] = ..., accel: _Optional[_Union[Accel, str]] = ..., arch: _Optional[_Union[Arch, str]] = ...) -> None: ...
 
 class EffectivePlatform(_message.Message):
-    __slots__ = ("abi", "pv", "compat", "compat_raw", "compat_policy", "bits", "accel", "cross_arch", "notes", "visible_above_level")
+    __slots__ = ("abi", "pv", "compat", "compat_raw", "compat_policy", "bits", "accel", "cross_arch", "notes", "visible_above_level", "arch")
     ABI_FIELD_NUMBER: _ClassVar[int]
     PV_FIELD_NUMBER: _ClassVar[int]
     COMPAT_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +110,7 @@ class EffectivePlatform(_message.Message):
     CROSS_ARCH_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
     VISIBLE_ABOVE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
     abi: Abi
     pv: _containers.RepeatedScalarFieldContainer[Pv]
     compat: str
@@ -105,7 +121,8 @@ class EffectivePlatform(_message.Message):
     cross_arch: bool
     notes: _containers.RepeatedScalarFieldContainer[str]
     visible_above_level: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, abi: _Optional[_Union[Abi, str]] = ..., pv: _Optional[_Iterable[_Union[Pv, str]]] = ..., compat: _Optional[str] = ..., compat_raw: _Optional[int] = ..., compat_policy: _Optional[_Union[CompatPolicy, str]] = ..., bits: _Optional[int] = ..., accel: _Optional[str] = ..., cross_arch: _Optional[bool] = ..., notes: _Optional[_Iterable[str]] = ..., visible_above_level: _Optional[_Iterable[str]] = ...) -> None: ...
+    arch: Arch
+    def __init__(self, abi: _Optional[_Union[Abi, str]] = ..., pv: _Optional[_Iterable[_Union[Pv, str]]] = ..., compat: _Optional[str] = ..., compat_raw: _Optional[int] = ..., compat_policy: _Optional[_Union[CompatPolicy, str]] = ..., bits: _Optional[int] = ..., accel: _Optional[str] = ..., cross_arch: _Optional[bool] = ..., notes: _Optional[_Iterable[str]] = ..., visible_above_level: _Optional[_Iterable[str]] = ..., arch: _Optional[_Union[Arch, str]] = ...) -> None: ...
 
 class BootSpec(_message.Message):
     __slots__ = ("builtin", "kernel", "initrd", "cmdline")
@@ -196,20 +213,24 @@ class Vm(_message.Message):
     def __init__(self, spec: _Optional[_Union[VmSpec, _Mapping]] = ..., state: _Optional[_Union[VmState, str]] = ..., effective_platform: _Optional[_Union[EffectivePlatform, _Mapping]] = ..., runner_pid: _Optional[int] = ..., stats: _Optional[_Union[VmStats, _Mapping]] = ..., state_reason: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class CompatLevel(_message.Message):
-    __slots__ = ("name", "raw", "strict", "best_effort", "missing", "unhideable")
+    __slots__ = ("name", "raw", "strict", "best_effort", "missing", "unhideable", "above_ceiling", "above_ceiling_features")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
     BEST_EFFORT_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
     UNHIDEABLE_FIELD_NUMBER: _ClassVar[int]
+    ABOVE_CEILING_FIELD_NUMBER: _ClassVar[int]
+    ABOVE_CEILING_FEATURES_FIELD_NUMBER: _ClassVar[int]
     name: str
     raw: int
     strict: bool
     best_effort: bool
     missing: _containers.RepeatedScalarFieldContainer[str]
     unhideable: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., raw: _Optional[int] = ..., strict: _Optional[bool] = ..., best_effort: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ..., unhideable: _Optional[_Iterable[str]] = ...) -> None: ...
+    above_ceiling: bool
+    above_ceiling_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., raw: _Optional[int] = ..., strict: _Optional[bool] = ..., best_effort: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ..., unhideable: _Optional[_Iterable[str]] = ..., above_ceiling: _Optional[bool] = ..., above_ceiling_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CpuFeature(_message.Message):
     __slots__ = ("name", "level", "claimed", "seen", "hideable")
@@ -226,7 +247,7 @@ class CpuFeature(_message.Message):
     def __init__(self, name: _Optional[str] = ..., level: _Optional[str] = ..., claimed: _Optional[bool] = ..., seen: _Optional[bool] = ..., hideable: _Optional[bool] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("arch", "kvm_api_version", "max_vcpus", "recommended_vcpus", "memory_mib", "memory_free_mib", "vcpus_total", "vcpus_free", "abis", "pv", "levels", "accels", "accel_default", "cpu_features", "hv_bit_hideable", "kvm_leaves_hideable", "kvm_caps", "builtin_payloads", "agent_version", "host_truth_source")
+    __slots__ = ("arch", "kvm_api_version", "max_vcpus", "recommended_vcpus", "memory_mib", "memory_free_mib", "vcpus_total", "vcpus_free", "abis", "pv", "levels", "accels", "accel_default", "cpu_features", "hv_bit_hideable", "kvm_leaves_hideable", "kvm_caps", "builtin_payloads", "agent_version", "host_truth_source", "arches", "max_level")
     class KvmCapsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +275,8 @@ class Capabilities(_message.Message):
     BUILTIN_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     HOST_TRUTH_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ARCHES_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEVEL_FIELD_NUMBER: _ClassVar[int]
     arch: str
     kvm_api_version: int
     max_vcpus: int
@@ -274,7 +297,9 @@ class Capabilities(_message.Message):
     builtin_payloads: _containers.RepeatedScalarFieldContainer[str]
     agent_version: str
     host_truth_source: str
-    def __init__(self, arch: _Optional[str] = ..., kvm_api_version: _Optional[int] = ..., max_vcpus: _Optional[int] = ..., recommended_vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., memory_free_mib: _Optional[int] = ..., vcpus_total: _Optional[int] = ..., vcpus_free: _Optional[int] = ..., abis: _Optional[_Iterable[_Union[Abi, str]]] = ..., pv: _Optional[_Iterable[_Union[Pv, str]]] = ..., levels: _Optional[_Iterable[_Union[CompatLevel, _Mapping]]] = ..., accels: _Optional[_Iterable[str]] = ..., accel_default: _Optional[str] = ..., cpu_features: _Optional[_Iterable[_Union[CpuFeature, _Mapping]]] = ..., hv_bit_hideable: _Optional[bool] = ..., kvm_leaves_hideable: _Optional[bool] = ..., kvm_caps: _Optional[_Mapping[str, int]] = ..., builtin_payloads: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., host_truth_source: _Optional[str] = ...) -> None: ...
+    arches: _containers.RepeatedScalarFieldContainer[Arch]
+    max_level: str
+    def __init__(self, arch: _Optional[str] = ..., kvm_api_version: _Optional[int] = ..., max_vcpus: _Optional[int] = ..., recommended_vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., memory_free_mib: _Optional[int] = ..., vcpus_total: _Optional[int] = ..., vcpus_free: _Optional[int] = ..., abis: _Optional[_Iterable[_Union[Abi, str]]] = ..., pv: _Optional[_Iterable[_Union[Pv, str]]] = ..., levels: _Optional[_Iterable[_Union[CompatLevel, _Mapping]]] = ..., accels: _Optional[_Iterable[str]] = ..., accel_default: _Optional[str] = ..., cpu_features: _Optional[_Iterable[_Union[CpuFeature, _Mapping]]] = ..., hv_bit_hideable: _Optional[bool] = ..., kvm_leaves_hideable: _Optional[bool] = ..., kvm_caps: _Optional[_Mapping[str, int]] = ..., builtin_payloads: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., host_truth_source: _Optional[str] = ..., arches: _Optional[_Iterable[_Union[Arch, str]]] = ..., max_level: _Optional[str] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("to", "reason")
@@ -433,7 +458,7 @@ class MigrateVmRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class MigrationProgress(_message.Message):
-    __slots__ = ("phase", "round", "bytes_sent", "dirty_pages", "expected_downtime_ms", "downtime_ms", "total_ms", "target", "pages_sent", "zero_pages")
+    __slots__ = ("phase", "round", "bytes_sent", "dirty_pages", "expected_downtime_ms", "downtime_ms", "total_ms", "target", "pages_sent", "zero_pages", "throttle_percent")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
@@ -444,6 +469,7 @@ class MigrationProgress(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     PAGES_SENT_FIELD_NUMBER: _ClassVar[int]
     ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_PERCENT_FIELD_NUMBER: _ClassVar[int]
     phase: str
     round: int
     bytes_sent: int
@@ -454,7 +480,8 @@ class MigrationProgress(_message.Message):
     target: str
     pages_sent: int
     zero_pages: int
-    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., dirty_pages: _Optional[int] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., target: _Optional[str] = ..., pages_sent: _Optional[int] = ..., zero_pages: _Optional[int] = ...) -> None: ...
+    throttle_percent: int
+    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., dirty_pages: _Optional[int] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., target: _Optional[str] = ..., pages_sent: _Optional[int] = ..., zero_pages: _Optional[int] = ..., throttle_percent: _Optional[int] = ...) -> None: ...
 
 class CpuidEntry(_message.Message):
     __slots__ = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")

@@ -6,14 +6,16 @@ test (GET_PVINFO on the VM fd is non-zero only under PR).
 
 from __future__ import annotations
 
+import platform
 import re
 import struct
 from pathlib import Path
 from typing import Any
 
 from kvmplat.agent.platform.ppc import CAP_PPC_GET_PVINFO, PROBED_CAPS, PpcHost
-from kvmplat.agent.platform.ppc_apply import KvmFds, PpcFds, StepResult, apply_ppc
-from kvmplat.agent.platform.ppc_plan import Expect, Step, _step, check_extension, create_vcpu, create_vm, get_sregs
+from kvmplat.agent.platform.ppc_levels import BOOK3S32_DEFAULT_PVR
+from kvmplat.lab.ppc.apply import KvmFds, PpcFds, StepResult, apply_ppc
+from kvmplat.lab.ppc.plan import Expect, check_extension, create_vcpu, create_vm, get_pvinfo, get_sregs, set_sregs
 
 __all__ = ["cpuinfo_pvr", "learn_ppc_host"]
 
@@ -39,11 +41,14 @@ def learn_ppc_host(kvm: Any, name: str = "", source: str = "", cpuinfo: str | No
     vm_caps: dict[str, dict[int, int]] = {}
     pvr = 0
     pvinfo: tuple[int, tuple[int, ...]] = (0, ())
+    book3s32: bool | None = None
     for accel, vm_type in forced:
         learnt = _learn_vm(fds, vm_type)
         if learnt is None:
             continue
         vm_caps[accel], vm_pvr, vm_pvinfo = learnt
+        if accel == "pr":
+            book3s32 = _learn_book3s32(fds)
         pvr = pvr or vm_pvr
         pvinfo = vm_pvinfo if vm_pvinfo[1] else pvinfo
     if not pvr:
@@ -59,6 +64,8 @@ def learn_ppc_host(kvm: Any, name: str = "", source: str = "", cpuinfo: str | No
         pvinfo_flags=pvinfo[0],
         pvinfo_hcall=pvinfo[1],
         source=source,
+        arch=platform.machine() if platform.machine().startswith("ppc") else "",
+        book3s32=book3s32,
     )
 
 
@@ -79,7 +86,7 @@ def _learn_vm(fds: PpcFds, vm_type: int) -> tuple[dict[int, int], int, tuple[int
         vm_caps = {r.step.value or 0: r.ret or 0 for r in apply_ppc(steps, fds) if r.ret is not None}
         pvinfo: tuple[int, tuple[int, ...]] = (0, ())
         if vm_caps.get(CAP_PPC_GET_PVINFO):
-            pvinfo = _pvinfo(apply_ppc([_pvinfo_step()], fds)[0])
+            pvinfo = _pvinfo(apply_ppc([get_pvinfo("learn")], fds)[0])
         sregs = apply_ppc([create_vcpu(0), get_sregs("vcpu0", Expect("zero"), "host PVR")], fds)
         pvr = struct.unpack("<I", sregs[-1].out[:4])[0] if len(sregs) == 2 and sregs[-1].ok else 0
         return vm_caps, pvr, pvinfo
@@ -87,8 +94,21 @@ def _learn_vm(fds: PpcFds, vm_type: int) -> tuple[dict[int, int], int, tuple[int
         fds.release()
 
 
-def _pvinfo_step() -> Step:
-    return _step("vm", "KVM_PPC_GET_PVINFO", Expect("zero"), "learn", arg=bytes(128))
+def _learn_book3s32(fds: PpcFds) -> bool:
+    """Whether book3s_pr takes a 32-bit Book3S PVR (mac99's 7400): KVM_SET_SREGS and read back."""
+    pvr32 = BOOK3S32_DEFAULT_PVR
+    steps = [
+        create_vm(2),
+        create_vcpu(0),
+        get_sregs("vcpu0", Expect("zero"), "sregs to edit"),
+        set_sregs("vcpu0", ((0, struct.pack("<I", pvr32)),), "learn: a 32-bit Book3S PVR"),
+        get_sregs("vcpu0", Expect("out", pvr32, 0, 4), "learn: read back"),
+    ]
+    try:
+        results = apply_ppc(steps, fds)
+    finally:
+        fds.release()
+    return len(results) == len(steps) and all(r.ok for r in results)
 
 
 def _pvinfo(result: StepResult) -> tuple[int, tuple[int, ...]]:

@@ -1,17 +1,19 @@
 """The PowerPC lab's entry point (issue 8): learn the real kernel, predict each case, apply it, compare.
 
-    python3 -m kvmplat.agent.platform.ppc_lab [--cases FILE] [--simulate HOST.json] [--no-probe]
-    python3 -m kvmplat.agent.platform.ppc_lab --stage DIR     (on the build host: copy the files the lab needs)
+    python3 -m kvmplat.lab.ppc.guest [--cases FILE] [--simulate HOST.json] [--no-probe]
+    python3 -m kvmplat.lab.ppc.guest --stage DIR     (on the build host: copy the files the lab needs)
 
 Prints one JSON line per result: {"host": ...} first, then per case {"case", "predicted", "kernel_agrees", ...},
 then {"probe": ...} (the built-in payload under KVM_RUN) and a final {"summary": ...}. A case is
 {"name": str, "vcpus": int, "request": {"abi", "pv", "compat", "policy", "bits", "accel"}} with enum names as strings.
-Runs on Debian's ppc64el python3 with cffi in ABI mode (kvm.ffi.ensure_kvmc); nothing here imports `_kvmc` before it.
+Runs on Debian's ppc64el python3 with cffi in ABI mode (agent/kvm/ffi.ensure_kvmc); nothing here imports `_kvmc`
+before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import sys
@@ -20,7 +22,7 @@ from typing import IO, Any
 
 from kvmplat.agent.kvm import ffi as kvmabi
 
-__all__ = ["DEFAULT_CASES", "LAB_FILES", "lab_main", "stage"]
+__all__ = ["AGENT_FILES", "DEFAULT_CASES", "LAB_FILES", "lab_main", "stage"]
 
 DEFAULT_CASES: list[dict[str, Any]] = [
     {"name": "spapr-power8", "request": {"abi": "SPAPR", "compat": "power8"}},
@@ -31,56 +33,68 @@ DEFAULT_CASES: list[dict[str, Any]] = [
     {"name": "accel-hv", "request": {"abi": "SPAPR", "accel": "HV"}},
     {"name": "accel-pr", "request": {"abi": "SPAPR", "accel": "PR"}},
     {"name": "pv-kvm", "request": {"abi": "SPAPR", "pv": ["KVM"]}},
+    {"name": "bare-metal-ppc64", "request": {"abi": "BARE_METAL", "arch": "PPC64"}},
+    {"name": "bare-metal-ppc32", "request": {"abi": "BARE_METAL", "arch": "PPC"}},
 ]
-# Relative to the agent/ folder; cbuild.py reads its C sources (fastloop.c, pages.c, payloads.S) when imported.
-LAB_FILES = (
+# Bare-metal cases whose admission is then proven by running a probe without PAPR (issue 13 item 3).
+BARE_CASES = {"bare-metal-ppc64": "ppc64", "bare-metal-ppc32": "ppc32"}
+PROBE32 = "/lab/probe32.bin"  # lab/ppc/probe32.S, assembled by ppc_prepare
+# What the guest needs of the agent (relative to agent/, as glob patterns) and of the lab (relative to lab/),
+# staged as DIR/kvmplat/agent/... and DIR/kvmplat/lab/...; never the compiled module.
+AGENT_FILES = (
     "__init__.py",
     "errors.py",
-    "kvm/__init__.py",
-    "kvm/ioctls.py",
-    "kvm/fds.py",
-    "kvm/ffi.py",
-    "kvm/cbuild.py",
-    "kvm/fastloop.c",
-    "kvm/pages.c",
-    "kvm/payloads.S",
+    "kvm/*.py",  # the whole KVM layer's source (cbuild.py reads its .c and .S files), never the compiled module
+    "kvm/*.c",
+    "kvm/*.S",
     "platform/__init__.py",
+    "platform/arch.py",
+    "platform/ceiling.py",
+    "platform/levels.py",
     "platform/model.py",
     "platform/ppc.py",
-    "platform/ppc_apply.py",
     "platform/ppc_compat.py",
-    "platform/ppc_lab.py",
-    "platform/ppc_learn.py",
     "platform/ppc_levels.py",
-    "platform/ppc_payload.py",
-    "platform/ppc_plan.py",
-    "platform/ppc_sim.py",
+)
+LAB_FILES = (
+    "__init__.py",
+    "ppc/__init__.py",
+    "ppc/apply.py",
+    "ppc/guest.py",
+    "ppc/learn.py",
+    "ppc/payload.py",
+    "ppc/plan.py",
+    "ppc/sim.py",
 )
 
 
 def stage(dest: str | Path) -> list[Path]:
-    """Copies LAB_FILES to dest/kvmplat/agent/ (PYTHONPATH=dest then imports kvmplat.agent); never the .so."""
-    src = Path(__file__).resolve().parents[1]
+    """Copies AGENT_FILES and LAB_FILES under dest/kvmplat/ (PYTHONPATH=dest then imports kvmplat.lab.ppc)."""
+    lab = Path(__file__).resolve().parents[1]
+    agent = Path(importlib.import_module("kvmplat.agent").__file__ or "").resolve().parent
     out = []
-    for rel in LAB_FILES:
-        target = Path(dest) / "kvmplat" / "agent" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / rel, target)
-        out.append(target)
+    for src, package, files in ((agent, "agent", AGENT_FILES), (lab, "lab", LAB_FILES)):
+        for pattern in files:
+            for path in sorted(src.glob(pattern)):
+                target = Path(dest) / "kvmplat" / package / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                out.append(target)
     return out
 
 
 def parse_request(data: dict[str, Any]) -> Any:
     """A PlatformRequest from a case's JSON (enum names as strings)."""
-    from kvmplat.agent.platform.model import Abi, Accel, CompatPolicy, PlatformRequest, Pv
+    from kvmplat.agent.platform.model import Abi, Accel, Arch, CompatPolicy, PlatformRequest, Pv
 
     return PlatformRequest(
         abi=Abi[data["abi"]] if data.get("abi") else None,
         pv=frozenset(Pv[p] for p in data.get("pv", [])),
         compat=str(data.get("compat", "")),
         policy=CompatPolicy[data.get("policy", "STRICT")],
-        bits=int(data.get("bits", 64)),
+        bits=int(data.get("bits", 0)),
         accel=Accel[data.get("accel", "AUTO")],
+        arch=Arch[data["arch"]] if data.get("arch") else None,
     )
 
 
@@ -88,8 +102,8 @@ def run_case(case: dict[str, Any], host: Any, fds: Any) -> dict[str, Any]:
     """Predicts one case, applies it (or its refusal probe) through `fds` and compares."""
     from kvmplat.agent.errors import InvalidArgument, PlatformRefused
     from kvmplat.agent.platform.ppc import resolve_ppc
-    from kvmplat.agent.platform.ppc_apply import apply_ppc, plan_ok
-    from kvmplat.agent.platform.ppc_plan import plan_ppc, plan_refusal_probe, ppc_vm_type
+    from kvmplat.lab.ppc.apply import apply_ppc, plan_ok
+    from kvmplat.lab.ppc.plan import plan_ppc, plan_refusal_probe, ppc_vm_type
 
     request = parse_request(case.get("request", {}))
     line: dict[str, Any] = {"case": case["name"]}
@@ -105,6 +119,7 @@ def run_case(case: dict[str, Any], host: Any, fds: Any) -> dict[str, Any]:
     plan = plan_ppc(eff, int(case.get("vcpus", 2)), ppc_vm_type(request.accel, eff, host))
     results = _apply(plan, fds, apply_ppc)
     line.update(predicted="admitted", accel=eff.accel, compat=eff.compat, compat_raw=f"0x{eff.compat_raw:08x}")
+    line.update(arch=eff.arch.name if eff.arch else None, cross_arch=eff.cross_arch)
     line.update(notes=list(eff.notes), kernel_agrees=plan_ok(results, plan))
     line["kernel"] = [_result_json(r) for r in results if not r.ok] or f"{len(results)} steps as planned"
     pvinfo = [r for r in results if r.step.name == "KVM_PPC_GET_PVINFO" and r.ok]
@@ -127,7 +142,7 @@ def _result_json(r: Any) -> dict[str, Any]:
 def run_payload(kvm: Any, host: Any) -> dict[str, Any]:
     """Runs the built-in payload on the host's default flavour (PAPR on) and reports console and MMIO exit."""
     from kvmplat.agent.kvm.ioctls import Cap
-    from kvmplat.agent.platform.ppc_payload import PROBE_MAGIC, PROBE_MMIO, run_probe
+    from kvmplat.lab.ppc.payload import PROBE_MAGIC, PROBE_MMIO, run_probe
 
     if not host.default_accel:
         return {"probe": None, "reason": "no VM type can be created"}
@@ -143,6 +158,56 @@ def run_payload(kvm: Any, host: Any) -> dict[str, Any]:
         "mmio_exit": out.mmio == (PROBE_MMIO, PROBE_MAGIC),
         "last_exit": out.last_exit,
     }
+
+
+def run_bare_probe(kvm: Any, case: dict[str, Any], host: Any, probe32: str) -> dict[str, Any]:
+    """Runs a bare-metal case the agent admitted: its probe on the flavour chosen, KVM_CAP_PPC_PAPR never enabled."""
+    from kvmplat.agent.platform.ppc import resolve_ppc
+    from kvmplat.lab.ppc.payload import (
+        BARE32_MSR,
+        BARE64_MSR,
+        MSR_SF,
+        PROBE32_EA,
+        PROBE_MAGIC,
+        PROBE_MMIO,
+        assemble_bare64,
+        run_bare,
+    )
+    from kvmplat.lab.ppc.plan import VM_TYPES
+
+    kind = BARE_CASES[case["name"]]
+    eff = resolve_ppc(parse_request(case["request"]), host)
+    line: dict[str, Any] = {"bare": kind, "case": case["name"] + "-run", "accel": eff.accel, "papr": False}
+    wide = kind == "ppc64"
+    blob = assemble_bare64() if wide else Path(probe32).read_bytes()
+    with kvm.create_vm(VM_TYPES[eff.accel]) as vm, vm.create_vcpu(0) as vcpu:
+        out = run_bare(
+            vm, vcpu, blob, BARE64_MSR if wide else BARE32_MSR, 0 if wide else eff.compat_raw, 1 if wide else 2
+        )
+    line.update(stores=[[f"{a:#x}", f"{v:#x}"] for a, v in out.stores], msr=f"{out.msr:#x}", last_exit=out.last_exit)
+    ran = bool(out.stores) and out.stores[0] == (PROBE_MMIO, PROBE_MAGIC)
+    if not wide:
+        line["sf_clear"] = out.msr >= 0 and not out.msr & MSR_SF
+        line["ea_32bit"] = len(out.stores) > 1 and out.stores[1][0] == PROBE32_EA
+        ran = ran and line["sf_clear"]
+    line.update(ran=ran, kernel_agrees=ran)
+    return line
+
+
+def _bare_runs(
+    kvm: Any, cases: list[dict[str, Any]], lines: list[dict[str, Any]], host: Any, probe32: str
+) -> list[Any]:
+    """The probe runs of every admitted bare-metal case (a failure to run is the kernel disagreeing, recorded)."""
+    admitted = {ln["case"] for ln in lines if ln.get("predicted") == "admitted"}
+    out = []
+    for case in cases:
+        if case["name"] in BARE_CASES and case["name"] in admitted:
+            try:
+                out.append(run_bare_probe(kvm, case, host, probe32))
+            except Exception as e:  # the kernel said no where the agent predicted yes: recorded, the lab fails
+                out.append({"bare": BARE_CASES[case["name"]], "case": case["name"] + "-run", "ran": False,
+                            "kernel_agrees": False, "error": f"{type(e).__name__}: {e}"})  # fmt: skip
+    return out
 
 
 def lab_main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> int:
@@ -166,6 +231,9 @@ def lab_main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> in
         emit(line)
     agrees = all(line["kernel_agrees"] is not False for line in lines)
     if kvm is not None and not args.no_probe:
+        for line in _bare_runs(kvm, cases, lines, host, args.probe32):
+            emit(line)
+            agrees = agrees and line["kernel_agrees"] is True
         probe = run_payload(kvm, host)
         emit(probe)
         agrees = agrees and bool(probe.get("mmio_exit"))
@@ -176,9 +244,9 @@ def lab_main(argv: list[str] | None = None, stdout: IO[str] | None = None) -> in
 def _open(simulate: str | None) -> tuple[Any, Any, Any]:
     """(Kvm or None, fd layer, learnt host): the real /dev/kvm, or a simulated kernel from a host file."""
     from kvmplat.agent.platform.ppc import PpcHost
-    from kvmplat.agent.platform.ppc_apply import KvmFds
-    from kvmplat.agent.platform.ppc_learn import learn_ppc_host
-    from kvmplat.agent.platform.ppc_sim import sim_fds
+    from kvmplat.lab.ppc.apply import KvmFds
+    from kvmplat.lab.ppc.learn import learn_ppc_host
+    from kvmplat.lab.ppc.sim import sim_fds
 
     if simulate:
         sim = sim_fds(PpcHost.from_file(simulate))
@@ -191,12 +259,13 @@ def _open(simulate: str | None) -> tuple[Any, Any, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m kvmplat.agent.platform.ppc_lab", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python3 -m kvmplat.lab.ppc.guest", description=__doc__.split("\n")[0])
     p.add_argument("--cases", help="JSON list of cases (default: the issue 8 set)")
     p.add_argument("--simulate", metavar="HOST_JSON", help="dry run against a simulated kernel of this host")
-    p.add_argument("--no-probe", action="store_true", help="skip the built-in payload run")
+    p.add_argument("--no-probe", action="store_true", help="skip the probe runs (built-in payload, bare metal)")
+    p.add_argument("--probe32", default=PROBE32, help=f"the assembled 32-bit Book3S probe (default {PROBE32})")
     p.add_argument("--abi-mode", action="store_true", help="use cffi ABI mode even if the compiled module loads")
-    p.add_argument("--stage", metavar="DIR", help="copy the files the lab needs to DIR/kvmplat/agent and exit")
+    p.add_argument("--stage", metavar="DIR", help="copy the files the lab needs to DIR/kvmplat and exit")
     return p
 
 

@@ -8,6 +8,12 @@ IR/DR off: no MMU setup needed under HV or PR) and:
   2. stores PROBE_MAGIC to PROBE_MMIO (unbacked) → KVM_EXIT_MMIO, the signal on PR, where QEMU's TCG answers a PR
      guest's `sc 1` itself (H_PRIVILEGE) so no hypercall exit is seen;
   3. spins (`b .`).
+The bare-metal probes (issue 13 item 3, abi BARE_METAL: no KVM_CAP_PPC_PAPR, no hypervisor to call) only store:
+  ppc64  `assemble_bare64`: big-endian (arch PPC64), MSR = SF|ME, PROBE_MAGIC to PROBE_MMIO;
+  ppc32  lab/ppc/probe32.S, assembled by the lab with the cross binutils: big-endian, MSR = ME (SF clear), the
+         magic to PROBE_MMIO and then to the effective address `lis 0x8000`, which only 32-bit mode truncates to
+         PROBE32_EA (64-bit mode would sign-extend it).
+`run_bare` runs either and reports each MMIO store and the MSR the vCPU ends with.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ __all__ = [
     "PROBE_MAGIC",
     "PROBE_MMIO",
     "PROBE_MSR",
+    "BareOutcome",
     "ProbeOutcome",
+    "assemble_bare64",
     "assemble_probe",
     "probe_regs",
     "put_term_chars",
+    "run_bare",
     "run_probe",
 ]
 
@@ -38,6 +47,9 @@ PROBE_MAGIC = 0x6B706C74  # "kplt"
 PROBE_LINE = b"kvmplat-probe ppc64le\n"
 MSR_SF, MSR_ME, MSR_LE = 1 << 63, 1 << 12, 1 << 0
 PROBE_MSR = MSR_SF | MSR_ME | MSR_LE
+BARE64_MSR = MSR_SF | MSR_ME  # big-endian 64-bit, real mode
+BARE32_MSR = MSR_ME  # 32-bit (SF clear), big-endian, real mode
+PROBE32_EA = 0x80000000  # `lis 5,0x8000` as an address in 32-bit mode
 GUEST_RAM = 16 << 20
 EXIT_MMIO, EXIT_PAPR_HCALL = 6, 19
 
@@ -114,11 +126,17 @@ def assemble_probe(line: bytes = PROBE_LINE) -> bytes:
     return b"".join(struct.pack("<I", w) for w in words)
 
 
-def probe_regs() -> bytes:
-    """struct kvm_regs (ppc, 392 bytes, little-endian host) with pc = PROBE_ENTRY and msr = PROBE_MSR."""
+def assemble_bare64() -> bytes:
+    """The bare-metal ppc64 probe (big-endian words): PROBE_MAGIC to PROBE_MMIO, then `b .`; no hypercalls."""
+    words = [addis(5, 0, PROBE_MMIO >> 16), *li64(4, PROBE_MAGIC), stw(4, 0, 5), b_self()]
+    return b"".join(struct.pack(">I", w) for w in words)
+
+
+def probe_regs(msr: int = PROBE_MSR) -> bytes:
+    """struct kvm_regs (ppc, 392 bytes, little-endian host) with pc = PROBE_ENTRY and `msr`."""
     regs = bytearray(392)
     struct.pack_into("<Q", regs, 0, PROBE_ENTRY)  # pc
-    struct.pack_into("<Q", regs, 40, PROBE_MSR)  # msr
+    struct.pack_into("<Q", regs, 40, msr)  # msr
     return bytes(regs)
 
 
@@ -140,13 +158,9 @@ class ProbeOutcome:
 
 def run_probe(vm: Any, vcpu: Any, max_exits: int = 64) -> ProbeOutcome:
     """Loads the payload into `vm` (a kvm.Vm), sets `vcpu`'s registers and runs it to its MMIO store."""
-    from kvmplat.agent.kvm._kvmc import ffi
-
     mem = vm.add_memory(GUEST_RAM, 0)
     mem.write(PROBE_ENTRY, assemble_probe())
-    regs = ffi.new("struct ppc_kvm_regs *")
-    ffi.buffer(regs)[:] = probe_regs()
-    vcpu._ioctl("KVM_SET_REGS", regs)
+    vcpu.set_regs_bytes(probe_regs())
     out = ProbeOutcome()
     for _ in range(max_exits):
         out.last_exit = int(vcpu.run())
@@ -161,4 +175,39 @@ def run_probe(vm: Any, vcpu: Any, max_exits: int = 64) -> ProbeOutcome:
         if out.last_exit == EXIT_MMIO and run.mmio.is_write:
             out.mmio = (int(run.mmio.phys_addr), int.from_bytes(bytes(run.mmio.data)[: run.mmio.len], "little"))
         break
+    return out
+
+
+@dataclass
+class BareOutcome:
+    """What a bare-metal probe did: its MMIO stores (address, value in the guest's byte order), the MSR it ended
+    with, and the last exit reason."""
+
+    stores: list[tuple[int, int]] = field(default_factory=list)
+    msr: int = -1
+    last_exit: int = -1
+
+
+def run_bare(vm: Any, vcpu: Any, blob: bytes, msr: int, pvr: int = 0, stores: int = 1) -> BareOutcome:
+    """Runs a bare-metal probe (no PAPR) from PROBE_ENTRY with `msr` (and the sregs PVR `pvr` when set) until it
+    made `stores` MMIO stores or exits otherwise."""
+    mem = vm.add_memory(GUEST_RAM, 0)
+    mem.write(PROBE_ENTRY, blob)
+    if pvr:
+        sregs = bytearray(vcpu.get_sregs_bytes())
+        struct.pack_into("<I", sregs, 0, pvr)  # kvm_sregs.pvr
+        vcpu.set_sregs_bytes(bytes(sregs))
+    vcpu.set_regs_bytes(probe_regs(msr))
+    order = "little" if msr & MSR_LE else "big"
+    out = BareOutcome()
+    for _ in range(8):
+        out.last_exit = int(vcpu.run())
+        run = vcpu.run_struct
+        if out.last_exit != EXIT_MMIO or not run.mmio.is_write:
+            break
+        data = bytes(run.mmio.data)[: run.mmio.len]
+        out.stores.append((int(run.mmio.phys_addr), int.from_bytes(data, order)))  # type: ignore[arg-type]
+        if len(out.stores) >= stores:
+            break
+    out.msr = struct.unpack_from("<Q", vcpu.get_regs_bytes(), 40)[0]  # kvm_regs.msr
     return out

@@ -2,7 +2,7 @@
 
 A `Step` names the fd (kvm, vm, vcpuN), the ioctl, its powerpc request number (ioctls.PPC64), the argument (a value,
 or the bytes of the struct the kernel reads) and the result expected. Plans are pure and byte-exact, so tests check
-them without a PowerPC kernel and the lab (issue 8) runs the same plan on one (ppc_apply.apply_ppc).
+them without a PowerPC kernel and the lab (issue 8) runs the same plan on one (apply.apply_ppc).
 
 Bytes are little-endian: kvmplat's PowerPC hosts are ppc64le (Debian ppc64el), where kernel structs are
 little-endian. A big-endian ppc64 host would need ">" here; kvmplat does not target one.
@@ -10,6 +10,7 @@ little-endian. A big-endian ppc64 host would need ">" here; kvmplat does not tar
 
 from __future__ import annotations
 
+import errno
 import struct
 from dataclasses import dataclass
 
@@ -33,7 +34,6 @@ __all__ = [
 
 KVM_REG_PPC_ARCH_COMPAT = 0x10200000000000B7  # KVM_REG_PPC | KVM_REG_SIZE_U32 | 0xb7
 VM_TYPES = {"hv": 1, "pr": 2, "booke": 0}  # KVM_VM_PPC_HV, KVM_VM_PPC_PR; BookE has one flavour
-EINVAL = 22
 SREGS_E_64 = 1 << 2  # KVM_SREGS_E_64: EPCR and the 64-bit halves are valid
 EPCR_ICM = 0x02000000  # interrupts taken in 64-bit mode
 SREGS_SIZE = ffi.sizeof("struct ppc_kvm_sregs")
@@ -94,6 +94,11 @@ def one_reg(fd: str, name: str, reg_id: int, value: int, expect: Expect, why: st
     return _step(fd, name, expect, why, arg=struct.pack("<QQ", reg_id, 0), reg=struct.pack("<I", value))
 
 
+def get_pvinfo(why: str) -> Step:
+    """KVM_PPC_GET_PVINFO on the VM fd into a zeroed kvm_ppc_pvinfo."""
+    return _step("vm", "KVM_PPC_GET_PVINFO", Expect("zero"), why, arg=bytes(ffi.sizeof("struct kvm_ppc_pvinfo")))
+
+
 def get_sregs(fd: str, expect: Expect, why: str) -> Step:
     """KVM_GET_SREGS into a zeroed kvm_sregs."""
     return _step(fd, "KVM_GET_SREGS", expect, why, arg=bytes(SREGS_SIZE))
@@ -146,8 +151,7 @@ def _vm_steps(effective: EffectivePlatform) -> list[Step]:
         want = Expect("zero") if effective.accel == "hv" else Expect("nonzero")
         steps.append(check_extension("vm", Cap.PPC_GET_PVINFO, want, f"flavour in use is {effective.accel}"))
     if Pv.KVM in effective.pv:
-        size = ffi.sizeof("struct kvm_ppc_pvinfo")
-        steps.append(_step("vm", "KVM_PPC_GET_PVINFO", Expect("zero"), "pv KVM hypercall sequence", arg=bytes(size)))
+        steps.append(get_pvinfo("pv KVM hypercall sequence"))
     return steps
 
 
@@ -192,10 +196,12 @@ def _booke_steps(effective: EffectivePlatform, fd: str, pvr_check: Expect) -> li
 
 def plan_refusal_probe(request: PlatformRequest, host: PpcHost, refusal: PlatformRefused) -> list[Step]:
     """Steps whose EINVAL confirms a refusal on the real kernel ([] when no single ioctl shows it)."""
-    einval = Expect("errno", EINVAL)
+    einval = Expect("errno", errno.EINVAL)
     forced = {Accel.HV: "hv", Accel.PR: "pr"}.get(request.accel, "")
     if refusal.field == "accel" and forced and forced not in host.accels:
         return [create_vm(VM_TYPES[forced], einval)]
+    if refusal.field in ("abi", "bits", "arch") and "book3s_pr is absent" in refusal.reason:
+        return [create_vm(VM_TYPES["pr"], einval)]  # only book3s_pr could run it, and the kernel has none
     try:
         asked = parse_ppc_compat(request.compat)
     except Exception:

@@ -1,0 +1,1 @@
+"""kvmplat's labs: code that runs only to check kvmplat against real kernels it cannot run in CI."""

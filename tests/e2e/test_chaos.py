@@ -1,0 +1,136 @@
+"""Faults at bad moments, against the real agent: the rounds of bench/chaos.py that found defects, kept as
+regression tests (an agent killed in the middle of a DestroyVm; a runner whose agent died before recording it; the
+runner template of a killed agent), and a short chaos run (one round of each kind of moment, then the full-disk
+check) whose counts must all be zero."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from agent_harness import AgentProc, loop_spec
+from kvmplat.agent.registry.strays import RUNNER_COMM, runners_of, template_argv
+from kvmplat.v1 import agent_pb2 as pb
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProc]]:
+    """Agents of one test, the live one last; each closed at the end, newest first."""
+    started: list[AgentProc] = []
+    yield started
+    for a in reversed(started):
+        a.close()
+
+
+def fresh(agents: list[AgentProc]) -> AgentProc:
+    """A new agent on a state dir of its own."""
+    agents.append(AgentProc(Path(tempfile.mkdtemp(prefix="kvmplat-chaos-"))))
+    return agents[-1]
+
+
+def kill_and_restart(agents: list[AgentProc], meanwhile: Callable[[], None] = lambda: None) -> AgentProc:
+    """SIGKILLs the newest agent, runs `meanwhile`, starts a new one on the same state dir."""
+    old = agents[-1]
+    old.proc.kill()
+    old.proc.wait()
+    old.channel.close()
+    tmp, old.tmp = old.tmp, Path(tempfile.mkdtemp(prefix="kvmplat-chaos-dead-"))  # its close() keeps the state
+    meanwhile()
+    agents.append(AgentProc(tmp))
+    return agents[-1]
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie counts: it runs nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_an_agent_killed_in_the_middle_of_a_destroy_leaves_nothing_behind(agents: list[AgentProc]) -> None:
+    a = fresh(agents)
+    a.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("d1"), start=True), timeout=30)
+    a.stub.StopVm(pb.VmRequest(name="d1"), timeout=30)
+    pid = a.get("d1").runner_pid
+    os.kill(pid, signal.SIGSTOP)  # the runner will not answer the destroy
+    pending = a.stub.DestroyVm.future(pb.VmRequest(name="d1"), timeout=60)
+    record = a.state_dir / "vms" / "d1.json"
+    deadline = time.monotonic() + 30
+    while '"destroying": true' not in record.read_text():  # marked: the agent is about to tell the runner
+        assert time.monotonic() < deadline, "DestroyVm never marked the record"
+    b = kill_and_restart(agents, lambda: os.kill(pid, signal.SIGCONT))
+    with pytest.raises(grpc.RpcError):
+        pending.result()
+    assert [v.spec.name for v in b.list_vms().vms] == []  # not a STOPPED VM whose runner has gone
+    assert not record.exists() and runners_of(str(b.state_dir)) == []
+    assert gone(pid)
+
+
+def test_a_runner_whose_agent_died_before_recording_it_is_ended(agents: list[AgentProc]) -> None:
+    a = fresh(agents)
+    a.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("kept"), start=True), timeout=30)
+    a.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("unrecorded"), start=True), timeout=30)
+    kept, stray = a.get("kept").runner_pid, a.get("unrecorded").runner_pid
+    state = a.state_dir
+    b = kill_and_restart(agents, lambda: (state / "vms" / "unrecorded.json").unlink())  # as if never written
+    assert [v.spec.name for v in b.list_vms().vms] == ["kept"] and b.get("kept").state == pb.RUNNING
+    assert gone(stray) and not (state / "run" / "unrecorded.sock").exists()
+    assert runners_of(str(state)) == [kept] and b.get("kept").runner_pid == kept
+
+
+def test_the_runner_template_of_a_killed_agent_is_ended(agents: list[AgentProc]) -> None:
+    a = fresh(agents)
+    a.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("t1"), start=True), timeout=30)
+    argv = "\0".join(template_argv(str(a.state_dir))).encode()
+    old = [p for p in _templates(argv) if Path(f"/proc/{p}/stat").read_text().split()[3] == str(a.proc.pid)]
+    assert len(old) == 1
+    os.kill(old[0], signal.SIGSTOP)  # so it cannot notice its agent's death and exit on its own
+    b = kill_and_restart(agents)
+    assert gone(old[0]) and b.get("t1").state == pb.RUNNING
+    assert len(_templates(argv)) == 1  # the new agent's
+
+
+def _templates(argv: bytes) -> list[int]:
+    """Live runner templates (not runners) with this command line after the interpreter."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (
+                proc.name.isdigit()
+                and argv in (proc / "cmdline").read_bytes()
+                and (proc / "comm").read_text().strip() != RUNNER_COMM
+                and not gone(int(proc.name))
+            ):
+                out.append(int(proc.name))
+        except OSError:
+            continue
+    return out
+
+
+def test_a_short_chaos_run_finds_nothing() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/chaos.py", "--rounds", "4", "--seed", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert summary["rounds"] == 4 and summary["agent_kills"] >= 4
+    assert [summary[k] for k in ("vms_lost", "orphans", "event_gaps", "double_runs")] == [0, 0, 0, 0]
+    assert summary["enospc_ok"] is True, out.stderr
