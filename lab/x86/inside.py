@@ -39,7 +39,6 @@ LINUX_FIELDS = {
     "cpuinfo_matches": ("bzimage-1vcpu-bare-metal-v2", "vmlinux-2vcpu-kvm-v3", "vmlinux-1vcpu-hyperv-poweroff"),
     "hypervisor_line_matches": ("bzimage-1vcpu-bare-metal-v2", "vmlinux-2vcpu-kvm-v3", "vmlinux-1vcpu-hyperv-poweroff"),
 }
-sys.path.insert(0, str(HERE))
 
 
 def emit(key: str, value: Any) -> None:
@@ -113,8 +112,8 @@ def demo() -> dict[str, Any]:
 
 def guest_views() -> dict[str, Any]:
     """guest_view.verify_all against the lab's agent."""
-    from guest_view import verify_all
     from kvmplat.client.agent import Client
+    from kvmplat.lab.x86.guest_view import verify_all
 
     t0 = time.monotonic()
     with Client(ADDRESS, timeout=60.0) as c:

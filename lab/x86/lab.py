@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script: x86_prepare sits beside it
-from x86_prepare import CACHE, QEMU, REPO, LabError, prepare, progress, shared_paths
+from kvmplat.lab.x86.x86_prepare import CACHE, QEMU, REPO, LabError, prepare, progress, shared_paths
 
 BOOT_TIMEOUT = int(os.environ.get("KVMPLAT_X86_BOOT_TIMEOUT", "1800"))
 STEPS = ("caps", "demo", "guest_view", "linux", "boot")  # inside.py's, in its order

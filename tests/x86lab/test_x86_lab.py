@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lab" / "x86"))
-import guest_view as gv
+from kvmplat.lab.x86 import guest_view as gv
+from kvmplat.lab.x86 import lab
 from kvmplat.v1 import agent_pb2 as pb
-
-import lab
 
 
 def _view(hv_bit: bool, base: tuple[int, ...] = (0, 0, 0, 0)) -> dict[tuple[int, int], tuple[int, int, int, int]]:
