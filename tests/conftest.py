@@ -81,6 +81,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=HARDWARE_KVM_SKIP_REASON))
 
 
+# Skip reasons with this text name a file of ../shared/ (beside the checkout) that this clone does not have.
+NOT_BESIDE_CHECKOUT = "not beside this checkout"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Under KVMPLAT_REQUIRE_KVM=1, a skip mentioning /dev/kvm fails where /dev/kvm exists."""
@@ -91,6 +95,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
     if "hardware_kvm" in item.keywords and not HARDWARE_KVM and reason.endswith(HARDWARE_KVM_SKIP_REASON):
         return  # the one skip a host without vmx/svm keeps: see the module docstring
+    if NOT_BESIDE_CHECKOUT in reason:
+        return  # a file of the project's shared folder, absent beside this clone: nothing to do with KVM
     if "/dev/kvm" in reason or "kvm" in item.keywords:
         report.outcome = "failed"
         report.longrepr = f"KVM test skipped although /dev/kvm exists: {reason}"

@@ -18,6 +18,8 @@ done
 mkdir -p /host /new
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host /host || note "9p mount failed"
 mount -t tmpfs -o mode=755 tmpfs /new
+# /tmp first: the binds below may live under it (a checkout in /tmp), and a tmpfs mounted later would hide them
+mkdir -p /new/tmp && mount -t tmpfs -o mode=1777 tmpfs /new/tmp
 for d in $(arg binds | tr ':' ' '); do
   mkdir -p "/new$d" && mount -o bind "/host$d" "/new$d" || note "bind $d failed"
 done
@@ -29,7 +31,6 @@ mkdir -p /new/proc /new/sys /new/dev /new/tmp /new/run /new/var/tmp /new/root
 mount -t proc proc /new/proc
 mount -t sysfs sysfs /new/sys
 mount -t devtmpfs devtmpfs /new/dev
-mount -t tmpfs -o mode=1777 tmpfs /new/tmp
 repo=$(arg repo)
 echo "KVMPLAT-LAB-BEGIN kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) nproc=$(nproc)"
 chroot /new /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin LANG=C.UTF-8 \

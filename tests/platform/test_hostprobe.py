@@ -32,7 +32,7 @@ def test_probe_round_trips_through_json(host_truth: Any) -> None:
     assert again == host_truth
 
 
-@pytest.mark.skipif(not HOSTCPU.exists(), reason=f"acceptance ground truth not present at {HOSTCPU}")
+@pytest.mark.skipif(not HOSTCPU.exists(), reason=f"acceptance ground truth not beside this checkout: {HOSTCPU}")
 def test_probe_agrees_with_the_acceptance_ground_truth(host_truth: Any) -> None:
     truth = json.loads(subprocess.run([sys.executable, str(HOSTCPU)], capture_output=True, check=True).stdout)
     for feats in truth["levels"].values():
