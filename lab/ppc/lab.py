@@ -22,7 +22,6 @@ import argparse
 import fcntl
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvmplat.lab.common import read_lab_console
 from kvmplat.lab.ppc.ppc_prepare import (
     CACHE,
     CONFIGS,
@@ -76,35 +76,8 @@ def boot(config: str, kernel: Path, initrd: Path) -> dict[str, Any]:
 
 def parse_console(text: str) -> dict[str, Any]:
     """The lab's JSON lines between the KVMPLAT-LAB markers, its exit status and its time inside the guest."""
-    lines: list[dict[str, Any]] = []
-    notes: list[str] = []
-    begin = end = None
-    rc = None
-    inside = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if "KVMPLAT-LAB-" in line:  # a marker can follow the kernel's unterminated banner on the same line
-            line = line[line.index("KVMPLAT-LAB-") :]
-        if line.startswith("KVMPLAT-LAB-BEGIN"):
-            inside, begin = True, _uptime(line)
-        elif line.startswith("KVMPLAT-LAB-END"):
-            inside, end = False, _uptime(line)
-            m = re.search(r"rc=(\d+)", line)
-            rc = int(m.group(1)) if m else None
-        elif line.startswith("KVMPLAT-LAB-NOTE"):
-            notes.append(line)
-        elif inside and line.startswith("{"):
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError:
-                notes.append(f"unparsed: {line[:200]}")
-    lab_seconds = round(end - begin, 1) if begin is not None and end is not None else None
-    return {"lines": lines, "rc": rc, "notes": notes, "lab_seconds": lab_seconds}
-
-
-def _uptime(line: str) -> float | None:
-    m = re.search(r"uptime=([0-9.]+)", line)
-    return float(m.group(1)) if m else None
+    c = read_lab_console(text)
+    return {"lines": c.objects, "rc": c.rc, "notes": c.notes, "lab_seconds": c.lab_seconds}
 
 
 # --- the report and the issue's checks ---------------------------------------------------------------------------

@@ -16,25 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvmplat.lab.common import cache_dir
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-def _cache_dir() -> Path:
-    """$KVMPLAT_PPC_CACHE, else /var/cache/kvmplat/ppc when it can be written, else ~/.cache/kvmplat/ppc."""
-    if os.environ.get("KVMPLAT_PPC_CACHE"):
-        return Path(os.environ["KVMPLAT_PPC_CACHE"])
-    system = Path("/var/cache/kvmplat/ppc")
-    try:
-        system.mkdir(parents=True, exist_ok=True)
-        if os.access(system, os.W_OK):
-            return system
-    except OSError:
-        pass
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kvmplat" / "ppc"
-
-
-CACHE = _cache_dir()
+CACHE = cache_dir("ppc")
 
 
 def _mirror() -> str:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvmplat.lab.common import read_lab_console
 from kvmplat.lab.x86.x86_prepare import CACHE, QEMU, REPO, LabError, prepare, progress, shared_paths
 
 BOOT_TIMEOUT = int(os.environ.get("KVMPLAT_X86_BOOT_TIMEOUT", "1800"))
@@ -120,35 +121,12 @@ def _stream(cmd: list[str], log: Path) -> str:
 
 
 def parse_console(text: str) -> dict[str, Any]:
-    """The steps' JSON lines between the KVMPLAT-LAB markers, the notes, the exit status and the time inside."""
+    """The steps' JSON lines between the KVMPLAT-LAB markers, the notes, whether the lab ended and its time inside."""
+    c = read_lab_console(text)
     steps: dict[str, Any] = {}
-    notes: list[str] = []
-    begin = end = None
-    inside = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if "KVMPLAT-LAB-" in line:  # a marker can follow kernel output on the same line
-            line = line[line.index("KVMPLAT-LAB-") :]
-        if line.startswith("KVMPLAT-LAB-BEGIN"):
-            inside, begin = True, _uptime(line)
-        elif line.startswith("KVMPLAT-LAB-END"):
-            inside, end = False, _uptime(line)
-        elif line.startswith("KVMPLAT-LAB-NOTE"):
-            notes.append(line)
-        elif inside and line.startswith("{"):
-            try:
-                steps.update(json.loads(line))
-            except json.JSONDecodeError:
-                notes.append(f"unparsed: {line[:200]}")
-    lab_seconds = round(end - begin, 1) if begin is not None and end is not None else None
-    return {"steps": steps, "notes": notes, "lab_seconds": lab_seconds, "ended": end is not None}
-
-
-def _uptime(line: str) -> float | None:
-    for part in line.split():
-        if part.startswith("uptime="):
-            return float(part.split("=", 1)[1])
-    return None
+    for obj in c.objects:
+        steps.update(obj)
+    return {"steps": steps, "notes": c.notes, "lab_seconds": c.lab_seconds, "ended": c.ended}
 
 
 def report(steps: dict[str, Any], started: float) -> dict[str, Any]:

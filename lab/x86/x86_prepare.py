@@ -12,6 +12,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from kvmplat.lab.common import cache_dir
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 QEMU = "qemu-system-x86_64"
@@ -34,21 +36,7 @@ MODULES = (
 )
 
 
-def _cache_dir() -> Path:
-    """$KVMPLAT_X86_CACHE, else /var/cache/kvmplat/x86 when it can be written, else ~/.cache/kvmplat/x86."""
-    if os.environ.get("KVMPLAT_X86_CACHE"):
-        return Path(os.environ["KVMPLAT_X86_CACHE"])
-    system = Path("/var/cache/kvmplat/x86")
-    try:
-        system.mkdir(parents=True, exist_ok=True)
-        if os.access(system, os.W_OK):
-            return system
-    except OSError:
-        pass
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kvmplat" / "x86"
-
-
-CACHE = _cache_dir()
+CACHE = cache_dir("x86")
 
 
 class LabError(Exception):
