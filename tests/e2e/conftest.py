@@ -26,6 +26,15 @@ def agent_factory() -> Iterator[AgentFactory]:
 
 
 @pytest.fixture
+def agents() -> Iterator[list[AgentProc]]:
+    """Agents of one test that restarts agents, the live one last; each closed at the end, newest first."""
+    started: list[AgentProc] = []
+    yield started
+    for a in reversed(started):
+        a.close()
+
+
+@pytest.fixture
 def agent(agent_factory: AgentFactory) -> AgentProc:
     """A fresh agent on a private socket with default limits."""
     return agent_factory()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,15 +23,6 @@ from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProc]]:
-    """Agents of one test, the live one last; each closed at the end, newest first."""
-    started: list[AgentProc] = []
-    yield started
-    for a in reversed(started):
-        a.close()
 
 
 def fresh(agents: list[AgentProc]) -> AgentProc:

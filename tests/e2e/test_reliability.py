@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -24,15 +24,6 @@ from kvmplat.v1 import agent_pb2 as pb
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 
 Restart = Callable[[AgentProc], AgentProc]
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProc]]:
-    """Agents of one test, the live one last; each closed at the end, newest first."""
-    started: list[AgentProc] = []
-    yield started
-    for a in reversed(started):
-        a.close()
 
 
 def start(agents: list[AgentProc]) -> AgentProc:
