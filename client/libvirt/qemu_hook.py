@@ -246,22 +246,21 @@ def _prepare(run: _Run, t: Translation) -> int:
 
 
 def _start(run: _Run, t: Translation) -> int:
-    try:
-        run.call("CreateVm", pb.CreateVmRequest(spec=t.spec, start=False))
-    except AgentError as e:
-        if e.code in _UNREACHABLE:
-            return run.unreachable(e, "start")
-        return run.refuse(f"kvmplat could not create it: {e.message}")
-    return 0
+    return _ask(run, "CreateVm", pb.CreateVmRequest(spec=t.spec, start=False), "create")
 
 
 def _started(run: _Run, t: Translation) -> int:
+    return _ask(run, "StartVm", pb.VmRequest(name=t.spec.name), "start")
+
+
+def _ask(run: _Run, method: str, request: Any, verb: str) -> int:
+    """One call at a domain start; the agent's refusal (or its absence) decides the start."""
     try:
-        run.call("StartVm", pb.VmRequest(name=t.spec.name))
+        run.call(method, request)
     except AgentError as e:
         if e.code in _UNREACHABLE:
             return run.unreachable(e, "start")
-        return run.refuse(f"kvmplat could not start it: {e.message}")
+        return run.refuse(f"kvmplat could not {verb} it: {e.message}")
     return 0
 
 
