@@ -27,7 +27,8 @@ __all__ = ["PRESERIALIZED", "AgentServicer", "DecodeGuard", "add_to_server"]
 log = logging.getLogger("kvmplat.agent")
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Agent"]
-PRESERIALIZED = frozenset({"WatchEvents"})  # methods whose servicer hands gRPC the response bytes themselves
+PRESERIALIZED = frozenset({"WatchEvents", "WatchEventBatches"})  # their servicer hands gRPC the response bytes
+BATCH_LINGER = 0.02  # s: a WatchEventBatches stream sends at most one message per BATCH_LINGER
 _HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -199,6 +200,13 @@ class AgentServicer(pbg.AgentServicer):
         async for batch in self.c.watch(request.vm, request.since_seq, request.follow):
             for data in batch:
                 await context.write(data)
+
+    @_rpc
+    async def WatchEventBatches(self, request: pb.WatchEventsRequest, context: Any) -> None:
+        """Writes each batch the bus gathered as one EventBatch (its events' framed bytes, joined)."""
+        watch = self.c.watch(request.vm, request.since_seq, request.follow, as_framed=True, linger=BATCH_LINGER)
+        async for batch in watch:
+            await context.write(b"".join(batch))
 
     @_rpc
     async def WriteConsole(self, request: pb.WriteConsoleRequest, context: Any) -> pb.WriteConsoleResponse:

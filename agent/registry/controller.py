@@ -358,11 +358,13 @@ class Controller:
 
         return migration.receive(self, packets)
 
-    def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[list[bytes]]:
-        """Batches of serialized events of one VM (or all), resumable after `since`."""
+    def watch(
+        self, vm: str, since: int, follow: bool, as_framed: bool = False, linger: float = 0.0
+    ) -> AsyncIterator[list[bytes]]:
+        """Batches of serialized events of one VM (or all), resumable after `since` (see Bus.watch)."""
         if vm:
             self.get(vm)
-        return self.bus.watch(vm, since, follow)
+        return self.bus.watch(vm, since, follow, as_framed, linger)
 
     # --- runners -----------------------------------------------------------------------------------------------
     async def connect(self, rec: VmRecord, since: int) -> None:
