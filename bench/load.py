@@ -180,7 +180,7 @@ def report(args: argparse.Namespace, lat: dict[str, list[float]], errors: Counte
         "events_lost": w["lost"],
         "events_reordered": w["reordered"],
         "watch_streams_ended": w["ended"],
-        "cpu_s": w["cpu_s"],  # CPU seconds over the run of the agent (its runners apart), watchers and clients
+        "cpu_s": w["cpu_s"],  # CPU seconds over the run: agent, watchers, clients, runners (ended ones, + template)
         "loadavg": Path("/proc/loadavg").read_text().split()[0],  # others' work on this host shows here
     }
     print(json.dumps(summary))
@@ -227,9 +227,10 @@ def run(args: argparse.Namespace, address: str, agent_pid: int = 0) -> None:
         watchers.start()
         assert parent.recv() == "ready"
         pids = {"agent": agent_pid, "watchers": watchers.pid or 0, "clients": os.getpid()}
-        cpu0 = {who: agentproc.cpu_seconds(pid) for who, pid in pids.items() if pid}
+        pids["runners"] = agentproc.template_pid(agent_pid)  # the template and the runners it reaped
+        cpu0 = {who: agentproc.cpu_seconds(pid, who == "runners") for who, pid in pids.items() if pid}
         lat, errors, cycles = asyncio.run(clients_main(address, args.clients, args.seconds))
-        cpu = {who: round(agentproc.cpu_seconds(pids[who]) - c, 2) for who, c in cpu0.items()}
+        cpu = {who: round(agentproc.cpu_seconds(pids[who], who == "runners") - c, 2) for who, c in cpu0.items()}
         w = parent.recv()
         w["cpu_s"] = cpu
         watchers.join(10)

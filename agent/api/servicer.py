@@ -19,6 +19,7 @@ from kvmplat.agent.guest.builtin import PUBLIC_BUILTINS
 from kvmplat.agent.kvm.fds import exit_reason_name
 from kvmplat.agent.registry.controller import Controller, VmRecord
 from kvmplat.agent.registry.lifecycle import Event, proto_value
+from kvmplat.agent.runner.wire import RunnerStats
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
@@ -160,10 +161,10 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def CreateVm(self, request: pb.CreateVmRequest, context: Any) -> pb.Vm:
-        return await self._vm(await self.c.create(request.spec, request.start))
+        return self._vm_answered(await self.c.create(request.spec, request.start))
 
     async def _act(self, request: pb.VmRequest, event: Event) -> pb.Vm:
-        return await self._vm(await self.c.act(request.name, event))
+        return self._vm_answered(await self.c.act(request.name, event))
 
     @_rpc
     async def StartVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
@@ -270,14 +271,21 @@ class AgentServicer(pbg.AgentServicer):
         )
 
     async def _vm(self, rec: VmRecord) -> pb.Vm:
-        vm = self._vm_base(rec)
-        s = await self.c.stats(rec)
-        if s is not None:
-            vm.stats.exits, vm.stats.console_bytes = s.exits, s.console_bytes
-            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s.unhandled_pio, s.unhandled_mmio
-            vm.stats.memory_bytes = s.memory_bytes
-            for field, seconds in s.milestones.items():
-                getattr(vm.stats, field).FromNanoseconds(int(seconds * 1e9))
-            for reason, n in s.by_reason:
-                vm.stats.exits_by_reason[exit_reason_name(reason)] = n
-        return vm
+        """The VM with the counters its runner gives now."""
+        return _with_stats(self._vm_base(rec), await self.c.stats(rec))
+
+    def _vm_answered(self, rec: VmRecord) -> pb.Vm:
+        """The VM just created or changed, with the counters its runner sent in that answer."""
+        return _with_stats(self._vm_base(rec), rec.stats)
+
+
+def _with_stats(vm: pb.Vm, s: RunnerStats | None) -> pb.Vm:
+    if s is not None:
+        vm.stats.exits, vm.stats.console_bytes = s.exits, s.console_bytes
+        vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s.unhandled_pio, s.unhandled_mmio
+        vm.stats.memory_bytes = s.memory_bytes
+        for field, seconds in s.milestones.items():
+            getattr(vm.stats, field).FromNanoseconds(int(seconds * 1e9))
+        for reason, n in s.by_reason:
+            vm.stats.exits_by_reason[exit_reason_name(reason)] = n
+    return vm
