@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import queue
 import socket
@@ -20,7 +21,7 @@ from dataclasses import replace
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm.fds import Vcpu
 from kvmplat.agent.registry.lifecycle import ACTIVE, Event, State, next_state
-from kvmplat.agent.runner import moveops
+from kvmplat.agent.runner import moveops, workers
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
 from kvmplat.agent.runner.eventlog import EventLog
@@ -81,12 +82,12 @@ class VmRunner:
         self.threads = [VcpuThread(v, self.machine.devices, self._on_vcpu_exit) for v in self.machine.vcpus]
         self.console = ConsoleReader(self.machine.console_fd, self.machine.devices, self._on_console)
         self._done = threading.Event()
-        self._closer: threading.Thread | None = None
+        self._closer: workers.Worker | None = None
         self._listener: socket.socket | None = None  # once serve() runs
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
         self.throttle: Throttle | None = None  # while migrating out: auto-converge (moveops)
-        threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
+        workers.start(self._exit_worker, "exits")
         if not (self.incoming or restart):
             self.log.emit(StateChange("", State.CREATED.name, f"created ({self.machine.image.description})"))
 
@@ -175,8 +176,7 @@ class VmRunner:
         self.console.stop()
         if self.machine is not None:
             machine, self.machine = self.machine, None
-            self._closer = threading.Thread(target=machine.close, name="vm-close", daemon=True)
-            self._closer.start()
+            self._closer = workers.start(machine.close, "vm-close")
 
     def stats(self) -> RunnerStats:
         """Exit counters summed over the vCPUs."""
@@ -244,12 +244,11 @@ class VmRunner:
             if self._done.is_set():
                 conn.close()
                 return
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+            workers.start(functools.partial(self._connection, conn), "agent")
 
     def _connection(self, conn: socket.socket) -> None:
         out: queue.Queue[Reply | RunnerEvent | None] = queue.Queue(maxsize=OUTBOUND_MAX)
-        writer = threading.Thread(target=_write_loop, args=(conn, out), daemon=True)
-        writer.start()
+        writer = workers.start(functools.partial(_write_loop, conn, out), "agent-writer")
 
         def forward(event: RunnerEvent) -> None:
             _put(out, event)
