@@ -27,6 +27,7 @@ from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, i
 from kvmplat.agent.runner.eventlog import EventLog
 from kvmplat.agent.runner.exits import Outcome, Verdict
 from kvmplat.agent.runner.machine import Machine, build_machine
+from kvmplat.agent.runner.outbox import Outbox
 from kvmplat.agent.runner.panic import PANIC_GRACE_S, PanicWatch
 from kvmplat.agent.runner.throttle import Throttle
 from kvmplat.agent.runner.vcpu import Mode, VcpuThread
@@ -45,13 +46,11 @@ from kvmplat.agent.runner.wire import (
     StateChange,
     StateReply,
     decode,
-    encode,
     failure_of,
 )
 
 __all__ = ["MILESTONES", "VmRunner"]
 
-OUTBOUND_MAX = 65536  # messages queued for a slow agent before its connection is dropped
 _MODE_AFTER = {State.RUNNING: Mode.RUN, State.PAUSED: Mode.PAUSE}
 # Console text that marks a boot milestone (VmStats field -> marker); the first console byte is timed by the UART.
 MILESTONES = {"linux_banner": "Linux version ", "kvmplat_init": "KVMPLAT-INIT"}
@@ -247,12 +246,9 @@ class VmRunner:
             workers.start(functools.partial(self._connection, conn), "agent")
 
     def _connection(self, conn: socket.socket) -> None:
-        out: queue.Queue[Reply | RunnerEvent | None] = queue.Queue(maxsize=OUTBOUND_MAX)
-        writer = workers.start(functools.partial(_write_loop, conn, out), "agent-writer")
-
-        def forward(event: RunnerEvent) -> None:
-            _put(out, event)
-
+        out = Outbox(conn)
+        writer = workers.start(out.run_writer, "agent-writer")
+        forward = out.put
         try:
             with conn.makefile("rb") as rfile:
                 for line in rfile:
@@ -261,7 +257,8 @@ class VmRunner:
                     msg = decode(line)
                     if not isinstance(msg, Call):
                         break
-                    _put(out, self._answer(msg, forward))
+                    out.begin_answer()
+                    out.answer(self._answer(msg, forward))
                     if msg.op == Event.DESTROY.value:
                         self._done.set()
                         if self._listener is not None:
@@ -278,7 +275,7 @@ class VmRunner:
                         self._listener.shutdown(socket.SHUT_RDWR)
             if self.log.listener is forward:
                 self.log.attach(None, 0)
-            out.put(None)
+            out.close()
             writer.join(2.0)
             conn.close()
 
@@ -331,18 +328,3 @@ def _bytes_at_rip(machine: Machine, vcpu: Vcpu, rip: int) -> bytes:
     sregs = vcpu.get_sregs()
     cpu = CpuView(rip, int(sregs.cs.base), int(sregs.cr0), int(sregs.cr3), int(sregs.cr4), int(sregs.efer))
     return instruction_at(machine.memory.read, cpu)
-
-
-def _put(out: queue.Queue[Reply | RunnerEvent | None], msg: Reply | RunnerEvent) -> None:
-    """Queues a message for the agent; a full queue means the agent stopped reading, so its events are dropped
-    (they stay in the ring, and the next hello replays them)."""
-    with contextlib.suppress(queue.Full):
-        out.put_nowait(msg)
-
-
-def _write_loop(conn: socket.socket, out: queue.Queue[Reply | RunnerEvent | None]) -> None:
-    while (msg := out.get()) is not None:
-        try:
-            conn.sendall(encode(msg))
-        except OSError:
-            return
