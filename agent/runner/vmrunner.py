@@ -229,21 +229,34 @@ class VmRunner:
     def serve(self, listener: socket.socket) -> None:
         """Accepts agent connections until destroyed; a new connection replaces the old one.
 
-        The accept blocks without a timeout (an idle runner never wakes); a destroy ends it by shutting the listener
-        down, which does not depend on the socket's path (the agent unlinks that once the destroy is answered).
+        The first connection (the agent that asked for this VM) is served on the calling thread, which the agent's
+        connect wakes already; an accept thread takes the later ones (an agent restarted), each on a thread of its
+        own. The accept blocks without a timeout (an idle runner never wakes); a destroy ends it by shutting the
+        listener down, which does not depend on the socket's path (the agent unlinks that once the destroy is
+        answered).
         """
         self._listener = listener
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                if self._done.is_set():
-                    return
-                raise
-            if self._done.is_set():
-                conn.close()
-                return
+        first = self._accept(listener)
+        if first is not None:
+            workers.start(functools.partial(self._accept_loop, listener), "accept")
+            self._connection(first)
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while (conn := self._accept(listener)) is not None:
             workers.start(functools.partial(self._connection, conn), "agent")
+
+    def _accept(self, listener: socket.socket) -> socket.socket | None:
+        """The next agent connection; None once destroyed."""
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            if self._done.is_set():
+                return None
+            raise
+        if self._done.is_set():
+            conn.close()
+            return None
+        return conn
 
     def _connection(self, conn: socket.socket) -> None:
         out = Outbox(conn)
