@@ -123,6 +123,16 @@ def runner_names(state_dir: str) -> dict[int, str]:
     return out
 
 
+def _whence(pid: int, name: str, state_dir: str) -> str:
+    """What tells how a runner came to be unrecorded: its parent, and whether a record file names its VM."""
+    try:
+        ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except OSError:
+        ppid = "gone"
+    record = Path(state_dir, "vms", f"{name}.json")
+    return f"parent {ppid}, record file {'present' if record.exists() else 'absent'}"
+
+
 def check_processes(vms: list[pb.Vm], state_dir: str, found: Findings) -> None:
     """No runner without a record, no VM with two runners, no live VM whose runner is dead (a STOPPED VM may have
     none: StartVm boots it in a fresh runner)."""
@@ -131,7 +141,7 @@ def check_processes(vms: list[pb.Vm], state_dir: str, found: Findings) -> None:
     per_name = Counter(runners.values())
     for pid, name in runners.items():
         if pid not in recorded:
-            found.note("orphans", f"runner {pid} of {name!r} has no record")
+            found.note("orphans", f"runner {pid} of {name!r} has no record ({_whence(pid, name, state_dir)})")
     for name, n in per_name.items():
         if n > 1:
             found.note("double_runs", f"{name!r} has {n} runners")

@@ -183,8 +183,14 @@ class Controller:
             raise AlreadyExists(f"a VM named {spec.name!r} exists already")
         effective, cpuid = self._admit(spec)
         spec = self._with_uuid(spec)
-        self.creating.add(spec.name)
+        self.creating.add(spec.name)  # before any await: a concurrent create counts this one's room
         self.pending[spec.name] = spec
+        # shielded: a caller that goes away (cancelled, deadline) must not leave a runner that no record names
+        rec = await asyncio.shield(self._build(spec, effective, cpuid))
+        return await self.act(spec.name, Event.START) if start else rec
+
+    async def _build(self, spec: pb.VmSpec, effective: pb.EffectivePlatform, cpuid: list[list[int]]) -> VmRecord:
+        """Claims, spawns the runner, records the VM and connects to it: all of it, or none of it."""
         try:
             await self._claim(spec)
             rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
@@ -195,7 +201,7 @@ class Controller:
         finally:
             self.creating.discard(spec.name)
             self.pending.pop(spec.name, None)
-        return await self.act(spec.name, Event.START) if start else rec
+        return rec
 
     def runner_config(
         self, rec: VmRecord, cpuid: Sequence[Sequence[int]], restart: bool = False, incoming: str = ""

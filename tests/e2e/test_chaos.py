@@ -135,3 +135,19 @@ def test_a_short_chaos_run_finds_nothing() -> None:
     assert summary["rounds"] == 4 and summary["agent_kills"] >= 4
     assert [summary[k] for k in ("vms_lost", "orphans", "event_gaps", "double_runs")] == [0, 0, 0, 0]
     assert summary["enospc_ok"] is True, out.stderr
+
+
+def test_a_create_whose_caller_goes_away_leaves_no_runner_without_a_record(agent: AgentProc) -> None:
+    """Found by a short chaos round: a CreateVm cancelled while its runner started left that runner unrecorded."""
+    for i, delay in enumerate((0.0, 0.002, 0.005, 0.01, 0.02, 0.04)):
+        call = agent.stub.CreateVm.future(pb.CreateVmRequest(spec=loop_spec(f"c{i}")), timeout=30)
+        time.sleep(delay)
+        call.cancel()
+    deadline = time.monotonic() + 30
+    while True:
+        listed = {vm.runner_pid for vm in agent.list_vms().vms}
+        runners = set(runners_of(str(agent.state_dir)))
+        if runners <= listed:
+            break
+        assert time.monotonic() < deadline, f"runners {sorted(runners - listed)} have no VM record"
+        time.sleep(0.05)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,9 +177,20 @@ def test_hung_runner_does_not_hang_rpcs_on_other_vms(agents: list[AgentProc]) ->
 def test_agent_restarted_while_a_runner_is_hung_serves_the_others(agents: list[AgentProc]) -> None:
     a = start(agents)
     pid = a.get("r2").runner_pid
-    os.kill(pid, signal.SIGSTOP)
+
+    def hang() -> None:
+        # stopped once its old template has gone: the kernel continues a stopped member of a process group that its
+        # parent's exit orphans (SIGHUP, which runners ignore, then SIGCONT), so a runner stopped earlier wakes then
+        deadline = time.monotonic() + 30
+        while int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) != 1:
+            assert time.monotonic() < deadline, "the old template never ended"
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGSTOP)
+
     try:
-        b = kill_and_restart(agents)  # AgentProc waits for GetCapabilities: the agent came up despite the hung runner
+        b = kill_and_restart(
+            agents, hang
+        )  # AgentProc waits for GetCapabilities: the agent came up despite the hung runner
         assert b.stub.GetVm(pb.VmRequest(name="r1"), timeout=5).state == pb.RUNNING
         b.stub.PauseVm(pb.VmRequest(name="r1"), timeout=5)
         b.stub.ResumeVm(pb.VmRequest(name="r1"), timeout=5)

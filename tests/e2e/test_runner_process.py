@@ -1,6 +1,8 @@
-"""The runner template's spare (agent/runner/template.py): a runner forked before any VM asks, set up and waiting.
-A CreateVm takes it (its pid becomes the VM's runner), the template forks the next one, a dead spare costs only a
-fresh fork, a spare holds none of the template's other pipes, and it ends with its template."""
+"""Runner processes (agent/runner/template.py). The spare, a runner forked before any VM asks, set up and waiting:
+a CreateVm takes it (its pid becomes the VM's runner), the template forks the next one, a dead spare costs only a
+fresh fork, a spare holds none of the template's other pipes, and it ends with its template. A runner's process
+group is its own (a Ctrl-C for the agent does not reach it), its session its agent's (one CPU group), and SIGHUP,
+SIGTTOU and SIGTTIN cannot end or stop it."""
 
 from __future__ import annotations
 
@@ -81,3 +83,18 @@ def test_a_spare_ends_with_its_template(agent: AgentProc) -> None:
     while not gone(spare):
         assert time.monotonic() < deadline, "the spare outlived its template"
         time.sleep(0.05)
+
+
+def test_a_runner_has_a_process_group_of_its_own_in_its_agents_session(agent: AgentProc) -> None:
+    vm = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("g"), start=True), timeout=30)
+    pid, template = vm.runner_pid, template_of(agent)
+    assert os.getpgid(pid) == pid != os.getpgid(template)  # a Ctrl-C for the agent's group does not reach it
+    assert os.getsid(pid) == os.getsid(template)  # one CPU group with its agent where sessions are (autogroup)
+    ignored = int(
+        next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn")).split()[1],
+        16,
+    )
+    for sig in (signal.SIGHUP, signal.SIGTTOU, signal.SIGTTIN):
+        assert ignored >> (sig - 1) & 1, f"{sig.name} is not ignored"
+    os.kill(pid, signal.SIGHUP)
+    assert agent.get("g").state == pb.RUNNING and not gone(pid)
