@@ -277,8 +277,9 @@ class Controller:
         del self.vms[name]
         self.store.unlink_socket(name)  # now, before the name can be reused: a new runner will listen there
         self.bus.forget(name)
-        with contextlib.suppress(OSError):  # gone when DestroyVm returns (a restart would finish the marked destroy)
-            await asyncio.wrap_future(self.records.delete(name, first=True))
+        # not waited for: the writer keeps each VM's writes in order (a new VM of this name is written after it), and
+        # an agent killed before it lands finds the record marked and finishes the destroy
+        self.records.delete(name)
         if self.claims is not None:
             await self.claims.release(consumer_of(rec.spec.uuid, name, rec.created), name)
 
