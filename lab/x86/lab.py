@@ -44,6 +44,8 @@ def qemu_command(img: dict[str, str], initrd: Path, skip: str) -> list[str]:
     )
     if skip:
         append += f" kvmplat.skip={skip}"
+    if os.environ.get("KVMPLAT_X86_APPEND"):  # more for init.sh while iterating, e.g. kvmplat.extra=bootdiff
+        append += " " + os.environ["KVMPLAT_X86_APPEND"]
     cmd = [QEMU, "-accel", "tcg", "-M", "q35", "-cpu", "max", "-smp", "2", "-m", "4096", "-nographic", "-no-reboot"]
     cmd += ["-kernel", img["kernel"], "-initrd", str(initrd), "-append", append]
     cmd += ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"]

@@ -1,0 +1,260 @@
+"""Where a Linux boot spends its time: kvmplat beside QEMU microvm, phase by phase and exit by exit (hardware KVM).
+
+    bench/bootdiff.py [--runs N] [--extra 'CMDLINE OPTIONS']        (the x86 lab runs it: lab.py --only bootdiff)
+
+Boots the guest image's kernel to its /init in both, with the same kernel, initramfs and command line (the image's
+own, `quiet`, plus `printk.time=1` so the kernel log carries timestamps; `--extra` adds more to both). An overlay
+initramfs replaces the image's /init with one that prints `KVMPLAT-INIT`, then the kernel log, then an end marker.
+While each guest boots, the host's tracefs (kvm:kvm_exit, kvm_pio, kvm_mmio, kvm_msr; needs root) counts its exits.
+Prints per contender: time to KVMPLAT-INIT, the console bytes before it, exits by reason, the busiest ports, MMIO
+pages and MSRs, and the kernel log's timestamps at landmark lines side by side. Last line: JSON of the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import gzip
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from boot import MEMORY_MIB, QEMU, image, say
+
+TRACEFS = Path("/sys/kernel/tracing")
+EVENTS = ("kvm/kvm_exit", "kvm/kvm_pio", "kvm/kvm_mmio", "kvm/kvm_msr")
+END = "KVMPLAT-DMESG-END"
+TIMEOUT_S = 240.0
+OVERLAY_INIT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+echo KVMPLAT-INIT
+dmesg
+echo {END}
+mknod /dev/port c 1 4 && echo -n x | dd of=/dev/port bs=1 seek=244 2>/dev/null
+reboot -f
+"""
+LANDMARKS = (
+    "Linux version",
+    "tsc: Detected",
+    "ACPI",
+    "Memory:",
+    "Calibrating delay",
+    "smpboot: CPU0",
+    "smp: Brought up",
+    "devtmpfs: initialized",
+    "clocksource: Switched to",
+    "Unpacking initramfs",
+    "Freeing initrd memory",
+    "Serial: 8250",
+    "serial8250",
+    "i8042",
+    "rtc_cmos",
+    "Freeing unused kernel",
+    "Run /init",
+)
+
+
+def overlay_initrd(base: str, out: Path) -> Path:
+    """The image's initramfs followed by a newc archive whose /init dumps the kernel log (later members win)."""
+    from kvmplat.client.guest_image import CpioEntry, cpio_newc
+
+    raw = Path(base).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    raw += b"\0" * (-len(raw) % 4)
+    out.write_bytes(raw + cpio_newc([CpioEntry("init", 0o100755, OVERLAY_INIT.encode())]))
+    return out
+
+
+class Trace:
+    """The host's kvm trace events, recorded while one guest boots."""
+
+    def __enter__(self) -> Trace:
+        if not (TRACEFS / "events").is_dir():
+            subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=False)
+        self._write("tracing_on", "0")
+        self._write("buffer_size_kb", "65536")
+        self._write("trace", "")
+        for ev in EVENTS:
+            self._write(f"events/{ev}/enable", "1")
+        self._write("tracing_on", "1")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._write("tracing_on", "0")
+        for ev in EVENTS:
+            self._write(f"events/{ev}/enable", "0")
+
+    def text(self) -> str:
+        """The recorded events (call after the block)."""
+        try:
+            return (TRACEFS / "trace").read_text(errors="replace")
+        except OSError as e:
+            return f"# no trace: {e}"
+
+    @staticmethod
+    def _write(name: str, value: str) -> None:
+        with contextlib.suppress(OSError):
+            (TRACEFS / name).write_text(value)
+
+
+def summarize(trace: str) -> dict[str, Any]:
+    """Exit counts by reason, port, MMIO page and MSR from the trace text."""
+    reasons: collections.Counter[str] = collections.Counter()
+    ports: collections.Counter[str] = collections.Counter()
+    mmio: collections.Counter[str] = collections.Counter()
+    msrs: collections.Counter[str] = collections.Counter()
+    first = last = None
+    for line in trace.splitlines():
+        m = re.search(r"\s(\d+\.\d+): (kvm_\w+): (.*)", line)
+        if not m:
+            continue
+        ts, ev, rest = float(m[1]), m[2], m[3]
+        first, last = first if first is not None else ts, ts
+        if ev == "kvm_exit":
+            r = re.search(r"reason (\S+)", rest)
+            reasons[r[1] if r else rest[:30]] += 1
+        elif ev == "kvm_pio":
+            p = re.search(r"pio_(read|write) at (0x[0-9a-f]+)", rest)
+            ports[f"{p[1]} {p[2]}" if p else rest[:30]] += 1
+        elif ev == "kvm_mmio":
+            p = re.search(r"mmio (\w+).*gpa (0x[0-9a-f]+)", rest)
+            mmio[f"{p[1]} {int(p[2], 16) & ~0xFFF:#x}" if p else rest[:30]] += 1
+        elif ev == "kvm_msr":
+            msrs[rest[:24]] += 1
+    span = round(last - first, 3) if first is not None and last is not None else None
+    top = {"ports": ports.most_common(20), "mmio": mmio.most_common(10), "msrs": msrs.most_common(15)}
+    return {"exits": sum(reasons.values()), "span_s": span, "reasons": reasons.most_common(), **top}
+
+
+def run_qemu(img: dict[str, str], initrd: Path, cmdline: str) -> tuple[float, str]:
+    """(ms to KVMPLAT-INIT, console text to the end marker) of QEMU microvm."""
+    cmd = [QEMU, "-enable-kvm", "-cpu", "max", "-M", "microvm", "-m", str(MEMORY_MIB), "-nodefaults", "-no-reboot"]
+    cmd += ["-display", "none", "-monitor", "none", "-serial", "stdio", "-kernel", img["kernel"]]
+    cmd += ["-initrd", str(initrd), "-append", cmdline]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    seen, at = b"", None
+    try:
+        while time.monotonic() - t0 < TIMEOUT_S and END.encode() not in seen:
+            if not select.select([proc.stdout], [], [], 0.5)[0]:
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            seen += chunk
+            if at is None and b"KVMPLAT-INIT" in seen:
+                at = (time.monotonic() - t0) * 1000
+    finally:
+        proc.kill()
+        proc.wait()
+    return at or -1.0, seen.decode(errors="replace")
+
+
+def run_ours(address: str, img: dict[str, str], initrd: Path, cmdline: str, n: int) -> tuple[float, str]:
+    """(ms to KVMPLAT-INIT, console text to the end marker) of kvmplat, as bench/boot.py creates its VM."""
+    from kvmplat.client.agent import Client
+    from kvmplat.v1 import agent_pb2 as pb
+
+    name = f"diff{n}"
+    spec = pb.VmSpec(name=name, vcpus=1, memory_mib=MEMORY_MIB, platform=pb.PlatformSpec(pv=[pb.KVM]))
+    spec.boot.CopyFrom(pb.BootSpec(kernel=img["kernel"], initrd=str(initrd), cmdline=cmdline))
+    text, at = [], None
+    with Client(address, timeout=30.0) as c:
+        stream = c.watch_events(vm="", follow=True)
+        timer = threading.Timer(TIMEOUT_S, stream.cancel)
+        timer.start()
+        try:
+            t0 = time.monotonic()
+            c.create_vm(spec, start=True)
+            for ev in stream:
+                if ev.vm == name and ev.WhichOneof("kind") == "console":
+                    text.append(ev.console.text)
+                    if at is None and "KVMPLAT-INIT" in ev.console.text:
+                        at = (time.monotonic() - t0) * 1000
+                    if END in ev.console.text or time.monotonic() - t0 > TIMEOUT_S:
+                        break
+        except Exception as e:  # the stream cancelled by the timer
+            say(f"ours: {type(e).__name__}")
+        finally:
+            timer.cancel()
+            stream.cancel()
+            with contextlib.suppress(Exception):
+                c.destroy_vm(name)
+    return at or -1.0, "".join(text)
+
+
+def landmarks(console: str) -> dict[str, Any]:
+    """The console before KVMPLAT-INIT (bytes, lines) and the kernel log's first timestamp at each landmark."""
+    before, _, after = console.partition("KVMPLAT-INIT")
+    stamps: dict[str, float] = {}
+    for line in after.splitlines():
+        m = re.match(r"\s*\[\s*(\d+\.\d+)\]\s*(.*)", line)
+        if not m:
+            continue
+        for mark in LANDMARKS:
+            if mark in m[2] and mark not in stamps:
+                stamps[mark] = float(m[1])
+    last = re.findall(r"\[\s*(\d+\.\d+)\]", after)
+    return {
+        "console_bytes_before_init": len(before),
+        "console_before_init": before.strip().splitlines()[-40:],
+        "stamps": stamps,
+        "last_stamp": float(last[-1]) if last else None,
+    }
+
+
+def one(kind: str, fn: Any) -> dict[str, Any]:
+    """Runs one boot under the trace; its figures."""
+    with Trace() as tr:
+        ms, console = fn()
+    out = {"kind": kind, "ms": round(ms), **landmarks(console), **summarize(tr.text())}
+    dmesg = console.partition("KVMPLAT-INIT")[2].partition(END)[0]
+    for line in dmesg.strip().splitlines():
+        say(f"dmesg {kind}: {line}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Boots both contenders `--runs` times, alternating; prints each run's figures and the JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--extra", default="", help="more kernel command line for both")
+    args = ap.parse_args(argv)
+    from kvmplat.client.localagent import LocalAgent
+
+    img = image()
+    tmp = Path(tempfile.mkdtemp(prefix="kvmplat-bootdiff-"))
+    cmdline = f"{img['cmdline']} quiet printk.time=1 {args.extra}".strip()
+    results = []
+    try:
+        initrd = overlay_initrd(img["initrd"], tmp / "initrd.cpio")
+        flags = ["--image-dir", str(tmp), "--image-dir", str(Path(img["kernel"]).parents[1])]
+        with LocalAgent.start(tmp, flags, timeout=120.0) as local:
+            for i in range(args.runs):
+                results.append(one("ours", lambda i=i: run_ours(local.address, img, initrd, cmdline, i)))
+                results.append(one("qemu_microvm", lambda: run_qemu(img, initrd, cmdline)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for r in results:
+        say(json.dumps(r))
+    print(json.dumps({"cmdline": cmdline, "runs": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
