@@ -118,6 +118,8 @@ def summarize(trace: str) -> dict[str, Any]:
     mmio: collections.Counter[str] = collections.Counter()
     msrs: collections.Counter[str] = collections.Counter()
     first = last = None
+    timeline: collections.Counter[tuple[int, str]] = collections.Counter()
+    npf_pages: collections.Counter[int] = collections.Counter()
     for line in trace.splitlines():
         m = re.search(r"\s(\d+\.\d+): (kvm_\w+): (.*)", line)
         if not m:
@@ -127,6 +129,10 @@ def summarize(trace: str) -> dict[str, Any]:
         if ev == "kvm_exit":
             r = re.search(r"reason (\S+)", rest)
             reasons[r[1] if r else rest[:30]] += 1
+            timeline[(int(ts - first), r[1] if r else "?")] += 1
+            g = re.search(r"info2 (0x[0-9a-f]+)", rest)
+            if r and r[1] == "npf" and g:
+                npf_pages[int(g[1], 16) >> 12] += 1
         elif ev == "kvm_pio":
             p = re.search(r"pio_(read|write) at (0x[0-9a-f]+)", rest)
             ports[f"{p[1]} {p[2]}" if p else rest[:30]] += 1
@@ -137,7 +143,19 @@ def summarize(trace: str) -> dict[str, Any]:
             msrs[rest[:24]] += 1
     span = round(last - first, 3) if first is not None and last is not None else None
     top = {"ports": ports.most_common(20), "mmio": mmio.most_common(10), "msrs": msrs.most_common(15)}
-    return {"exits": sum(reasons.values()), "span_s": span, "reasons": reasons.most_common(), **top}
+    seconds: dict[int, dict[str, int]] = collections.defaultdict(dict)
+    for (sec, why), n in sorted(timeline.items()):
+        if n >= 20:
+            seconds[sec][why] = n
+    npf = {"pages": len(npf_pages), "max_per_page": max(npf_pages.values(), default=0)}
+    return {
+        "exits": sum(reasons.values()),
+        "span_s": span,
+        "reasons": reasons.most_common(),
+        **top,
+        "npf": npf,
+        "per_second": seconds,
+    }
 
 
 def run_qemu(img: dict[str, str], initrd: Path, cmdline: str) -> tuple[float, str]:
@@ -218,11 +236,32 @@ def landmarks(console: str) -> dict[str, Any]:
     }
 
 
+def cpu_times() -> dict[str, float]:
+    """CPU seconds (user+system) of every thread on this host, by 'pid/tid comm'."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/task/[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            comm = text[text.index("(") + 1 : text.rindex(")")]
+            f = text[text.rindex(")") + 2 :].split()
+            out[f"{stat.parts[2]}/{stat.parts[4]} {comm}"] = (int(f[11]) + int(f[12])) / tick
+    return out
+
+
+def busiest(before: dict[str, float], after: dict[str, float]) -> list[tuple[str, float]]:
+    """The threads that used the most CPU between two cpu_times() readings."""
+    used = {k: round(v - before.get(k, 0.0), 2) for k, v in after.items()}
+    return sorted(((k, v) for k, v in used.items() if v >= 0.05), key=lambda kv: -kv[1])[:15]
+
+
 def one(kind: str, fn: Any) -> dict[str, Any]:
     """Runs one boot under the trace; its figures."""
+    before = cpu_times()
     with Trace() as tr:
         ms, console = fn()
-    out = {"kind": kind, "ms": round(ms), **landmarks(console), **summarize(tr.text())}
+    cpu = busiest(before, cpu_times())
+    out = {"kind": kind, "ms": round(ms), "cpu": cpu, **landmarks(console), **summarize(tr.text())}
     dmesg = console.partition("KVMPLAT-INIT")[2].partition(END)[0]
     for line in dmesg.strip().splitlines():
         say(f"dmesg {kind}: {line}")
