@@ -35,7 +35,7 @@ from boot import MEMORY_MIB, QEMU, image, say
 TRACEFS = Path("/sys/kernel/tracing")
 EVENTS = ("kvm/kvm_exit", "kvm/kvm_pio", "kvm/kvm_mmio", "kvm/kvm_msr")
 END = "KVMPLAT-DMESG-END"
-TIMEOUT_S = 240.0
+TIMEOUT_S = 120.0
 OVERLAY_INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -87,6 +87,7 @@ class Trace:
             subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=False)
         self._write("tracing_on", "0")
         self._write("buffer_size_kb", "65536")
+        self._write("options/overwrite", "0")  # a full buffer keeps the boot's start, not an endless tail
         self._write("trace", "")
         for ev in EVENTS:
             self._write(f"events/{ev}/enable", "1")
@@ -147,7 +148,7 @@ def summarize(trace: str) -> dict[str, Any]:
     for (sec, why), n in sorted(timeline.items()):
         if n >= 20:
             seconds[sec][why] = n
-    npf = {"pages": len(npf_pages), "max_per_page": max(npf_pages.values(), default=0)}
+    npf = {"pages": len(npf_pages), "top": [(f"{p << 12:#x}", n) for p, n in npf_pages.most_common(3)]}
     return {
         "exits": sum(reasons.values()),
         "span_s": span,
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--extra", default="", help="more kernel command line for both")
+    ap.add_argument("--ours-ram", default="huge,memfd", help="guest RAM backings to boot ours with (KVMPLAT_GUEST_RAM)")
     args = ap.parse_args(argv)
     from kvmplat.client.localagent import LocalAgent
 
@@ -283,9 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         initrd = overlay_initrd(img["initrd"], tmp / "initrd.cpio")
         flags = ["--image-dir", str(tmp), "--image-dir", str(Path(img["kernel"]).parents[1])]
-        with LocalAgent.start(tmp, flags, timeout=120.0) as local:
+        with contextlib.ExitStack() as stack:
+            agents = {}
+            for ram in args.ours_ram.split(","):  # an agent each: its runners inherit KVMPLAT_GUEST_RAM
+                os.environ["KVMPLAT_GUEST_RAM"] = ram
+                (tmp / ram).mkdir()
+                agents[ram] = stack.enter_context(LocalAgent.start(tmp / ram, flags, timeout=120.0)).address
             for i in range(args.runs):
-                results.append(one("ours", lambda i=i: run_ours(local.address, img, initrd, cmdline, i)))
+                for ram, address in agents.items():
+                    results.append(one(f"ours_{ram}", lambda i=i, a=address: run_ours(a, img, initrd, cmdline, i)))
                 results.append(one("qemu_microvm", lambda: run_qemu(img, initrd, cmdline)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -56,6 +56,8 @@ def ram_file(size: int) -> tuple[int, str]:
     """(fd, backing) of a new zero-filled file of `size` bytes for guest RAM; backing is HUGE or MEMFD."""
     fd, backing = -1, HUGE
     with contextlib.suppress(OSError):
+        if os.environ.get("KVMPLAT_GUEST_RAM") == MEMFD:
+            raise OSError("memfd asked for")
         mnt = _huge_tmpfs()
         try:
             fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=mnt)
