@@ -16,7 +16,7 @@ import grpc
 from kvmplat.client.localagent import AGENT, AgentNotStarted, LocalAgent
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
-__all__ = ["AGENT", "agent", "cpu_seconds", "stub"]
+__all__ = ["AGENT", "agent", "cpu_seconds", "stub", "template_pid"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,11 +50,25 @@ def stub(address: str) -> Any:
     return pbg.AgentStub(grpc.insecure_channel(address))  # type: ignore[no-untyped-call]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads); 0 when it is gone."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process (all its threads), and with `reaped` those of the children it has
+    waited for; 0 when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(int(v) for v in fields[11:15 if reaped else 13]) / CLK_TCK
+
+
+def template_pid(agent_pid: int) -> int:
+    """The pid of the agent's runner template (its runners' parent, which reaps them); 0 if none is found."""
+    try:
+        children = Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split()
+    except OSError:
+        return 0
+    for pid in children:
+        with contextlib.suppress(OSError):
+            if b"kvmplat.agent.runner.template" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+    return 0

@@ -1,5 +1,6 @@
 """Benchmark: the agent under load. For --seconds (default 30) against its own local agent, --watchers streams follow
-WatchEvents on all VMs and check every VM's sequence numbers for gaps, while --clients (8) each cycle
+all VMs as kvmplat.client does (WatchEventBatches; `--stream events`: one event a message, WatchEvents) and check
+every VM's sequence numbers for gaps, while --clients (8) each cycle
 create/start/pause/resume/stop/destroy on `loop` guests (16 MiB, 1 vCPU) and time every RPC. One run, on a fresh
 agent, per number of watchers given (default 50, then 200).
 
@@ -31,17 +32,31 @@ CYCLE = ("CreateVm", "StartVm", "PauseVm", "ResumeVm", "StopVm", "DestroyVm")
 
 
 # --- watchers (one process) -------------------------------------------------------------------------------------
-async def watch(stub: Any, out: dict[str, Any], calls: list[Any]) -> None:
+def events_of(call: Any, batches: bool) -> Any:
+    """The events of a watch call, one at a time."""
+    if not batches:
+        return call
+
+    async def each() -> Any:
+        async for batch in call:
+            for ev in batch.events:
+                yield ev
+
+    return each()
+
+
+async def watch(stub: Any, out: dict[str, Any], calls: list[Any], batches: bool) -> None:
     """One follow stream over all VMs; counts events and per-VM sequence gaps until the stream is cancelled.
 
     A plain `async for` per stream: a read future and an asyncio.wait per message cost this process about as much
     CPU as the agent spent sending, on the same two cores the agent's latency is measured on.
     """
     last: dict[str, int] = {}
-    call = stub.WatchEvents(pb.WatchEventsRequest(follow=True))
+    method = stub.WatchEventBatches if batches else stub.WatchEvents
+    call = method(pb.WatchEventsRequest(follow=True))
     calls.append(call)
     try:
-        async for ev in call:
+        async for ev in events_of(call, batches):
             prev = last.get(ev.vm)
             if prev is not None and ev.seq != prev + 1:
                 out["lost"] += max(0, ev.seq - prev - 1)
@@ -56,13 +71,13 @@ async def watch(stub: Any, out: dict[str, Any], calls: list[Any]) -> None:
             out["errors"][e.code().name] += 1
 
 
-async def watchers_main(address: str, n: int, seconds: float, conn: Any) -> None:
+async def watchers_main(address: str, n: int, seconds: float, batches: bool, conn: Any) -> None:
     """Runs n watchers until `seconds` after they all subscribed; reports totals through `conn`."""
     out: dict[str, Any] = {"events": 0, "lost": 0, "reordered": 0, "ended": 0, "errors": Counter()}
     async with grpc.aio.insecure_channel(address) as ch:
         stub = pbg.AgentStub(ch)  # type: ignore[no-untyped-call]
         calls: list[Any] = []
-        tasks = [asyncio.create_task(watch(stub, out, calls)) for _ in range(n)]
+        tasks = [asyncio.create_task(watch(stub, out, calls, batches)) for _ in range(n)]
         await asyncio.sleep(0.5)  # let every stream reach the agent before the clients start
         conn.send("ready")
         await asyncio.sleep(seconds + 1.0)  # and outlast them, so their last events arrive
@@ -72,9 +87,9 @@ async def watchers_main(address: str, n: int, seconds: float, conn: Any) -> None
     conn.send({**out, "errors": dict(out["errors"])})
 
 
-def watchers_proc(address: str, n: int, seconds: float, conn: Any) -> None:
+def watchers_proc(address: str, n: int, seconds: float, batches: bool, conn: Any) -> None:
     """Process entry of the watchers."""
-    asyncio.run(watchers_main(address, n, seconds, conn))
+    asyncio.run(watchers_main(address, n, seconds, batches, conn))
 
 
 # --- clients (this process) -------------------------------------------------------------------------------------
@@ -153,6 +168,7 @@ def report(args: argparse.Namespace, lat: dict[str, list[float]], errors: Counte
         "seconds": args.seconds,
         "clients": args.clients,
         "watchers": args.watchers,
+        "stream": args.stream,
         "cycles": cycles,
         "ops": len(every),
         "ops_per_s": round(len(every) / args.seconds, 1),
@@ -164,7 +180,7 @@ def report(args: argparse.Namespace, lat: dict[str, list[float]], errors: Counte
         "events_lost": w["lost"],
         "events_reordered": w["reordered"],
         "watch_streams_ended": w["ended"],
-        "cpu_s": w["cpu_s"],  # CPU seconds over the run of the agent (its runners apart), watchers and clients
+        "cpu_s": w["cpu_s"],  # CPU seconds over the run: agent, watchers, clients, runners (ended ones, + template)
         "loadavg": Path("/proc/loadavg").read_text().split()[0],  # others' work on this host shows here
     }
     print(json.dumps(summary))
@@ -182,6 +198,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="event streams following all VMs: one run (and JSON line) per number given (default 50 200)",
     )
     p.add_argument("--clients", type=int, default=8, help="clients cycling VMs (default 8)")
+    p.add_argument(
+        "--stream",
+        choices=("batches", "events"),
+        default="batches",
+        help="how watchers follow: WatchEventBatches as kvmplat.client does (default), or WatchEvents",
+    )
     p.add_argument("--agent", default=str(agentproc.AGENT), help="the kvmplat-agent to measure (default: this venv's)")
     return p.parse_args(argv)
 
@@ -197,14 +219,18 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, address: str, agent_pid: int = 0) -> None:
     """The watcher process and the clients against the agent at `address` (args.watchers: one number)."""
     parent, child = mp.get_context("spawn").Pipe()
-    watchers = mp.get_context("spawn").Process(target=watchers_proc, args=(address, args.watchers, args.seconds, child))
+    batches = args.stream == "batches"
+    watchers = mp.get_context("spawn").Process(
+        target=watchers_proc, args=(address, args.watchers, args.seconds, batches, child)
+    )
     try:
         watchers.start()
         assert parent.recv() == "ready"
         pids = {"agent": agent_pid, "watchers": watchers.pid or 0, "clients": os.getpid()}
-        cpu0 = {who: agentproc.cpu_seconds(pid) for who, pid in pids.items() if pid}
+        pids["runners"] = agentproc.template_pid(agent_pid)  # the template and the runners it reaped
+        cpu0 = {who: agentproc.cpu_seconds(pid, who == "runners") for who, pid in pids.items() if pid}
         lat, errors, cycles = asyncio.run(clients_main(address, args.clients, args.seconds))
-        cpu = {who: round(agentproc.cpu_seconds(pids[who]) - c, 2) for who, c in cpu0.items()}
+        cpu = {who: round(agentproc.cpu_seconds(pids[who], who == "runners") - c, 2) for who, c in cpu0.items()}
         w = parent.recv()
         w["cpu_s"] = cpu
         watchers.join(10)

@@ -1,10 +1,11 @@
 """Who may call what over mutual TLS: the `--authz` file (certificate common name → role) and the grpc.aio server
 interceptor that enforces it.
 
-Roles are ordered: `reader` may call GetCapabilities, CheckPlatform, GetVm, ListVms, WatchEvents, gRPC health and
-reflection; `operator` may call everything. Any method not listed as a reader's (including ones added later) needs
-`operator`. A certificate whose common name is not in the file is refused; a refused call is PERMISSION_DENIED and
-names the role it needs. Without `--authz`, every client whose certificate the TLS handshake verified is an operator.
+Roles are ordered: `reader` may call GetCapabilities, CheckPlatform, GetVm, ListVms, WatchEvents, WatchEventBatches,
+gRPC health and reflection; `operator` may call everything. Any method not listed as a reader's (including ones added
+later) needs `operator`. A certificate whose common name is not in the file is refused; a refused call is
+PERMISSION_DENIED and names the role it needs. Without `--authz`, every client whose certificate the TLS handshake
+verified is an operator.
 
 The check is an interceptor rather than a check in the servicer's `_rpc` decorator because it then covers every
 service on the server (health, reflection and any added later) and fails closed for methods nobody classified. A
@@ -40,7 +41,8 @@ class Role(enum.IntEnum):
 
 
 READER_METHODS = frozenset(
-    f"/kvmplat.v1.Agent/{m}" for m in ("GetCapabilities", "CheckPlatform", "GetVm", "ListVms", "WatchEvents")
+    f"/kvmplat.v1.Agent/{m}"
+    for m in ("GetCapabilities", "CheckPlatform", "GetVm", "ListVms", "WatchEvents", "WatchEventBatches")
 )
 READER_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"})
 

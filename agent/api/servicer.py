@@ -19,6 +19,7 @@ from kvmplat.agent.guest.builtin import PUBLIC_BUILTINS
 from kvmplat.agent.kvm.fds import exit_reason_name
 from kvmplat.agent.registry.controller import Controller, VmRecord
 from kvmplat.agent.registry.lifecycle import Event, proto_value
+from kvmplat.agent.runner.wire import RunnerStats
 from kvmplat.v1 import agent_pb2 as pb
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
@@ -27,7 +28,8 @@ __all__ = ["PRESERIALIZED", "AgentServicer", "DecodeGuard", "add_to_server"]
 log = logging.getLogger("kvmplat.agent")
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Agent"]
-PRESERIALIZED = frozenset({"WatchEvents"})  # methods whose servicer hands gRPC the response bytes themselves
+PRESERIALIZED = frozenset({"WatchEvents", "WatchEventBatches"})  # their servicer hands gRPC the response bytes
+BATCH_LINGER = 0.02  # s: a WatchEventBatches stream sends at most one message per BATCH_LINGER
 _HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -159,10 +161,10 @@ class AgentServicer(pbg.AgentServicer):
 
     @_rpc
     async def CreateVm(self, request: pb.CreateVmRequest, context: Any) -> pb.Vm:
-        return await self._vm(await self.c.create(request.spec, request.start))
+        return self._vm_answered(await self.c.create(request.spec, request.start))
 
     async def _act(self, request: pb.VmRequest, event: Event) -> pb.Vm:
-        return await self._vm(await self.c.act(request.name, event))
+        return self._vm_answered(await self.c.act(request.name, event))
 
     @_rpc
     async def StartVm(self, request: pb.VmRequest, context: Any) -> pb.Vm:
@@ -199,6 +201,13 @@ class AgentServicer(pbg.AgentServicer):
         async for batch in self.c.watch(request.vm, request.since_seq, request.follow):
             for data in batch:
                 await context.write(data)
+
+    @_rpc
+    async def WatchEventBatches(self, request: pb.WatchEventsRequest, context: Any) -> None:
+        """Writes each batch the bus gathered as one EventBatch (its events' framed bytes, joined)."""
+        watch = self.c.watch(request.vm, request.since_seq, request.follow, as_framed=True, linger=BATCH_LINGER)
+        async for batch in watch:
+            await context.write(b"".join(batch))
 
     @_rpc
     async def WriteConsole(self, request: pb.WriteConsoleRequest, context: Any) -> pb.WriteConsoleResponse:
@@ -262,14 +271,21 @@ class AgentServicer(pbg.AgentServicer):
         )
 
     async def _vm(self, rec: VmRecord) -> pb.Vm:
-        vm = self._vm_base(rec)
-        s = await self.c.stats(rec)
-        if s is not None:
-            vm.stats.exits, vm.stats.console_bytes = s.exits, s.console_bytes
-            vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s.unhandled_pio, s.unhandled_mmio
-            vm.stats.memory_bytes = s.memory_bytes
-            for field, seconds in s.milestones.items():
-                getattr(vm.stats, field).FromNanoseconds(int(seconds * 1e9))
-            for reason, n in s.by_reason:
-                vm.stats.exits_by_reason[exit_reason_name(reason)] = n
-        return vm
+        """The VM with the counters its runner gives now."""
+        return _with_stats(self._vm_base(rec), await self.c.stats(rec))
+
+    def _vm_answered(self, rec: VmRecord) -> pb.Vm:
+        """The VM just created or changed, with the counters its runner sent in that answer."""
+        return _with_stats(self._vm_base(rec), rec.stats)
+
+
+def _with_stats(vm: pb.Vm, s: RunnerStats | None) -> pb.Vm:
+    if s is not None:
+        vm.stats.exits, vm.stats.console_bytes = s.exits, s.console_bytes
+        vm.stats.unhandled_pio, vm.stats.unhandled_mmio = s.unhandled_pio, s.unhandled_mmio
+        vm.stats.memory_bytes = s.memory_bytes
+        for field, seconds in s.milestones.items():
+            getattr(vm.stats, field).FromNanoseconds(int(seconds * 1e9))
+        for reason, n in s.by_reason:
+            vm.stats.exits_by_reason[exit_reason_name(reason)] = n
+    return vm

@@ -66,6 +66,7 @@ class VmRecord:
     destroying: bool = False
     moving: str = ""  # what a snapshot or migration is doing with the VM; other requests wait until it is done
     saved: bool = False  # PAUSED and unchanged since a whole snapshot was taken: destroy may stop it first
+    stats: RunnerStats | None = None  # the counters the runner sent with its last answer to hello or a request
     _fixed: dict[str, Any] = field(default_factory=dict, repr=False)  # spec and effective platform as JSON, once
 
     @property
@@ -226,7 +227,7 @@ class Controller:
             await self._restart(rec)
         if rec.runner is None or rec.runner.closed:
             raise FailedPrecondition(f"VM {name!r} has no runner (it is {rec.state.name}: {rec.reason})")
-        await rec.runner.request(event)
+        rec.stats = (await rec.runner.request(event)).stats
         return rec
 
     async def _restart(self, rec: VmRecord) -> None:
@@ -358,11 +359,13 @@ class Controller:
 
         return migration.receive(self, packets)
 
-    def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[list[bytes]]:
-        """Batches of serialized events of one VM (or all), resumable after `since`."""
+    def watch(
+        self, vm: str, since: int, follow: bool, as_framed: bool = False, linger: float = 0.0
+    ) -> AsyncIterator[list[bytes]]:
+        """Batches of serialized events of one VM (or all), resumable after `since` (see Bus.watch)."""
         if vm:
             self.get(vm)
-        return self.bus.watch(vm, since, follow)
+        return self.bus.watch(vm, since, follow, as_framed, linger)
 
     # --- runners -----------------------------------------------------------------------------------------------
     async def connect(self, rec: VmRecord, since: int) -> None:
@@ -372,7 +375,7 @@ class Controller:
         )
         rec.runner = runner
         hello = await rec.runner.hello(since)
-        rec.pid = hello.pid
+        rec.pid, rec.stats = hello.pid, hello.stats
         rec.state, rec.reason = State[hello.state], hello.reason
         rec.greeted = True
 

@@ -5,6 +5,11 @@ handler sends them as they are). A watcher's pending events wait in its own boun
 the whole backlog at once (a batch), so a watcher that fell behind costs one wakeup per batch, not one per event.
 A watcher subscribes before it replays, so nothing falls between replay and live events; a watcher that does not
 read is cut off once its buffer is full, so the agent's memory does not grow with slow watchers.
+
+Each event is also kept framed as one `events` entry of an EventBatch (its field tag, its length, its bytes): an
+EventBatch of any events is the concatenation of theirs, so WatchEventBatches sends a batch without serializing it.
+A batch watcher may `linger` after each batch it sends: what arrives meanwhile goes in its next one, so a stream
+costs at most one message per `linger` however many events flow, and nothing while it keeps up with a trickle.
 """
 
 from __future__ import annotations
@@ -20,18 +25,33 @@ from kvmplat.agent.registry.lifecycle import State, proto_value
 from kvmplat.agent.runner.wire import ConsoleText, RunnerEvent, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
-__all__ = ["RING", "WATCH_BUFFER", "Bus", "Stored", "event_from_runner"]
+__all__ = ["RING", "WATCH_BUFFER", "Bus", "Stored", "event_from_runner", "framed"]
 
 RING = 4096
 WATCH_BUFFER = 4096
 
 
 class Stored(NamedTuple):
-    """One event as the bus keeps it: its VM, sequence number and wire bytes (a serialized pb.Event)."""
+    """One event as the bus keeps it: its VM, sequence number and wire bytes (a serialized pb.Event), and the same
+    bytes framed as an entry of EventBatch.events."""
 
     vm: str
     seq: int
     data: bytes
+    framed: bytes
+
+
+_EVENTS_TAG = b"\x0a"  # EventBatch.events: field 1, length-delimited
+
+
+def framed(data: bytes) -> bytes:
+    """A serialized Event as one entry of a serialized EventBatch (tag, varint length, bytes)."""
+    n, head = len(data), bytearray(_EVENTS_TAG)
+    while n > 0x7F:
+        head.append(n & 0x7F | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + data
 
 
 def event_from_runner(vm: str, e: RunnerEvent) -> pb.Event:
@@ -95,7 +115,8 @@ class Bus:
 
     def publish(self, ev: pb.Event) -> None:
         """Records an event and hands its bytes to every watcher of its VM (and of every VM)."""
-        item = Stored(ev.vm, ev.seq, ev.SerializeToString())
+        data = ev.SerializeToString()
+        item = Stored(ev.vm, ev.seq, data, framed(data))
         self._rings.setdefault(ev.vm, deque(maxlen=RING)).append(item)
         for key in ("", ev.vm) if ev.vm else ("",):
             for w in list(self._watchers.get(key, ())):
@@ -124,31 +145,36 @@ class Bus:
             if not ws:
                 del self._watchers[w.vm]
 
-    def _replay(self, vm: str, since: int, seen: dict[str, int]) -> list[bytes]:
+    def _replay(self, vm: str, since: int, seen: dict[str, int], as_framed: bool) -> list[bytes]:
         out = []
         for name, ring in list(self._rings.items()):
             if vm in ("", name):
                 for item in ring:
                     if item.seq > since:
                         seen[name] = item.seq
-                        out.append(item.data)
+                        out.append(item.framed if as_framed else item.data)
         return out
 
-    async def watch(self, vm: str, since: int, follow: bool) -> AsyncIterator[list[bytes]]:
+    async def watch(
+        self, vm: str, since: int, follow: bool, as_framed: bool = False, linger: float = 0.0
+    ) -> AsyncIterator[list[bytes]]:
         """Batches of serialized Events of `vm` (all VMs when empty) after `since`, then live ones while `follow`;
-        each VM's events in sequence order, none twice."""
+        each VM's events in sequence order, none twice. `as_framed`: each as an EventBatch entry (`framed`);
+        `linger`: seconds to wait after each batch, gathering the next."""
         w = _Watcher(vm)
         if follow:
             self._watchers.setdefault(vm, set()).add(w)
         try:
             seen: dict[str, int] = {}
-            replay = self._replay(vm, since, seen)
+            replay = self._replay(vm, since, seen, as_framed)
             if replay:
                 yield replay
+                await _linger(linger)
             while follow:
-                batch = _fresh(await w.take(), since, seen)
+                batch = _fresh(await w.take(), since, seen, as_framed)
                 if batch:
                     yield batch
+                    await _linger(linger)
                 if w.ended and not w.pending:
                     return
                 if w.overflowed and not w.pending:
@@ -160,11 +186,16 @@ class Bus:
             self._unsubscribe(w)
 
 
-def _fresh(items: list[Stored], since: int, seen: dict[str, int]) -> list[bytes]:
+async def _linger(seconds: float) -> None:
+    if seconds:
+        await asyncio.sleep(seconds)
+
+
+def _fresh(items: list[Stored], since: int, seen: dict[str, int], as_framed: bool) -> list[bytes]:
     """The bytes of the items past `since` and past what was already sent of their VM (the replay's overlap)."""
     out = []
     for i in items:
         if i.seq > since and i.seq > seen.get(i.vm, 0):
             seen[i.vm] = i.seq
-            out.append(i.data)
+            out.append(i.framed if as_framed else i.data)
     return out

@@ -293,9 +293,9 @@ class VmRunner:
         op = msg.op
         if op == "hello":
             self.log.attach(forward, msg.since)
-            return Hello(self.state.name, self.reason, os.getpid(), self.log.last_seq)
+            return Hello(self.state.name, self.reason, os.getpid(), self.log.last_seq, self.stats())
         if op in (Event.START.value, Event.PAUSE.value, Event.RESUME.value, Event.STOP.value):
-            return StateReply(self.request(Event(op)).name, self.reason)
+            return StateReply(self.request(Event(op)).name, self.reason, self.stats())
         if op in moveops.OPS:
             return moveops.dispatch(self, msg)
         if op == "stats":

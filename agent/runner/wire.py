@@ -160,20 +160,23 @@ class Call:
 
 @dataclass(frozen=True)
 class Hello:
-    """A runner's answer to hello: its state and the newest sequence number it used."""
+    """A runner's answer to hello: its state, the newest sequence number it used, and its counters."""
 
     state: str
     reason: str
     pid: int
     last_seq: int
+    stats: RunnerStats | None = None
 
 
 @dataclass(frozen=True)
 class StateReply:
-    """The state after a lifecycle request."""
+    """The state after a lifecycle request, and the counters then (the caller's reply carries them: no second
+    round trip)."""
 
     state: str
     reason: str = ""
+    stats: RunnerStats | None = None
 
 
 @dataclass(frozen=True)

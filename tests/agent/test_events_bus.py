@@ -1,7 +1,8 @@
 """agent/registry/events.py Bus: replay then live without gaps or repeats, slow watchers cut off at WATCH_BUFFER with
 RESOURCE_EXHAUSTED (and able to resume from their last sequence number), memory bounded by RING and WATCH_BUFFER
 whatever the watchers do, and fan-out that serializes each event once: every watcher gets the very same bytes, in
-order, a backlog as one batch."""
+order, a backlog as one batch; framed for WatchEventBatches, each event is one entry of an EventBatch and a lingering
+watcher gathers what comes meanwhile."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kvmplat.agent.api.status import code_of
 from kvmplat.agent.errors import ResourceExhausted
-from kvmplat.agent.registry.events import RING, WATCH_BUFFER, Bus, event_from_runner
+from kvmplat.agent.registry.events import RING, WATCH_BUFFER, Bus, event_from_runner, framed
 from kvmplat.agent.runner.wire import ConsoleText, ExitReport, RunnerEvent, StateChange
 from kvmplat.v1 import agent_pb2 as pb
 
@@ -236,3 +239,49 @@ def test_a_cut_off_watcher_resumes_from_its_last_sequence_number_without_a_gap()
         return got
 
     assert run(main()) == list(range(1, 2 + WATCH_BUFFER + 60))
+
+
+@given(seq=st.integers(0, 2**64 - 1), vm=st.text(max_size=64), text=st.text(max_size=40000))
+def test_a_framed_event_is_one_entry_of_an_event_batch(seq: int, vm: str, text: str) -> None:
+    data = pb.Event(seq=seq, vm=vm, console=pb.ConsoleText(text=text)).SerializeToString()
+    batch = pb.EventBatch.FromString(framed(data) * 2)  # lengths of every varint size up to 3 bytes
+    assert [e.SerializeToString() for e in batch.events] == [data, data]
+
+
+def test_framed_batches_carry_the_same_events_as_the_plain_stream() -> None:
+    async def main() -> tuple[list[bytes], list[bytes]]:
+        bus = Bus()
+        publish(bus, "a", range(1, 4))
+        publish(bus, "b", range(1, 300))  # console lines past 127 bytes of frame, and many of them
+        bus.publish(pb.Event(seq=4, vm="a", console=pb.ConsoleText(text="x" * 20000)))
+        plain = [d async for b in bus.watch("", 1, False) for d in b]
+        batches = [b"".join(b) async for b in bus.watch("", 1, False, as_framed=True)]
+        return plain, [e.SerializeToString() for b in batches for e in pb.EventBatch.FromString(b).events]
+
+    plain, from_batches = run(main())
+    assert len(plain) == 2 + 298 + 1 and from_batches == plain
+
+
+def test_a_lingering_watcher_gets_what_came_meanwhile_in_one_batch() -> None:
+    async def batches(linger: float) -> list[list[int]]:
+        bus = Bus()
+        stream = bus.watch("a", 0, True, as_framed=True, linger=linger)
+        got: list[list[int]] = []
+
+        async def read() -> None:
+            async for b in stream:
+                got.append([e.seq for e in pb.EventBatch.FromString(b"".join(b)).events])
+
+        reader = asyncio.ensure_future(read())
+        await asyncio.sleep(0)  # subscribed
+        for s in range(1, 21):
+            publish(bus, "a", range(s, s + 1))
+            for _ in range(5):
+                await asyncio.sleep(0)  # the reader runs whenever it can
+        while sum(map(len, got)) < 20:
+            await asyncio.sleep(0.01)
+        reader.cancel()
+        return got
+
+    assert run(batches(0.0)) == [[s] for s in range(1, 21)]  # keeping up: each event as it comes
+    assert run(batches(0.5)) == [[1], list(range(2, 21))]  # the first at once, the rest after the linger

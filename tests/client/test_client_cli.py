@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_agent_server import FakeAgentServer
+from fake_agent_server import FakeAgent, FakeAgentServer
+from kvmplat.client import Client
 from kvmplat.client.cli import main as cli
+from kvmplat.v1 import agent_pb2 as pb
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -215,3 +217,10 @@ def test_create_from_libvirt_uses_libvirts_test_driver(agent_env: dict[str, str]
     assert json.loads(out)["spec"]["vcpus"] == 2 and "warning" in err
     code, _, err = run(["create", "nope", "--from-libvirt", "test:///default"], agent_env)
     assert code == 2 and "nope" in err and err.count("\n") == 1
+
+
+def test_an_agent_without_event_batches_is_watched_one_event_at_a_time(fake_agent: FakeAgentServer) -> None:
+    assert "WatchEventBatches" not in vars(FakeAgent)  # the generated base answers UNIMPLEMENTED
+    with Client(fake_agent.address) as c:
+        c.create_vm(pb.VmSpec(name="old", vcpus=1, memory_mib=16, boot=pb.BootSpec(builtin="probe")))
+        assert [e.vm for e in c.watch_events("old", follow=False)] == ["old"]

@@ -1,6 +1,6 @@
 """The lifecycle does what it says on real guests: pause stops the vCPUs (no ticks, no exits), stop ends the vCPU
 threads and closes the KVM fds, destroy frees the runner process, its socket, its state file and the agent's fds;
-probe runs on every vCPU; WatchEvents resumes without gaps or repeats."""
+probe runs on every vCPU; WatchEvents resumes without gaps or repeats; WatchEventBatches carries the same bytes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 from agent_harness import AgentProc, fd_targets, loop_spec
@@ -59,6 +60,7 @@ def test_pause_really_stops_the_vcpus(agent: AgentProc) -> None:
     paused = agent.stub.PauseVm(pb.VmRequest(name="p"), timeout=10)
     assert paused.state == pb.PAUSED
     exits = agent.get("p").stats.exits
+    assert paused.stats.exits == exits > 0  # the reply's counters are the runner's as it paused, not a blank
     wait_tick(agent, "clock", wait_tick(agent, "clock", agent.get("clock").last_seq))
     assert agent.get("p").stats.exits == exits, "exits grew while PAUSED"
     assert ticks(events(agent, "p", paused.last_seq)) == [], "the guest ticked while PAUSED"
@@ -184,3 +186,30 @@ def test_watch_events_resumes_without_gaps_or_repeats(agent: AgentProc) -> None:
     rest.cancel()
     assert seen == list(range(1, last + 1))
     assert [e.seq for e in events(agent, "w", 3)][: last - 3] == list(range(4, last + 1))
+
+
+def test_event_batches_carry_what_watch_events_sends_byte_for_byte(agent: AgentProc) -> None:
+    plain = agent.stub.WatchEvents(pb.WatchEventsRequest(follow=True))
+    batched = [agent.stub.WatchEventBatches(pb.WatchEventsRequest(follow=True)) for _ in range(2)]
+    agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("b"), start=True), timeout=30)
+    for verb in ("PauseVm", "ResumeVm") * 5 + ("StopVm",):
+        getattr(agent.stub, verb)(pb.VmRequest(name="b"), timeout=10)
+    last = agent.get("b").last_seq
+    want = [e.SerializeToString() for e in _take(iter(plain), last)]
+    for stream in batched:
+        got = [e.SerializeToString() for e in _take((e for b in stream for e in b.events), last)]
+        assert got == want
+    assert [pb.Event.FromString(d).seq for d in want] == list(range(1, last + 1))
+    since = [
+        e.SerializeToString()
+        for b in agent.stub.WatchEventBatches(pb.WatchEventsRequest(vm="b", since_seq=3), timeout=10)
+        for e in b.events
+    ]
+    assert since == want[3:]  # resumption after since_seq, as WatchEvents
+    for call in (plain, *batched):
+        call.cancel()
+
+
+def _take(events: Iterator[pb.Event], count: int) -> list[pb.Event]:
+    """The next `count` events of a followed stream."""
+    return [next(events) for _ in range(count)]

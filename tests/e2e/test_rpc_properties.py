@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
 VMS = {"keep-created": State.CREATED, "keep-running": State.RUNNING}
 VERB_EVENTS = {"StartVm": Event.START, "PauseVm": Event.PAUSE, "ResumeVm": Event.RESUME, "StopVm": Event.STOP}
 VERB_EVENTS["DestroyVm"] = Event.DESTROY
-READ_ONLY = {"GetCapabilities", "CheckPlatform", "GetVm", "ListVms", "WatchEvents"}
+READ_ONLY = {"GetCapabilities", "CheckPlatform", "GetVm", "ListVms", "WatchEvents", "WatchEventBatches"}
 METHODS = [*READ_ONLY, "CreateVm", *VERB_EVENTS, "WriteConsole"]
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -155,7 +155,7 @@ def test_create_with_any_platform_is_refused_or_made(kept: AgentProc, platform: 
 @given(method=st.sampled_from(METHODS), data=st.one_of(st.binary(min_size=1, max_size=512), st.just(b"\xff\xff\xff")))
 def test_raw_bytes_never_get_unknown_or_internal(kept: AgentProc, method: str, data: bytes) -> None:
     full = f"/kvmplat.v1.Agent/{method}"
-    if method == "WatchEvents":
+    if method in ("WatchEvents", "WatchEventBatches"):
         call = kept.channel.unary_stream(full)
         refused_or_read(kept, method, lambda: list(call(data, timeout=10)))
         return

@@ -8,7 +8,7 @@ from kvmplat.agent.api.authz import READER_METHODS, Role, parse_policy, refusal,
 from kvmplat.v1 import agent_pb2
 
 AGENT = agent_pb2.DESCRIPTOR.services_by_name["Agent"]
-READS = {"GetCapabilities", "CheckPlatform", "GetVm", "ListVms", "WatchEvents"}
+READS = {"GetCapabilities", "CheckPlatform", "GetVm", "ListVms", "WatchEvents", "WatchEventBatches"}
 
 
 def test_flat_mapping_with_comments_and_quotes() -> None:

@@ -361,6 +361,12 @@ class Event(_message.Message):
     error: ErrorEvent
     def __init__(self, seq: _Optional[int] = ..., vm: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[StateChange, _Mapping]] = ..., console: _Optional[_Union[ConsoleText, _Mapping]] = ..., exit: _Optional[_Union[ExitSummary, _Mapping]] = ..., error: _Optional[_Union[ErrorEvent, _Mapping]] = ...) -> None: ...
 
+class EventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
 class GetCapabilitiesRequest(_message.Message):
     __slots__ = ("refresh",)
     REFRESH_FIELD_NUMBER: _ClassVar[int]

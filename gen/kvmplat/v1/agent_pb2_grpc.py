@@ -89,6 +89,11 @@ class AgentStub:
                 request_serializer=kvmplat_dot_v1_dot_agent__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=kvmplat_dot_v1_dot_agent__pb2.Event.FromString,
                 _registered_method=True)
+        self.WatchEventBatches = channel.unary_stream(
+                '/kvmplat.v1.Agent/WatchEventBatches',
+                request_serializer=kvmplat_dot_v1_dot_agent__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=kvmplat_dot_v1_dot_agent__pb2.EventBatch.FromString,
+                _registered_method=True)
         self.WriteConsole = channel.unary_unary(
                 '/kvmplat.v1.Agent/WriteConsole',
                 request_serializer=kvmplat_dot_v1_dot_agent__pb2.WriteConsoleRequest.SerializeToString,
@@ -192,6 +197,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEventBatches(self, request, context):
+        """The same events as WatchEvents, several to a message: a watcher that keeps up gets each event as it comes, one
+        that the agent is sending to at a high rate gets what came meanwhile in one message (at most ~50 per second).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WriteConsole(self, request, context):
         """Bytes typed at a VM's console (serial port COM1).
         """
@@ -285,6 +298,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=kvmplat_dot_v1_dot_agent__pb2.WatchEventsRequest.FromString,
                     response_serializer=kvmplat_dot_v1_dot_agent__pb2.Event.SerializeToString,
+            ),
+            'WatchEventBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEventBatches,
+                    request_deserializer=kvmplat_dot_v1_dot_agent__pb2.WatchEventsRequest.FromString,
+                    response_serializer=kvmplat_dot_v1_dot_agent__pb2.EventBatch.SerializeToString,
             ),
             'WriteConsole': grpc.unary_unary_rpc_method_handler(
                     servicer.WriteConsole,
@@ -609,6 +627,33 @@ class Agent:
             '/kvmplat.v1.Agent/WatchEvents',
             kvmplat_dot_v1_dot_agent__pb2.WatchEventsRequest.SerializeToString,
             kvmplat_dot_v1_dot_agent__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEventBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvmplat.v1.Agent/WatchEventBatches',
+            kvmplat_dot_v1_dot_agent__pb2.WatchEventsRequest.SerializeToString,
+            kvmplat_dot_v1_dot_agent__pb2.EventBatch.FromString,
             options,
             channel_credentials,
             insecure,
