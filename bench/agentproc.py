@@ -58,7 +58,7 @@ def cpu_seconds(pid: int, reaped: bool = False) -> float:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return sum(int(v) for v in fields[11:15 if reaped else 13]) / CLK_TCK
+    return sum(int(v) for v in fields[11 : 15 if reaped else 13]) / CLK_TCK
 
 
 def template_pid(agent_pid: int) -> int:
