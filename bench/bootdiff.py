@@ -190,7 +190,10 @@ def run_ours(address: str, img: dict[str, str], initrd: Path, cmdline: str, n: i
     from kvmplat.v1 import agent_pb2 as pb
 
     name = f"diff{n}"
-    spec = pb.VmSpec(name=name, vcpus=1, memory_mib=MEMORY_MIB, platform=pb.PlatformSpec(pv=[pb.KVM]))
+    platform = pb.PlatformSpec(pv=[pb.KVM])
+    if os.environ.get("KVMPLAT_BOOTDIFF_BARE"):  # BARE_METAL STRICT x86-64-v2, as the hardware tests' first case
+        platform = pb.PlatformSpec(abi=pb.BARE_METAL, compat="x86-64-v2")
+    spec = pb.VmSpec(name=name, vcpus=1, memory_mib=MEMORY_MIB, platform=platform)
     spec.boot.CopyFrom(pb.BootSpec(kernel=img["kernel"], initrd=str(initrd), cmdline=cmdline))
     text, at = [], None
     with Client(address, timeout=30.0) as c:
@@ -294,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.runs):
                 for ram, address in agents.items():
                     results.append(one(f"ours_{ram}", lambda i=i, a=address: run_ours(a, img, initrd, cmdline, i)))
-                results.append(one("qemu_microvm", lambda: run_qemu(img, initrd, cmdline)))
+                if not os.environ.get("KVMPLAT_BOOTDIFF_BARE"):
+                    results.append(one("qemu_microvm", lambda: run_qemu(img, initrd, cmdline)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for r in results:
