@@ -236,14 +236,22 @@ def _package_info(package: str) -> tuple[str, int]:
     return version.group(1), int(size.group(1)) if size else 0
 
 
+def cached_deb(debs: Path, package: str, version: str) -> Path | None:
+    """The cache's .deb of this package version. apt-get names it with the epoch's colon escaped
+    (busybox-static_1%3a1.35.0-4_amd64.deb for 1:1.35.0-4)."""
+    for deb in sorted(debs.glob(f"{package}_*_*.deb")):
+        if unquote(deb.name.split("_")[1]) == version:
+            return deb
+    return None
+
+
 def _download(package: str, debs: Path, progress: Progress) -> Path:
     """The package's .deb in the cache, downloaded with apt-get unless already there."""
     version, size = _package_info(package)
-    cached = sorted(debs.glob(f"{package}_*.deb"))
-    wanted = [p for p in cached if p.name.startswith(f"{package}_{version.split(':')[-1]}_")]
-    if wanted:
-        progress(f"cached {wanted[0].name} ({wanted[0].stat().st_size / 2**20:.1f} MiB)")
-        return wanted[0]
+    cached = cached_deb(debs, package, version)
+    if cached is not None:
+        progress(f"cached {cached.name} ({cached.stat().st_size / 2**20:.1f} MiB)")
+        return cached
     progress(f"downloading {package} {version} ({size / 2**20:.1f} MiB)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=debs) as tmp:

@@ -123,6 +123,7 @@ class AuthzInterceptor(HandlerWrapper):
     """Refuses, with PERMISSION_DENIED, calls whose certificate's role is below what the method needs."""
 
     def __init__(self, policy: Mapping[str, Role]) -> None:
+        super().__init__()
         self.policy = dict(policy)
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

@@ -48,7 +48,12 @@ def rewrap(handler: grpc.RpcMethodHandler, check_for: Callable[[str], Check], **
 
 
 class HandlerWrapper(aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs
-    """An interceptor that hands each method's handler, with the method's full name, to `wrap`."""
+    """An interceptor that hands each method's handler, with the method's full name, to `wrap`; the wrapped handler
+    is kept per method and made again only if the method's handler changes (wrapping on every call cost each RPC
+    about a tenth of its time in the agent)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -59,7 +64,11 @@ class HandlerWrapper(aio.ServerInterceptor):  # type: ignore[misc]  # grpc has n
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return self.wrap(handler, str(handler_call_details.method))
+        method = str(handler_call_details.method)
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, self.wrap(handler, method))
+        return known[1]
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """The handler to run for `method` instead of `handler`."""

@@ -67,7 +67,7 @@ class RecordWriter:
             else:
                 both = [*old.futures, done]
                 self._pending[name] = _Pending(record, durable or old.durable, both, first or old.first)
-            self._cv.notify_all()
+            self._cv.notify()  # one writer: waking all of them for one record cost each write a few thread switches
         return done
 
     def _next(self) -> str | None:
@@ -100,7 +100,8 @@ class RecordWriter:
                     f.set_result(None)
             with self._cv:
                 self._busy.discard(name)
-                self._cv.notify_all()
+                if name in self._pending:  # a newer write of this VM waited for this one
+                    self._cv.notify()
 
     def close(self) -> None:
         """Writes what is queued, then ends the threads."""

@@ -4,7 +4,8 @@ recorded (the agent died between the runner's start and the record's write: no c
 runner sockets that no record names.
 
 Processes are recognised by their command line: the template runs as `python -m kvmplat.agent.runner.template
---state-dir DIR`, and its runners are forks of it (same command line) named RUNNER_COMM (/proc/PID/comm).
+--state-dir DIR`, and its runners are forks of it (same command line) named RUNNER_COMM (/proc/PID/comm). The
+current template's own children (its spare runner, forked before any VM asks) are left alone.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def template_argv(state_dir: str) -> list[str]:
     return ["-m", TEMPLATE_MODULE, "--state-dir", os.path.realpath(state_dir)]
 
 
-def _ours(state_dir: str) -> list[tuple[int, bool]]:
-    """(pid, is a runner) of every template and runner serving `state_dir`."""
+def _ours(state_dir: str, template_pid: int = 0) -> list[tuple[int, bool]]:
+    """(pid, is a runner) of every template and runner serving `state_dir`, but `template_pid`'s children."""
     want = [a.encode() for a in template_argv(state_dir)]
     out = []
     for proc in Path("/proc").iterdir():
@@ -38,11 +39,11 @@ def _ours(state_dir: str) -> list[tuple[int, bool]]:
             continue
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")[1:-1]
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
             comm = (proc / "comm").read_text().strip()
         except OSError:
             continue
-        if argv == want and state != "Z":
+        if argv == want and state != "Z" and not (template_pid and int(ppid) == template_pid):
             out.append((int(proc.name), comm == RUNNER_COMM))
     return out
 
@@ -56,11 +57,11 @@ def end_strays(state_dir: str, recorded: Iterable[int], names: Iterable[str], te
     """Kills the old templates and every runner of `state_dir` not in `recorded` (pids), then removes the runner
     sockets of VMs not in `names`. Runs before adoption, while no request is served."""
     recorded = set(recorded)
-    old = [(pid, runner) for pid, runner in _ours(state_dir) if pid != template_pid]
+    old = [(pid, runner) for pid, runner in _ours(state_dir, template_pid) if pid != template_pid]
     templates = [pid for pid, runner in old if not runner]
     _kill(templates, "a runner template of an earlier agent")
     _gone(templates)  # its runners still starting now fail to report, and end
-    strays = [pid for pid, runner in _ours(state_dir) if runner and pid not in recorded]
+    strays = [pid for pid, runner in _ours(state_dir, template_pid) if runner and pid not in recorded]
     _kill(strays, "a runner with no VM record (its agent died before recording it)")
     _gone(strays)
     keep = {f"{n}.sock" for n in names}

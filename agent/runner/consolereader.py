@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 from kvmplat.agent.kvm.devices import Devices
+from kvmplat.agent.runner import workers
 
 __all__ = ["ConsoleReader"]
 
@@ -37,8 +38,7 @@ class ConsoleReader:
         self._bytes_again = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)  # the UART's signal to an idle reader
         with contextlib.suppress(OSError):  # a larger pipe holds a kernel's boot log between two reads
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-        self._thread = threading.Thread(target=self._main, name="console", daemon=True)
-        self._thread.start()
+        self._thread = workers.start(self._main, "console")
 
     @property
     def stopped(self) -> bool:

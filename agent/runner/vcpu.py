@@ -17,6 +17,7 @@ from typing import Any
 
 from kvmplat.agent.kvm.devices import Devices, FastExit, VcpuStats
 from kvmplat.agent.kvm.fds import Vcpu
+from kvmplat.agent.runner import workers
 from kvmplat.agent.runner.exits import Exit, Outcome, Verdict, classify
 
 __all__ = ["GUEST_NICE", "KICK_SIGNAL", "Mode", "VcpuThread", "install_kick_handler"]
@@ -49,8 +50,7 @@ class VcpuThread:
         self._cond = threading.Condition()
         self._mode = Mode.PAUSE
         self._parked = True
-        self._thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
-        self._thread.start()
+        self._thread = workers.start(self._main, f"vcpu{vcpu.index}")
 
     def set_mode(self, mode: Mode) -> None:
         """Asks for `mode`; kicks the vCPU out of KVM_RUN unless it should keep running."""

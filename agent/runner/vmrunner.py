@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import queue
 import socket
@@ -20,12 +21,13 @@ from dataclasses import replace
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm.fds import Vcpu
 from kvmplat.agent.registry.lifecycle import ACTIVE, Event, State, next_state
-from kvmplat.agent.runner import moveops
+from kvmplat.agent.runner import moveops, workers
 from kvmplat.agent.runner.consolereader import ConsoleReader
 from kvmplat.agent.runner.crashinfo import CpuView, explain_emulation_failure, instruction_at
 from kvmplat.agent.runner.eventlog import EventLog
 from kvmplat.agent.runner.exits import Outcome, Verdict
 from kvmplat.agent.runner.machine import Machine, build_machine
+from kvmplat.agent.runner.outbox import Outbox
 from kvmplat.agent.runner.panic import PANIC_GRACE_S, PanicWatch
 from kvmplat.agent.runner.throttle import Throttle
 from kvmplat.agent.runner.vcpu import Mode, VcpuThread
@@ -44,13 +46,11 @@ from kvmplat.agent.runner.wire import (
     StateChange,
     StateReply,
     decode,
-    encode,
     failure_of,
 )
 
 __all__ = ["MILESTONES", "VmRunner"]
 
-OUTBOUND_MAX = 65536  # messages queued for a slow agent before its connection is dropped
 _MODE_AFTER = {State.RUNNING: Mode.RUN, State.PAUSED: Mode.PAUSE}
 # Console text that marks a boot milestone (VmStats field -> marker); the first console byte is timed by the UART.
 MILESTONES = {"linux_banner": "Linux version ", "kvmplat_init": "KVMPLAT-INIT"}
@@ -81,12 +81,12 @@ class VmRunner:
         self.threads = [VcpuThread(v, self.machine.devices, self._on_vcpu_exit) for v in self.machine.vcpus]
         self.console = ConsoleReader(self.machine.console_fd, self.machine.devices, self._on_console)
         self._done = threading.Event()
-        self._closer: threading.Thread | None = None
+        self._closer: workers.Worker | None = None
         self._listener: socket.socket | None = None  # once serve() runs
         self.panic = PanicWatch()
         self.milestones: dict[str, float] = {}  # VmStats milestone field -> wall-clock seconds
         self.throttle: Throttle | None = None  # while migrating out: auto-converge (moveops)
-        threading.Thread(target=self._exit_worker, name="exits", daemon=True).start()
+        workers.start(self._exit_worker, "exits")
         if not (self.incoming or restart):
             self.log.emit(StateChange("", State.CREATED.name, f"created ({self.machine.image.description})"))
 
@@ -175,8 +175,7 @@ class VmRunner:
         self.console.stop()
         if self.machine is not None:
             machine, self.machine = self.machine, None
-            self._closer = threading.Thread(target=machine.close, name="vm-close", daemon=True)
-            self._closer.start()
+            self._closer = workers.start(machine.close, "vm-close")
 
     def stats(self) -> RunnerStats:
         """Exit counters summed over the vCPUs."""
@@ -230,30 +229,39 @@ class VmRunner:
     def serve(self, listener: socket.socket) -> None:
         """Accepts agent connections until destroyed; a new connection replaces the old one.
 
-        The accept blocks without a timeout (an idle runner never wakes); a destroy ends it by shutting the listener
-        down, which does not depend on the socket's path (the agent unlinks that once the destroy is answered).
+        The first connection (the agent that asked for this VM) is served on the calling thread, which the agent's
+        connect wakes already; an accept thread takes the later ones (an agent restarted), each on a thread of its
+        own. The accept blocks without a timeout (an idle runner never wakes); a destroy ends it by shutting the
+        listener down, which does not depend on the socket's path (the agent unlinks that once the destroy is
+        answered).
         """
         self._listener = listener
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                if self._done.is_set():
-                    return
-                raise
+        first = self._accept(listener)
+        if first is not None:
+            workers.start(functools.partial(self._accept_loop, listener), "accept")
+            self._connection(first)
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while (conn := self._accept(listener)) is not None:
+            workers.start(functools.partial(self._connection, conn), "agent")
+
+    def _accept(self, listener: socket.socket) -> socket.socket | None:
+        """The next agent connection; None once destroyed."""
+        try:
+            conn, _ = listener.accept()
+        except OSError:
             if self._done.is_set():
-                conn.close()
-                return
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+                return None
+            raise
+        if self._done.is_set():
+            conn.close()
+            return None
+        return conn
 
     def _connection(self, conn: socket.socket) -> None:
-        out: queue.Queue[Reply | RunnerEvent | None] = queue.Queue(maxsize=OUTBOUND_MAX)
-        writer = threading.Thread(target=_write_loop, args=(conn, out), daemon=True)
-        writer.start()
-
-        def forward(event: RunnerEvent) -> None:
-            _put(out, event)
-
+        out = Outbox(conn)
+        writer = workers.start(out.run_writer, "agent-writer")
+        forward = out.put
         try:
             with conn.makefile("rb") as rfile:
                 for line in rfile:
@@ -262,7 +270,8 @@ class VmRunner:
                     msg = decode(line)
                     if not isinstance(msg, Call):
                         break
-                    _put(out, self._answer(msg, forward))
+                    out.begin_answer()
+                    out.answer(self._answer(msg, forward))
                     if msg.op == Event.DESTROY.value:
                         self._done.set()
                         if self._listener is not None:
@@ -279,7 +288,7 @@ class VmRunner:
                         self._listener.shutdown(socket.SHUT_RDWR)
             if self.log.listener is forward:
                 self.log.attach(None, 0)
-            out.put(None)
+            out.close()
             writer.join(2.0)
             conn.close()
 
@@ -332,18 +341,3 @@ def _bytes_at_rip(machine: Machine, vcpu: Vcpu, rip: int) -> bytes:
     sregs = vcpu.get_sregs()
     cpu = CpuView(rip, int(sregs.cs.base), int(sregs.cr0), int(sregs.cr3), int(sregs.cr4), int(sregs.efer))
     return instruction_at(machine.memory.read, cpu)
-
-
-def _put(out: queue.Queue[Reply | RunnerEvent | None], msg: Reply | RunnerEvent) -> None:
-    """Queues a message for the agent; a full queue means the agent stopped reading, so its events are dropped
-    (they stay in the ring, and the next hello replays them)."""
-    with contextlib.suppress(queue.Full):
-        out.put_nowait(msg)
-
-
-def _write_loop(conn: socket.socket, out: queue.Queue[Reply | RunnerEvent | None]) -> None:
-    while (msg := out.get()) is not None:
-        try:
-            conn.sendall(encode(msg))
-        except OSError:
-            return

@@ -341,6 +341,9 @@ _MESSAGES: dict[str, type] = {
 }
 
 
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _MESSAGES.values()}
+
+
 def encode(msg: Any) -> bytes:
     """One message as a newline-terminated JSON line."""
     return json.dumps(_plain(msg), separators=(",", ":")).encode() + b"\n"
@@ -354,19 +357,27 @@ def decode(line: bytes) -> Any:
     return msg
 
 
+_SCALARS = (str, int, float, type(None))  # bool is an int
+
+
 def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {"t": type(value).__name__, **{f.name: _plain(getattr(value, f.name)) for f in fields(value)}}
+    if isinstance(value, _SCALARS):  # first: most values are (a CPUID table is ~600 ints)
+        return value
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [v if isinstance(v, _SCALARS) else _plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
+    names = _FIELDS.get(type(value))
+    if names is not None:
+        return {"t": type(value).__name__, **{n: _plain(getattr(value, n)) for n in names}}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {"t": type(value).__name__, **{f.name: _plain(getattr(value, f.name)) for f in fields(value)}}
     return value
 
 
 def _typed(value: Any) -> Any:
     if isinstance(value, list):
-        return tuple(_typed(v) for v in value)
+        return tuple(v if isinstance(v, _SCALARS) else _typed(v) for v in value)
     if not isinstance(value, dict) or "t" not in value:
         return value  # a scalar, or a JSON document (a dict field) exactly as it was sent
     items = {k: _typed(v) for k, v in value.items() if k != "t"}

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from agent_harness import AgentProc, loop_spec
 from kvmplat.agent.registry.strays import RUNNER_COMM, runners_of, template_argv
+from kvmplat.agent.runner.template import SPARE_COMM
 from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
@@ -88,10 +89,19 @@ def test_the_runner_template_of_a_killed_agent_is_ended(agents: list[AgentProc])
     argv = "\0".join(template_argv(str(a.state_dir))).encode()
     old = [p for p in _templates(argv) if Path(f"/proc/{p}/stat").read_text().split()[3] == str(a.proc.pid)]
     assert len(old) == 1
+    spares = [int(p) for p in Path(f"/proc/{old[0]}/task/{old[0]}/children").read_text().split() if _spare(int(p))]
     os.kill(old[0], signal.SIGSTOP)  # so it cannot notice its agent's death and exit on its own
     b = kill_and_restart(agents)
     assert gone(old[0]) and b.get("t1").state == pb.RUNNING
     assert len(_templates(argv)) == 1  # the new agent's
+    deadline = time.monotonic() + 30
+    while not all(gone(p) for p in spares):  # its pipe to the old template closed: it ends on its own
+        assert time.monotonic() < deadline, f"the old template's spare {spares} outlived it"
+        time.sleep(0.05)
+
+
+def _spare(pid: int) -> bool:
+    return Path(f"/proc/{pid}/comm").read_text().strip() == SPARE_COMM
 
 
 def _templates(argv: bytes) -> list[int]:
@@ -102,7 +112,7 @@ def _templates(argv: bytes) -> list[int]:
             if (
                 proc.name.isdigit()
                 and argv in (proc / "cmdline").read_bytes()
-                and (proc / "comm").read_text().strip() != RUNNER_COMM
+                and (proc / "comm").read_text().strip() not in (RUNNER_COMM, SPARE_COMM)
                 and not gone(int(proc.name))
             ):
                 out.append(int(proc.name))

@@ -232,3 +232,21 @@ def test_initramfs_contract_under_qemu_tcg(debian_image: dict[str, str]) -> None
     out = done.stdout[done.stdout.index("KVMPLAT-INIT") :].splitlines()
     assert out[1] == "nproc=2" and out[2].startswith("flags") and "hypervisor" in out[3].lower()
     assert "reboot: Restarting system" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("files", "package", "version", "found"),
+    [
+        (["busybox-static_1%3a1.35.0-4_amd64.deb"], "busybox-static", "1:1.35.0-4", 0),  # the epoch, as apt names it
+        (["linux-image-6.1.0-9-amd64_6.1.27-1_amd64.deb"], "linux-image-6.1.0-9-amd64", "6.1.27-1", 0),
+        (["busybox-static_1%3a1.35.0-3_amd64.deb"], "busybox-static", "1:1.35.0-4", None),  # another version
+        (["busybox-static_1.35.0-4_amd64.deb"], "busybox-static", "1:1.35.0-4", None),  # another epoch
+    ],
+)
+def test_a_cached_deb_is_found_by_its_full_version(
+    tmp_path: Path, files: list[str], package: str, version: str, found: int | None
+) -> None:
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    got = image.cached_deb(tmp_path, package, version)
+    assert got == (None if found is None else tmp_path / files[found])

@@ -1,0 +1,83 @@
+"""The runner template's spare (agent/runner/template.py): a runner forked before any VM asks, set up and waiting.
+A CreateVm takes it (its pid becomes the VM's runner), the template forks the next one, a dead spare costs only a
+fresh fork, a spare holds none of the template's other pipes, and it ends with its template."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from agent_harness import AgentProc, fd_targets, loop_spec
+from kvmplat.agent.runner.template import SPARE_COMM
+from kvmplat.v1 import agent_pb2 as pb
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def comm(pid: int) -> str:
+    """The process's name."""
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def template_of(agent: AgentProc) -> int:
+    """The agent's runner template (its child running kvmplat.agent.runner.template)."""
+    return next(p for p in children(agent.proc.pid) if b"runner.template" in Path(f"/proc/{p}/cmdline").read_bytes())
+
+
+def spare_of(template: int, timeout: float = 30.0) -> int:
+    """The template's spare, once it is set up (its name changes then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spares = [p for p in children(template) if comm(p) == SPARE_COMM]
+        if spares:
+            return spares[0]
+        assert time.monotonic() < deadline, "the template has no spare"
+        time.sleep(0.02)
+
+
+def test_create_takes_the_spare_and_the_template_forks_the_next(agent: AgentProc) -> None:
+    template = template_of(agent)
+    spare = spare_of(template)
+    vm = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("s1"), start=True), timeout=30)
+    assert vm.runner_pid == spare and comm(spare) == "kvmplat-runner"
+    following = spare_of(template)
+    assert following != spare
+    pipes = [t for t in fd_targets(following) if t.startswith("pipe:")]
+    assert len(pipes) <= 3  # its config and readiness pipes, and the stderr it shares: none of its elder's
+    agent.stub.StopVm(pb.VmRequest(name="s1"), timeout=10)
+    agent.stub.DestroyVm(pb.VmRequest(name="s1"), timeout=10)
+
+
+def test_a_dead_spare_costs_only_a_fresh_fork(agent: AgentProc) -> None:
+    template = template_of(agent)
+    spare = spare_of(template)
+    os.kill(spare, signal.SIGKILL)
+    vm = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("s2"), start=True), timeout=30)
+    assert vm.state == pb.RUNNING and vm.runner_pid != spare
+    assert spare_of(template) not in (spare, vm.runner_pid)
+
+
+def test_a_spare_ends_with_its_template(agent: AgentProc) -> None:
+    template = template_of(agent)
+    spare = spare_of(template)
+    agent.close()  # the template ends when its agent closes its stdin
+    deadline = time.monotonic() + 30
+    while not gone(spare):
+        assert time.monotonic() < deadline, "the spare outlived its template"
+        time.sleep(0.05)
