@@ -31,7 +31,7 @@ from kvmplat.lab.x86.x86_prepare import CACHE, QEMU, REPO, LabError, prepare, pr
 
 BOOT_TIMEOUT = int(os.environ.get("KVMPLAT_X86_BOOT_TIMEOUT", "1800"))
 # A frozen L1 kernel (QEMU alive, no lab output; its soft-lockup warnings may still print) is given up on after this
-# long without a lab line. The longest silence measured between lab lines in a healthy lab run is 40 s: 10 min is generous.
+# long without a lab line. The longest silence between lab lines measured in a healthy run: 40 s; 10 min is generous.
 SILENCE_TIMEOUT = int(os.environ.get("KVMPLAT_X86_SILENCE_TIMEOUT", "600"))
 KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 STEPS = ("caps", "demo", "guest_view", "linux", "boot")  # inside.py's, in its order
