@@ -10,6 +10,11 @@
  *                at the next byte, kp_vm_console_idle, so it can sleep without polling), input is queued by Python
  *                (kp_vm_console_input) and raises IRQ 4; IER reads back, THRE interrupts are raised after THR writes;
  *                the wall-clock time of the first THR write is kept (kp_vm_first_console_ns, a VmStats milestone).
+ *   0x70, 0x71   CMOS RTC (MC146818): the host's UTC time, BCD unless the guest sets binary mode, 24-hour, never
+ *                "update in progress"; 128 bytes of CMOS RAM; writes to the time registers are dropped; no IRQ 8. With
+ *                nothing there Linux's rtc_cmos reads 0xff (UIP set) and polls 1 s before giving up: 10,000 rounds of
+ *                4 exits and udelay(100), seconds nested in the x86 lab; and a guest without kvmclock has no time.
+ *                Not part of the saved device state (the time is the host's; index and RAM start afresh).
  *   0x60, 0x64   i8042 just enough for the reset line: 0xfe written to 0x64 resets the machine; no controller
  *                behind it (status: output full, input empty; data reads 0).
  *   0x80         POST code / Linux io delay port: ignored.
@@ -95,11 +100,29 @@ struct kp_dev_state {
     uint8_t rx[UART_RX_MAX];
 };
 
+#define RTC_INDEX 0x70
+#define RTC_DATA 0x71
+#define RTC_REG_A 0x0a
+#define RTC_REG_B 0x0b
+#define RTC_REG_C 0x0c
+#define RTC_REG_D 0x0d
+#define RTC_CENTURY 0x32
+#define RTC_A_UIP 0x80
+#define RTC_B_DM_BINARY 0x04
+#define RTC_B_24H 0x02
+#define RTC_D_VRT 0x80
+
+struct kp_rtc {
+    uint8_t index;
+    uint8_t ram[128];
+};
+
 struct kp_vm {
     pthread_mutex_t lock;
     int vm_fd, console_fd, irqchip;
     unsigned long req_kvm_run, req_irq_line;
     struct kp_uart uart;
+    struct kp_rtc rtc;
     uint64_t first_console_ns; /* CLOCK_REALTIME of the guest's first THR write (0: none yet), a stats milestone */
     int reader_wake_fd;        /* the idle console reader's eventfd, signalled at the next THR write; -1: it is awake */
 };
@@ -128,6 +151,9 @@ kp_vm *kp_vm_new(int vm_fd, int console_fd, int irqchip, unsigned long req_kvm_r
     vm->irqchip = irqchip;
     vm->req_kvm_run = req_kvm_run;
     vm->req_irq_line = req_irq_line;
+    vm->rtc.ram[RTC_REG_A] = 0x26; /* 32.768 kHz time base, 1024 Hz rate */
+    vm->rtc.ram[RTC_REG_B] = RTC_B_24H;
+    vm->rtc.ram[RTC_REG_D] = RTC_D_VRT;
     return vm;
 }
 
@@ -305,6 +331,54 @@ static uint8_t uart_in(kp_vm *vm, unsigned reg)
     return 0xff;
 }
 
+/* The clock register `reg` of `t` in *v; 0 when `reg` is not a clock register. */
+static int rtc_clock(unsigned reg, const struct tm *t, int *v)
+{
+    switch (reg) {
+    case 0x00: *v = t->tm_sec; break;
+    case 0x02: *v = t->tm_min; break;
+    case 0x04: *v = t->tm_hour; break;
+    case 0x06: *v = t->tm_wday + 1; break;
+    case 0x07: *v = t->tm_mday; break;
+    case 0x08: *v = t->tm_mon + 1; break;
+    case 0x09: *v = t->tm_year % 100; break;
+    case RTC_CENTURY: *v = (1900 + t->tm_year) / 100; break;
+    default: return 0;
+    }
+    return 1;
+}
+
+static uint8_t rtc_in(kp_vm *vm)
+{
+    struct kp_rtc *r = &vm->rtc;
+    unsigned reg = r->index & 0x7f;
+    time_t now = time(NULL);
+    struct tm t;
+    int v;
+    if (gmtime_r(&now, &t) && rtc_clock(reg, &t, &v))
+        return (r->ram[RTC_REG_B] & RTC_B_DM_BINARY) ? (uint8_t)v : (uint8_t)(((v / 10) << 4) | (v % 10));
+    switch (reg) {
+    case RTC_REG_A: return r->ram[reg] & (uint8_t)~RTC_A_UIP;
+    case RTC_REG_C: return 0;
+    case RTC_REG_D: return RTC_D_VRT;
+    }
+    return r->ram[reg];
+}
+
+static void rtc_out(kp_vm *vm, uint16_t port, uint8_t v)
+{
+    struct kp_rtc *r = &vm->rtc;
+    unsigned reg = r->index & 0x7f;
+    int ignored;
+    struct tm t = {0};
+    if (port == RTC_INDEX)
+        r->index = v; /* bit 7 (NMI disable) is kept and ignored */
+    else if (reg == RTC_REG_B)
+        r->ram[reg] = (v & RTC_B_DM_BINARY) | RTC_B_24H; /* no 12-hour mode, no interrupts */
+    else if (!rtc_clock(reg, &t, &ignored))
+        r->ram[reg] = v;
+}
+
 /* One port access of `size` bytes; returns 0, KP_EXIT_POWEROFF or KP_EXIT_RESET. */
 static int pio_one(kp_vm *vm, int out, uint16_t port, uint8_t *data, unsigned size, struct kp_vcpu_stats *st,
                    int *irq)
@@ -314,6 +388,13 @@ static int pio_one(kp_vm *vm, int out, uint16_t port, uint8_t *data, unsigned si
             uart_out(vm, port - COM1, data[0], st, irq);
         else
             memset(data, uart_in(vm, port - COM1), size);
+        return 0;
+    }
+    if (port == RTC_INDEX || port == RTC_DATA) {
+        if (out)
+            rtc_out(vm, port, data[0]);
+        else
+            memset(data, port == RTC_DATA ? rtc_in(vm) : 0xff, size);
         return 0;
     }
     switch (port) {

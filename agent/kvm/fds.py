@@ -21,6 +21,7 @@ from typing import Any, Self
 from kvmplat.agent.errors import KvmError, Unavailable
 from kvmplat.agent.kvm._kvmc import ffi, lib
 from kvmplat.agent.kvm.ioctls import REQUESTS, Cap, struct_of
+from kvmplat.agent.kvm.ramfile import ram_file
 from kvmplat.agent.kvm.x86state import KVM_MEM_LOG_DIRTY_PAGES, KvmState, VcpuState, VmState
 
 __all__ = ["ExitReason", "GuestMemory", "Kvm", "MpState", "Vcpu", "Vm", "exit_reason_name"]
@@ -193,16 +194,17 @@ def _entry_row(e: Any) -> tuple[int, ...]:
 
 
 class GuestMemory:
-    """Guest RAM at `gpa`: a memfd mapped shared, so the agent can map the same pages to copy them out (snapshot,
-    migration) or in (restore) without a detour through the runner; freed when closed (after its VM stops using it)."""
+    """Guest RAM at `gpa`: an unnamed file (ramfile: huge-page tmpfs, else a memfd) mapped shared, so the agent can map
+    the same pages to copy them out (snapshot, migration) or in (restore) without a detour through the runner; freed
+    when closed (after its VM stops using it). `backing` says which file it is."""
 
     def __init__(self, size: int, gpa: int = 0) -> None:
         self.size = size
         self.gpa = gpa
-        self.fd = os.memfd_create("kvmplat-guest", os.MFD_CLOEXEC)
+        self.fd, self.backing = ram_file(size)
         try:
-            os.ftruncate(self.fd, size)
             self._map: mmap.mmap | None = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
+            self._map.madvise(mmap.MADV_HUGEPAGE)  # for a memfd: huge pages where shmem_enabled says "advise"
         except OSError:
             os.close(self.fd)
             raise

@@ -89,6 +89,7 @@ class Cap(enum.IntEnum):
     MAX_VCPUS = 66
     PPC_PAPR = 68
     ONE_REG = 70
+    TSC_DEADLINE_TIMER = 72
     PPC_GET_SMMU_INFO = 78
     ENABLE_CAP_VM = 98
     CHECK_EXTENSION_VM = 105

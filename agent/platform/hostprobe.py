@@ -31,7 +31,7 @@ __all__ = ["X86Host", "accel_name", "guest_cpuid", "load_or_probe", "probe_host"
 
 KVM_SIGNATURE = (0x4B4D564B, 0x564B4D56, 0x0000004D)  # "KVMKVMKVM\0\0\0"
 CODE_ADDR, OUT_ADDR, MEM_SIZE = 0x1000, 0x2000, 0x10000
-CACHE_VERSION = 2  # 2: the hypervisor bit measured set vs cleared (1 read it from the supported table)
+CACHE_VERSION = 3  # 3: tsc_deadline; 2: the hypervisor bit measured set vs cleared (1 read it from the supported table)
 Leaf = tuple[int, int]
 View = dict[Leaf, tuple[int, int, int, int]]
 
@@ -124,6 +124,7 @@ def probe_host(kvm: Kvm) -> X86Host:
         hv_bit_hideable=_has(seen, HV_BIT) and not _has(hidden, HV_BIT),
         kvm_leaves_hideable=hidden[(0x40000000, 0)][1:] != KVM_SIGNATURE,
         hyperv=bool(hv_rows),
+        tsc_deadline=bool(kvm.check_extension(Cap.TSC_DEADLINE_TIMER)),
         hv_supported=tuple(hv_rows),
         kernel_release=platform.release(),
         cpu_model=_cpu_model(),

@@ -2,8 +2,9 @@
 
 Pure: the table is KVM's supported list with the level features above the effective level (and the bits that
 depend on them) cleared, leaf 0xD made consistent with what remains, the hypervisor bit set only with a pv
-interface, and the 0x4000_0000 leaves present only for the pv interfaces asked (KVM_ABI.md section 7). Bits the
-host cannot hide are still cleared here; resolution has already refused or named them.
+interface, the TSC-deadline bit set with one where KVM emulates that timer, and the 0x4000_0000 leaves present
+only for the pv interfaces asked (KVM_ABI.md section 7). Bits the host cannot hide are still cleared here;
+resolution has already refused or named them.
 """
 
 from __future__ import annotations
@@ -18,10 +19,26 @@ from kvmplat.agent.platform.levels import (
 from kvmplat.agent.platform.model import EffectivePlatform, Pv
 from kvmplat.agent.platform.x86host import Row, X86Host
 
-__all__ = ["HV_BIT", "LM_BIT", "cpuid_table", "for_vcpu", "hidden_features", "masked_table", "with_bit"]
+__all__ = [
+    "HV_BIT",
+    "LM_BIT",
+    "TSC_DEADLINE_BIT",
+    "cpuid_table",
+    "for_vcpu",
+    "hidden_features",
+    "masked_table",
+    "with_bit",
+]
 
 REG_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
 HV_BIT = CpuidBit(1, 0, "ecx", 31, "hypervisor", "", "Intel SDM vol. 2A table 3-10 (reserved for hypervisors)")
+# KVM emulates the LAPIC's TSC-deadline mode (KVM_CAP_TSC_DEADLINE_TIMER) but never lists its bit: the VMM sets it, as
+# QEMU and Firecracker do. Without it Linux must calibrate the LAPIC timer against the PIT, fails that under nested
+# virtualisation ("APIC timer disabled due to verification failure") and keeps the PIT as its tick: thousands of
+# exits per boot that QEMU's guest never makes (README "x86 lab"). Only with a pv interface, whose clock tells the guest
+# the TSC rate (kvmclock, Hyper-V's frequency MSRs): without one the rate comes from PIT calibration, and in the lab
+# a BARE_METAL guest with the bit reset silently before /init where the PIT tick it had before boots.
+TSC_DEADLINE_BIT = CpuidBit(1, 0, "ecx", 24, "tsc_deadline_timer", "", "Intel SDM vol. 2A table 3-10")
 LM_BIT = next(b for b in X86_FEATURES if b.name == "lm")
 PV_BASE, PV_END, PV_KVM_MOVED = 0x40000000, 0x50000000, 0x40000100
 HYPERV_VENDOR = (0x7263694D, 0x666F736F, 0x76482074)  # "Microsoft Hv": what Linux and Windows check (TLFS 2.4)
@@ -104,6 +121,8 @@ def cpuid_table(effective: EffectivePlatform, host: X86Host) -> list[Row]:
     deps = [d for name in sorted(names) for d in X86_DEPENDENTS.get(name, ())]
     rows = _xsave_consistent(masked_table(rows, hide + deps), names)
     rows = with_bit(rows, HV_BIT, bool(effective.pv))
+    if host.tsc_deadline and effective.pv:
+        rows = with_bit(rows, TSC_DEADLINE_BIT, True)
     return sorted(rows + _pv_leaves(effective, host))
 
 

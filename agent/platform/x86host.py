@@ -37,6 +37,7 @@ class X86Host:
     hv_bit_hideable: bool
     kvm_leaves_hideable: bool
     hyperv: bool = False
+    tsc_deadline: bool = False  # KVM_CAP_TSC_DEADLINE_TIMER: the LAPIC has it, KVM does not list its CPUID bit
     hv_supported: tuple[Row, ...] = ()
     kernel_release: str = ""
     cpu_model: str = ""

@@ -35,6 +35,7 @@ repo=$(arg repo)
 echo "KVMPLAT-LAB-BEGIN kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) nproc=$(nproc)"
 chroot /new /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin LANG=C.UTF-8 \
   PYTHONDONTWRITEBYTECODE=1 KVMPLAT_IMAGE_DIR="$(arg images)" KVMPLAT_LAB_SKIP="$(arg skip)" \
+  KVMPLAT_LAB_EXTRA="$(arg extra)" KVMPLAT_BOOTDIFF_BARE="$(arg diffbare)" KVMPLAT_LAB_DIFF_EXTRA="$(arg diffextra | tr , ' ')" \
   /bin/sh -c "cd '$repo' && exec .venv/bin/python lab/x86/inside.py"
 echo "KVMPLAT-LAB-END rc=$? uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f

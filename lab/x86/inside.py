@@ -153,6 +153,16 @@ def boot() -> dict[str, Any]:
     return {"ok": bool(result), "rc": rc, **result, "seconds": round(secs, 1), "tail": out.strip().splitlines()[-6:]}
 
 
+def bootdiff() -> dict[str, Any]:
+    """bench/bootdiff.py: kvmplat vs QEMU microvm phase by phase (kernel log stamps) and exit by exit (tracefs)."""
+    cmd = [str(BIN / "python"), "bench/bootdiff.py", "--runs", os.environ.get("KVMPLAT_LAB_DIFF_RUNS", "1")]
+    cmd += ["--extra", os.environ.get("KVMPLAT_LAB_DIFF_EXTRA", "")]
+    rc, out, secs = run(cmd, 900, echo=r"^(dmesg|\{)")
+    lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
+    result = json.loads(lines[-1]) if rc == 0 and lines else {}
+    return {"ok": bool(result), "rc": rc, **result, "seconds": round(secs, 1), "tail": out.strip().splitlines()[-6:]}
+
+
 def main() -> int:
     """Runs every step (each failure is reported, never fatal to the others)."""
     skip = set(os.environ.get("KVMPLAT_LAB_SKIP", "").split(",")) - {""}
@@ -173,6 +183,8 @@ def main() -> int:
         agent.wait(timeout=15)
     for key, step in (("linux", linux), ("boot", boot)):
         _step(key, step, skip)
+    if "bootdiff" in os.environ.get("KVMPLAT_LAB_EXTRA", "").split(","):
+        _step("bootdiff", bootdiff, skip)
     return 0
 
 

@@ -17,10 +17,12 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import select
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,10 @@ from kvmplat.lab.common import read_lab_console
 from kvmplat.lab.x86.x86_prepare import CACHE, QEMU, REPO, LabError, prepare, progress, shared_paths
 
 BOOT_TIMEOUT = int(os.environ.get("KVMPLAT_X86_BOOT_TIMEOUT", "1800"))
+# A frozen L1 kernel (QEMU alive, no lab output; its soft-lockup warnings may still print) is given up on after this
+# long without a lab line. The longest silence between lab lines measured in a healthy run: 40 s; 10 min is generous.
+SILENCE_TIMEOUT = int(os.environ.get("KVMPLAT_X86_SILENCE_TIMEOUT", "600"))
+KERNEL_LINE = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 STEPS = ("caps", "demo", "guest_view", "linux", "boot")  # inside.py's, in its order
 L1_BOOTS = 3  # boots when the emulated L1 kernel dies under the lab (see boot_until_done)
 GUEST_VIEWS = ("BARE_METAL", "KVM", "HYPERV", "KVM+HYPERV", "x86-64-v1", "x86-64-v2", "x86-64-v3", "best_effort-v1")
@@ -44,10 +50,43 @@ def qemu_command(img: dict[str, str], initrd: Path, skip: str) -> list[str]:
     )
     if skip:
         append += f" kvmplat.skip={skip}"
+    if os.environ.get("KVMPLAT_X86_APPEND"):  # more for init.sh while iterating, e.g. kvmplat.extra=bootdiff
+        append += " " + os.environ["KVMPLAT_X86_APPEND"]
     cmd = [QEMU, "-accel", "tcg", "-M", "q35", "-cpu", "max", "-smp", "2", "-m", "4096", "-nographic", "-no-reboot"]
     cmd += ["-kernel", img["kernel"], "-initrd", str(initrd), "-append", append]
     cmd += ["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"]
     return cmd
+
+
+@dataclass
+class Watchdog:
+    """When to give up on one boot of the lab: past `total_s` in all ("deadline"), or `silence_s` without a lab line
+    ("silent": the inside steps' notes, JSON and markers count; the kernel's own messages, such as the soft-lockup
+    warnings a frozen L1 kernel keeps printing, do not). `longest` is the longest silence seen so far."""
+
+    started: float
+    silence_s: float = SILENCE_TIMEOUT
+    total_s: float = BOOT_TIMEOUT
+    last: float = field(init=False)
+    longest: float = 0.0
+    fired: str | None = None  # the verdict that ended the boot, if one did
+
+    def __post_init__(self) -> None:
+        self.last = self.started
+
+    def line(self, text: str, now: float) -> None:
+        """A console line arrived at `now`."""
+        if text.strip() and not KERNEL_LINE.match(text):
+            self.longest = max(self.longest, now - self.last)
+            self.last = now
+
+    def verdict(self, now: float) -> str | None:
+        """None while the boot may go on, else why it must end."""
+        if now - self.started > self.total_s:
+            return "deadline"
+        if now - self.last > self.silence_s:
+            return "silent"
+        return None
 
 
 def boot(cmd: list[str]) -> dict[str, Any]:
@@ -56,10 +95,16 @@ def boot(cmd: list[str]) -> dict[str, Any]:
     log.parent.mkdir(parents=True, exist_ok=True)
     progress(f"booting: {' '.join(cmd)} (console: {log})")
     started = time.monotonic()
-    text = _stream(cmd, log)
+    dog = Watchdog(started)
+    text = _stream(cmd, log, dog)
     result = parse_console(text)
     result["seconds"] = round(time.monotonic() - started, 1)
-    progress(f"powered off after {result['seconds']} s (inside: {result.get('lab_seconds')} s)")
+    result["frozen"] = dog.fired == "silent"
+    if result["frozen"]:
+        progress(f"no lab output for {dog.silence_s:g} s: the L1 kernel froze; QEMU killed")
+    else:
+        progress(f"powered off after {result['seconds']} s (inside: {result.get('lab_seconds')} s)")
+    progress(f"longest console silence between lab lines: {dog.longest:.0f} s")
     if not result["steps"] and result["ended"]:
         raise LabError(f"no lab output on the console (see {log}): {text.strip().splitlines()[-5:]}")
     return result
@@ -67,7 +112,8 @@ def boot(cmd: list[str]) -> dict[str, Any]:
 
 def boot_until_done(img: dict[str, str], initrd: Path, skip: str) -> dict[str, Any]:
     """Boots the lab; when the L1 kernel dies mid-way (QEMU 7.2's TCG nested SVM now and then loses the L1's GS
-    base: "stack guard page was hit" in exc_page_fault, README), boots again for the steps not reported yet."""
+    base: "stack guard page was hit" in exc_page_fault, README) or freezes (Watchdog), boots again for the steps not
+    reported yet, L1_BOOTS boots in all."""
     result: dict[str, Any] = {"steps": {}, "notes": [], "lab_seconds": None}
     for attempt in range(1, L1_BOOTS + 1):
         done = ",".join([*filter(None, skip.split(",")), *result["steps"]])
@@ -82,14 +128,15 @@ def boot_until_done(img: dict[str, str], initrd: Path, skip: str) -> dict[str, A
         result["lab_seconds"] = this["lab_seconds"]
         if this.get("ended", True) or set(STEPS) <= set(result["steps"]):
             return result
-        progress(f"the L1 kernel died before the lab ended (console: logs/lab.log); boot {attempt + 1}")
+        how = "froze" if this.get("frozen") else "died"
+        progress(f"the L1 kernel {how} before the lab ended (console: logs/lab.log); boot {attempt + 1}")
         (CACHE / "logs" / "lab.log").rename(CACHE / "logs" / f"lab-died-{attempt}.log")
     return result
 
 
-def _stream(cmd: list[str], log: Path) -> str:
-    """QEMU's console, written to `log` and its lab lines echoed as progress; LabError on the deadline."""
-    deadline = time.monotonic() + BOOT_TIMEOUT
+def _stream(cmd: list[str], log: Path, dog: Watchdog) -> str:
+    """QEMU's console, written to `log` and its lab lines echoed as progress; QEMU killed when `dog` says the L1
+    kernel froze (the text so far is returned), LabError on the deadline."""
     out, pending = [], b""
     with (
         log.open("wb") as f,
@@ -98,9 +145,13 @@ def _stream(cmd: list[str], log: Path) -> str:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         while True:
-            if time.monotonic() > deadline:
+            why = dog.fired = dog.verdict(time.monotonic())
+            if why == "deadline":
                 proc.kill()
-                raise LabError(f"the lab did not power off within {BOOT_TIMEOUT} s (console: {log})")
+                raise LabError(f"the lab did not power off within {dog.total_s:g} s (console: {log})")
+            if why == "silent":
+                proc.kill()
+                break
             ready, _, _ = select.select([fd], [], [], 1.0)
             if not ready:
                 continue
@@ -114,6 +165,7 @@ def _stream(cmd: list[str], log: Path) -> str:
             for raw in lines:
                 line = raw.decode(errors="replace").replace("\r", "")
                 out.append(line)
+                dog.line(line, time.monotonic())
                 if "KVMPLAT-LAB-" in line or line.startswith("{"):
                     progress(f"guest: {line[:300]}")
         proc.wait()

@@ -85,3 +85,43 @@ def test_exit_port_reset_line_and_unknown_ports(dev: Dev) -> None:
     assert dev.io(0x1234) == (0, 0xFF)
     dev.io(0x1234, 1)
     assert dev.stats.counters()["unhandled_pio"] == 2
+
+
+def _cmos(dev: Dev, reg: int) -> int:
+    dev.io(0x70, reg)
+    return dev.io(0x71)[1]
+
+
+def _bcd(v: int) -> int:
+    return (v >> 4) * 10 + (v & 0xF)
+
+
+def test_cmos_rtc_tells_the_host_utc_date_and_is_never_updating(dev: Dev) -> None:
+    import time
+
+    before = time.gmtime()
+    year, month, day = (_bcd(_cmos(dev, r)) for r in (0x09, 0x08, 0x07))
+    century, hour = _bcd(_cmos(dev, 0x32)), _bcd(_cmos(dev, 0x04))
+    after = time.gmtime()
+    assert (century * 100 + year, month, day) in {tuple(t[:3]) for t in (before, after)}
+    assert hour in {before.tm_hour, after.tm_hour}
+    assert _cmos(dev, 0x0A) & 0x80 == 0  # UIP never set: Linux's rtc_cmos does not poll for a second
+    assert _cmos(dev, 0x0B) == 0x02  # 24-hour, BCD
+    assert _cmos(dev, 0x0D) == 0x80  # valid RAM and time
+    assert dev.stats.counters()["unhandled_pio"] == 0
+
+
+def test_cmos_rtc_binary_mode_ram_and_dropped_clock_writes(dev: Dev) -> None:
+    import time
+
+    dev.io(0x70, 0x0B)
+    dev.io(0x71, 0x04 | 0x10)  # binary mode, and an update interrupt it will not raise
+    assert _cmos(dev, 0x0B) == 0x06
+    assert _cmos(dev, 0x09) in {time.gmtime().tm_year % 100, (time.gmtime().tm_year + 1) % 100}
+    dev.io(0x70, 0x40)
+    dev.io(0x71, 0x5A)
+    assert _cmos(dev, 0x40) == 0x5A  # CMOS RAM keeps what the guest wrote
+    dev.io(0x70, 0x09)
+    dev.io(0x71, 0x99)
+    assert _cmos(dev, 0x09) != 0x99  # the year is the host's
+    assert dev.io(0x70)[1] == 0xFF  # the index port is write-only

@@ -82,3 +82,20 @@ def test_best_effort_on_pvm_still_clears_what_it_cannot_hide() -> None:
     rows = cpuid_table(e, pvm)
     assert not leaf(rows, 1)[5] & (1 << 13 | 1 << 0)
     assert "sse3" in e.visible_above_level and "cx16" not in e.visible_above_level
+
+
+def test_tsc_deadline_bit_only_with_the_capability_and_a_pv_clock() -> None:
+    import dataclasses
+
+    from kvmplat.agent.platform.x86 import TSC_DEADLINE_BIT, masked_table
+
+    def deadline(host: object, **kw: object) -> bool:
+        rows = cpuid_table(resolve(PlatformRequest(**kw), host), host)  # type: ignore[arg-type]
+        return bool(leaf(rows, 1)[3 + 2] >> TSC_DEADLINE_BIT.bit & 1)
+
+    unlisted = tuple(masked_table(list(HW.supported), [TSC_DEADLINE_BIT]))  # as real KVM's list: never there
+    hw = dataclasses.replace(HW, supported=unlisted, tsc_deadline=True)
+    assert deadline(hw, pv=frozenset({Pv.KVM}))
+    assert deadline(hw, pv=frozenset({Pv.HYPERV}))
+    assert not deadline(hw)  # BARE_METAL: no pv clock to give the TSC rate
+    assert not deadline(dataclasses.replace(hw, tsc_deadline=False), pv=frozenset({Pv.KVM}))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from kvmplat.lab.x86 import guest_view as gv
 from kvmplat.lab.x86 import lab
@@ -53,3 +55,58 @@ def test_console_markers_and_the_report() -> None:
     assert r["boot_ratio_vs_qemu_microvm"] == 0.9 and r["demo"] is True and all(r["linux"].values())
     failed = lab.failures(r, steps)
     assert failed == ["v4's refusal names the avx512 features", "pv KVM and HYPERV offered"]
+
+
+def test_watchdog_gives_up_on_a_silent_l1_but_not_on_a_slow_step() -> None:
+    dog = lab.Watchdog(started=100.0, silence_s=600, total_s=1800)
+    assert dog.verdict(100.0) is None
+    dog.line("KVMPLAT-LAB-NOTE step linux", 150.0)
+    assert dog.verdict(749.0) is None  # 599 s since the last lab line: a slow step, not a freeze
+    assert dog.verdict(751.0) == "silent"
+    dog.line('{"linux": {"ok": true}}', 740.0)  # a JSON line is lab output too
+    assert dog.verdict(1300.0) is None
+    assert dog.longest == 590.0
+
+
+def test_watchdog_ignores_kernel_messages_of_a_frozen_l1() -> None:
+    dog = lab.Watchdog(started=0.0, silence_s=600, total_s=1800)
+    dog.line("KVMPLAT-LAB-NOTE round 3/5  ours  14339 ms", 10.0)
+    for t in range(40, 700, 28):  # what lab-died-2.log showed: soft-lockup warnings every ~28 s, nothing else
+        dog.line(f"[ {t + 1000}.753244] watchdog: BUG: soft lockup - CPU#0 stuck for {t}s! [swapper/0:0]", float(t))
+        dog.line("", float(t))
+    assert dog.verdict(609.0) is None
+    assert dog.verdict(611.0) == "silent"
+    assert dog.longest == 10.0  # only lab lines count toward the measured silence (start -> the first note)
+
+
+def test_watchdog_deadline_wins_over_a_chatty_lab() -> None:
+    dog = lab.Watchdog(started=0.0, silence_s=600, total_s=1800)
+    for t in range(0, 1900, 60):
+        dog.line("KVMPLAT-LAB-NOTE still going", float(t))
+    assert dog.verdict(1801.0) == "deadline"
+
+
+def test_a_frozen_boot_is_booted_again_for_the_steps_not_reported(monkeypatch: Any, tmp_path: Path) -> None:
+    monkeypatch.setattr(lab, "CACHE", tmp_path)
+    (tmp_path / "logs").mkdir()
+    boots: list[str] = []
+
+    def fake_boot(cmd: list[str]) -> dict[str, Any]:
+        boots.append(cmd[0])  # the steps this boot skips
+        (tmp_path / "logs" / "lab.log").write_text("console")
+        if len(boots) == 1:  # froze during the linux step: QEMU killed by the watchdog
+            return {
+                "steps": {"caps": {}, "demo": {}, "guest_view": {}},
+                "notes": [],
+                "lab_seconds": None,
+                "ended": False,
+                "frozen": True,
+            }
+        return {"steps": {"linux": {}, "boot": {}}, "notes": [], "lab_seconds": 9.0, "ended": True}
+
+    monkeypatch.setattr(lab, "boot", fake_boot)
+    monkeypatch.setattr(lab, "qemu_command", lambda img, initrd, skip: [skip])
+    result = lab.boot_until_done({}, tmp_path / "initrd", "")
+    assert boots == ["", "caps,demo,guest_view"]
+    assert set(result["steps"]) == set(lab.STEPS)
+    assert (tmp_path / "logs" / "lab-died-1.log").read_text() == "console"
