@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from kvmplat.agent.errors import HostError, InvalidArgument
+from kvmplat.agent.kvm import ramfile
 from kvmplat.agent.linux import layout as linux_layout
 from kvmplat.agent.registry.strays import RUNNER_COMM
 from kvmplat.agent.runner import vmrunner
@@ -314,6 +315,7 @@ class _Server:
 def main() -> None:
     """Serves spawn requests on stdin/stdout until stdin closes."""
     linux_layout.page_tables()  # cached here, so a Linux guest's runner inherits the loader imported and warm
+    ramfile.prepare()  # one huge-page tmpfs for every runner's guest RAM, not one made per VM
     _Server().run()
 
 
