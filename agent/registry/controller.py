@@ -25,7 +25,7 @@ from kvmplat.agent.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from kvmplat.agent.registry import recovery
+from kvmplat.agent.registry import creation, recovery
 from kvmplat.agent.registry.events import Bus, event_from_runner
 from kvmplat.agent.registry.hostview import Platforms
 from kvmplat.agent.registry.lifecycle import LIVE, Event, State, next_state
@@ -67,6 +67,7 @@ class VmRecord:
     moving: str = ""  # what a snapshot or migration is doing with the VM; other requests wait until it is done
     saved: bool = False  # PAUSED and unchanged since a whole snapshot was taken: destroy may stop it first
     stats: RunnerStats | None = None  # the counters the runner sent with its last answer to hello or a request
+    held: list[RunnerEvent] | None = None  # a new VM's events, published once its record is on disk
     _fixed: dict[str, Any] = field(default_factory=dict, repr=False)  # spec and effective platform as JSON, once
 
     @property
@@ -186,22 +187,8 @@ class Controller:
         self.creating.add(spec.name)  # before any await: a concurrent create counts this one's room
         self.pending[spec.name] = spec
         # shielded: a caller that goes away (cancelled, deadline) must not leave a runner that no record names
-        rec = await asyncio.shield(self._build(spec, effective, cpuid))
+        rec = await asyncio.shield(creation.build(self, spec, effective, cpuid))
         return await self.act(spec.name, Event.START) if start else rec
-
-    async def _build(self, spec: pb.VmSpec, effective: pb.EffectivePlatform, cpuid: list[list[int]]) -> VmRecord:
-        """Claims, spawns the runner, records the VM and connects to it: all of it, or none of it."""
-        try:
-            await self._claim(spec)
-            rec = VmRecord(spec=spec, effective=effective, socket=self.store.socket_path(spec.name))
-            rec.pid = await self._spawn(spec, self.runner_config(rec, cpuid))
-            await recovery.record_new(self, rec)
-            self.vms[spec.name] = rec
-            await self.connect(rec, since=0)
-        finally:
-            self.creating.discard(spec.name)
-            self.pending.pop(spec.name, None)
-        return rec
 
     def runner_config(
         self, rec: VmRecord, cpuid: Sequence[Sequence[int]], restart: bool = False, incoming: str = ""
@@ -303,21 +290,22 @@ class Controller:
         if not spec.uuid or self._uuid_taken(spec.uuid):
             spec.uuid = str(uuidlib.uuid4())
 
-    async def _claim(self, spec: pb.VmSpec, beside: bool = False) -> None:
+    async def claim(self, spec: pb.VmSpec, beside: bool = False) -> None:
+        """Claims the spec's resources in Placement (when configured), `beside` what its UUID holds elsewhere."""
         if self.claims is not None:
             res = {"VCPU": spec.vcpus, "MEMORY_MB": spec.memory_mib}
             await self.claims.claim(spec.uuid, spec.name, res, beside)
 
     async def claim_arrival(self, spec: pb.VmSpec) -> None:
         """Claims an arriving VM's resources beside what its UUID holds elsewhere (Placement configured only)."""
-        await self._claim(spec, beside=True)
+        await self.claim(spec, beside=True)
 
     async def release_arrival(self, spec: pb.VmSpec) -> None:
         """Gives back an arriving VM's claim (its arrival failed)."""
         if self.claims is not None:
             await self.claims.release(spec.uuid, spec.name)
 
-    async def _spawn(self, spec: pb.VmSpec, config: RunnerConfig) -> int:
+    async def spawn(self, spec: pb.VmSpec, config: RunnerConfig) -> int:
         """Starts the runner; a runner that cannot start gives its claim back."""
         try:
             return await self.template.spawn(config)
@@ -378,7 +366,7 @@ class Controller:
     async def connect(self, rec: VmRecord, since: int) -> None:
         """Connects to the runner of `rec` and says hello (its events after `since` follow)."""
         runner = await RunnerClient.connect(
-            rec.socket, lambda e: self._on_event(rec, e), lambda: self._on_lost(rec, runner)
+            rec.socket, lambda e: self.on_event(rec, e), lambda: self._on_lost(rec, runner)
         )
         rec.runner = runner
         hello = await rec.runner.hello(since)
@@ -386,7 +374,11 @@ class Controller:
         rec.state, rec.reason = State[hello.state], hello.reason
         rec.greeted = True
 
-    def _on_event(self, rec: VmRecord, e: RunnerEvent) -> None:
+    def on_event(self, rec: VmRecord, e: RunnerEvent) -> None:
+        """Takes a runner's event: the VM's state and record follow it, then every watcher gets it."""
+        if rec.held is not None:
+            rec.held.append(e)
+            return
         if e.seq <= rec.last_seq:
             return  # already seen (a replay after re-adoption)
         rec.last_seq = e.seq
@@ -423,7 +415,7 @@ class Controller:
 
     def _crash(self, rec: VmRecord, why: str, seq: int) -> None:
         """Records a CRASHED state change that the agent itself observed (the runner cannot report it)."""
-        self._on_event(rec, RunnerEvent(seq, time.time(), StateChange(rec.state.name, State.CRASHED.name, why)))
+        self.on_event(rec, RunnerEvent(seq, time.time(), StateChange(rec.state.name, State.CRASHED.name, why)))
         log.warning("VM %s crashed: %s", rec.name, why)
 
     async def adopt_all(self) -> None:
