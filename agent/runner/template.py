@@ -12,10 +12,10 @@ runner as soon as it is asked and answers each once that runner reports (or dies
 so one VM's build never waits behind another's. The template exits when the agent closes its stdin.
 
 A spawn takes the spare runner when it is ready: a runner forked ahead of need, which has done what does not depend
-on its VM (session, signals, fds) and waits on a pipe for its config, after saying so on its readiness pipe. The
-fork and the new process's first wait for a CPU happen before CreateVm asks, not while it waits; the template forks
-the next spare as it hands one out (a spawn that finds none ready forks its runner as before). A spare shows as
-`kvmplat-spare` in `ps` and ends when the template does (its pipe closes).
+on its VM (process group, signals, fds) and waits on a pipe for its config, after saying so on its readiness pipe.
+The fork and the new process's first wait for a CPU happen before CreateVm asks, not while it waits; the template
+forks the next spare once the one it handed out has reported (a spawn that finds none ready forks its runner as
+before). A spare shows as `kvmplat-spare` in `ps` and ends when the template does (its pipe closes).
 """
 
 from __future__ import annotations
@@ -258,8 +258,8 @@ class _Server:
             self.new_spare()
             self.spawn(rid, line, config)
             return
-        self.new_spare(spare.ready_r)
-        # a spare killed as it was handed its config dies without a word: then a runner is forked for it after all
+        # the next spare is forked once this one has reported (on_ready_pipe): not now, while it needs the CPU.
+        # A spare killed as it was handed its config dies without a word: then a runner is forked for it after all
         self.sel.register(spare.ready_r, selectors.EVENT_READ, (rid, bytearray(), config))
 
     def reply(self, rid: int, answer: Spawned | Failure) -> None:
@@ -290,6 +290,8 @@ class _Server:
             self.sel.register(fork_runner(again, self.fds()), selectors.EVENT_READ, (rid, bytearray(), None))
             return
         self.reply(rid, ready_reply(bytes(got)))
+        if self.spare is None:
+            self.new_spare()
 
     def reap(self) -> None:
         with contextlib.suppress(BlockingIOError):
