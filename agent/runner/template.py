@@ -243,8 +243,8 @@ class _Server:
         self.spare = None
 
     def spawn(self, rid: int, line: bytes, config: RunnerConfig) -> None:
-        """Starts the runner that builds `config` and watches its readiness pipe: the spare when it is ready (then
-        the next spare is forked), else a runner forked now."""
+        """Starts the runner that builds `config` and watches its readiness pipe: the spare when it is ready, else a
+        runner forked now."""
         spare = self.spare
         if spare is None or not self.spare_ready:
             ready = fork_runner(config, self.fds())
