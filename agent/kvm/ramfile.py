@@ -34,7 +34,7 @@ MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x2, 0x4, 0x8
 TMPFS_OPTIONS = (("huge", "within_size"), ("nr_blocks", "0"))  # nr_blocks=0: no size limit (a memfd has none)
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_mount: int | None = None  # this process's huge tmpfs (-1: the host said no), made by the first `prepare`
+_mount: int | None = None  # the huge tmpfs `prepare` made for this process and its forks (-1: the host said no)
 
 
 def _check(result: int, what: str) -> int:
@@ -58,7 +58,8 @@ def _huge_tmpfs() -> int:
 
 
 def prepare() -> int:
-    """This process's huge tmpfs mount (made on the first call, inherited by forks); -1 when the host refuses it."""
+    """Makes the huge tmpfs this process (the runner template) and its forks keep for guest RAM; its fd, or -1 when
+    the host refuses it."""
     global _mount
     if _mount is None:
         try:
@@ -69,11 +70,18 @@ def prepare() -> int:
 
 
 def ram_file(size: int) -> tuple[int, str]:
-    """(fd, backing) of a new zero-filled file of `size` bytes for guest RAM; backing is HUGE or MEMFD."""
+    """(fd, backing) of a new zero-filled file of `size` bytes for guest RAM; backing is HUGE or MEMFD. On the
+    prepared tmpfs, else on one made for this file alone (which goes when the file does)."""
     fd, backing = -1, HUGE
-    if os.environ.get("KVMPLAT_GUEST_RAM") != MEMFD and (mnt := prepare()) >= 0:
-        with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):
+        if os.environ.get("KVMPLAT_GUEST_RAM") == MEMFD or _mount == -1:
+            raise OSError("a memfd asked for, or the host refused the tmpfs")
+        mnt = _mount if _mount is not None else _huge_tmpfs()
+        try:
             fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=mnt)
+        finally:
+            if mnt != _mount:
+                os.close(mnt)
     if fd < 0:
         fd, backing = os.memfd_create("kvmplat-guest", os.MFD_CLOEXEC), MEMFD
     try:
