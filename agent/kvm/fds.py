@@ -204,10 +204,13 @@ class GuestMemory:
         self.fd, self.backing = ram_file(size)
         try:
             self._map: mmap.mmap | None = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
-            self._map.madvise(mmap.MADV_HUGEPAGE)  # for a memfd: huge pages where shmem_enabled says "advise"
         except OSError:
             os.close(self.fd)
             raise
+        # for a memfd: huge pages where shmem_enabled says "advise"; a kernel without THP (the PowerPC lab's hash-MMU
+        # KVM-PR kernel) answers EINVAL, and the memory is as good without
+        with contextlib.suppress(OSError):
+            self._map.madvise(mmap.MADV_HUGEPAGE)
         self._cdata = ffi.from_buffer(self._map)
         self.host_addr = int(ffi.cast("uintptr_t", self._cdata))
 
