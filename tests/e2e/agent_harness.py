@@ -108,3 +108,21 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def comm(pid: int) -> str:
+    """The process's name (/proc/PID/comm)."""
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie counts: it runs nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

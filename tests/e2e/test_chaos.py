@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from agent_harness import AgentProc, loop_spec
+from agent_harness import AgentProc, children, comm, gone, loop_spec
 from kvmplat.agent.registry.strays import RUNNER_COMM, runners_of, template_argv
 from kvmplat.agent.runner.template import SPARE_COMM
 from kvmplat.v1 import agent_pb2 as pb
@@ -42,14 +42,6 @@ def kill_and_restart(agents: list[AgentProc], meanwhile: Callable[[], None] = la
     meanwhile()
     agents.append(AgentProc(tmp))
     return agents[-1]
-
-
-def gone(pid: int) -> bool:
-    """Whether the process has exited (a zombie counts: it runs nothing)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_an_agent_killed_in_the_middle_of_a_destroy_leaves_nothing_behind(agents: list[AgentProc]) -> None:
@@ -89,7 +81,7 @@ def test_the_runner_template_of_a_killed_agent_is_ended(agents: list[AgentProc])
     argv = "\0".join(template_argv(str(a.state_dir))).encode()
     old = [p for p in _templates(argv) if Path(f"/proc/{p}/stat").read_text().split()[3] == str(a.proc.pid)]
     assert len(old) == 1
-    spares = [int(p) for p in Path(f"/proc/{old[0]}/task/{old[0]}/children").read_text().split() if _spare(int(p))]
+    spares = [p for p in children(old[0]) if comm(p) == SPARE_COMM]
     os.kill(old[0], signal.SIGSTOP)  # so it cannot notice its agent's death and exit on its own
     b = kill_and_restart(agents)
     assert gone(old[0]) and b.get("t1").state == pb.RUNNING
@@ -98,10 +90,6 @@ def test_the_runner_template_of_a_killed_agent_is_ended(agents: list[AgentProc])
     while not all(gone(p) for p in spares):  # its pipe to the old template closed: it ends on its own
         assert time.monotonic() < deadline, f"the old template's spare {spares} outlived it"
         time.sleep(0.05)
-
-
-def _spare(pid: int) -> bool:
-    return Path(f"/proc/{pid}/comm").read_text().strip() == SPARE_COMM
 
 
 def _templates(argv: bytes) -> list[int]:

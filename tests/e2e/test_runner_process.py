@@ -13,29 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_harness import AgentProc, fd_targets, loop_spec
+from agent_harness import AgentProc, children, comm, fd_targets, gone, loop_spec
 from kvmplat.agent.runner.template import SPARE_COMM
 from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
-
-
-def children(pid: int) -> list[int]:
-    """The pids of a process's children."""
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def comm(pid: int) -> str:
-    """The process's name."""
-    return Path(f"/proc/{pid}/comm").read_text().strip()
-
-
-def gone(pid: int) -> bool:
-    """Whether the process has ended (a zombie has)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def template_of(agent: AgentProc) -> int:
