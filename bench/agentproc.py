@@ -16,7 +16,7 @@ import grpc
 from kvmplat.client.localagent import AGENT, AgentNotStarted, LocalAgent
 from kvmplat.v1 import agent_pb2_grpc as pbg
 
-__all__ = ["AGENT", "agent", "cpu_seconds", "stub", "template_pid"]
+__all__ = ["AGENT", "agent", "children", "cpu_seconds", "stub", "template_pid"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -61,14 +61,19 @@ def cpu_seconds(pid: int, reaped: bool = False) -> float:
     return sum(int(v) for v in fields[11 : 15 if reaped else 13]) / CLK_TCK
 
 
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (the runner template is the agent's child)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in task.read_text().split()]
+    return out
+
+
 def template_pid(agent_pid: int) -> int:
     """The pid of the agent's runner template (its runners' parent, which reaps them); 0 if none is found."""
-    try:
-        children = Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split()
-    except OSError:
-        return 0
-    for pid in children:
+    for pid in children(agent_pid):
         with contextlib.suppress(OSError):
             if b"kvmplat.agent.runner.template" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return int(pid)
+                return pid
     return 0

@@ -33,7 +33,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import agentproc
@@ -122,15 +121,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (the runner template is the agent's child)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            out += [int(x) for x in task.read_text().split()]
-    return out
-
-
 @dataclass
 class Fleet:
     """The VMs this run created (name → runner pid), so every one can be cleaned up."""
@@ -216,7 +206,7 @@ def measure(fleet: Fleet, agent_pid: int, agent_rss0: float, args: argparse.Name
     """The figures while the fleet runs (see the module docstring)."""
     stub, n = fleet.stub, len(fleet.vms)
     running = sum(1 for vm in stub.ListVms(pb.ListVmsRequest(), timeout=30).vms if vm.state == pb.RUNNING)
-    groups = {"agent": [agent_pid, *children(agent_pid)], "runners": list(fleet.vms.values())}
+    groups = {"agent": [agent_pid, *agentproc.children(agent_pid)], "runners": list(fleet.vms.values())}
     cpu0, t0 = {g: sum(map(agentproc.cpu_seconds, ps)) for g, ps in groups.items()}, time.monotonic()
     time.sleep(args.cpu_window)
     elapsed = time.monotonic() - t0
@@ -228,7 +218,7 @@ def measure(fleet: Fleet, agent_pid: int, agent_rss0: float, args: argparse.Name
         for k, v in s.by_kind.items():
             kinds[k] = kinds.get(k, 0.0) + v
     agent_rss = status_mib(agent_pid)
-    template_rss = sum(status_mib(p) for p in children(agent_pid))
+    template_rss = sum(status_mib(p) for p in agentproc.children(agent_pid))
     lat = latency(stub, args.calls)
     div = max(n, 1)
     return {
