@@ -75,7 +75,6 @@ def fork_spare(template_fds: Iterable[int] = ()) -> Spare:
         _forked(template_fds)
         with open("/proc/self/comm", "w") as comm:
             comm.write(SPARE_COMM)
-        _quiet_stdio()
         os.write(w, SPARE_READY)
         config = _await_config(config_r)
         if config is None:
@@ -87,12 +86,14 @@ def fork_spare(template_fds: Iterable[int] = ()) -> Spare:
 
 
 def _forked(template_fds: Iterable[int]) -> None:
-    """A new runner's first steps: default signals, none of the template's fds, a process group of its own."""
+    """A new runner's first steps: default signals, none of the template's fds (nor its stdio), a process group of
+    its own."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for fd in template_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+    _quiet_stdio()
     # A process group of its own: a Ctrl-C meant for the agent's terminal does not reach the VM. The same session,
     # so where the kernel shares CPU between sessions (autogroup) the agent and its runners are one group, as under
     # systemd's cgroup: a session per runner gave each VM the CPU share of the whole agent, and under load every
@@ -147,7 +148,6 @@ def _runner_main(config: RunnerConfig, ready_fd: int) -> None:
     try:
         with open("/proc/self/comm", "w") as comm:
             comm.write(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner from its template
-        _quiet_stdio()
         runner, listener = _start(config)
         os.write(ready_fd, encode(Spawned(os.getpid())))
         os.close(ready_fd)
@@ -164,8 +164,10 @@ def _runner_main(config: RunnerConfig, ready_fd: int) -> None:
 def _quiet_stdio() -> None:
     """The template's stdin and stdout are the agent's pipes: a runner holds /dev/null there instead."""
     sys.stdin.close()
-    os.dup2(os.open(os.devnull, os.O_RDWR), 0)
-    os.dup2(os.open(os.devnull, os.O_RDWR), 1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
 
 
 def _start(config: RunnerConfig) -> tuple[vmrunner.VmRunner, socket.socket]:
