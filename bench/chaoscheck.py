@@ -124,13 +124,15 @@ def runner_names(state_dir: str) -> dict[int, str]:
 
 
 def _whence(pid: int, name: str, state_dir: str) -> str:
-    """What tells how a runner came to be unrecorded: its parent, and whether a record file names its VM."""
-    try:
-        ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-    except OSError:
-        ppid = "gone"
+    """What tells how a runner came to be unrecorded: its parents, and whether a record file names its VM."""
+    chain = []
+    with contextlib.suppress(OSError, IndexError):
+        for _ in range(3):  # the runner, its parent, the parent's parent: which template, which agent
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            chain.append(f"{pid} {stat[stat.index('(') : stat.rindex(')') + 1]}")
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
     record = Path(state_dir, "vms", f"{name}.json")
-    return f"parent {ppid}, record file {'present' if record.exists() else 'absent'}"
+    return f"{' < '.join(chain)}; record file {'present' if record.exists() else 'absent'}"
 
 
 def check_processes(vms: list[pb.Vm], state_dir: str, found: Findings) -> None:
