@@ -61,7 +61,9 @@ def end_strays(state_dir: str, recorded: Iterable[int], names: Iterable[str], te
     templates = [pid for pid, runner in old if not runner]
     _kill(templates, "a runner template of an earlier agent")
     _gone(templates)  # its runners still starting now fail to report, and end
-    strays = [pid for pid, runner in _ours(state_dir, template_pid) if runner and pid not in recorded]
+    # with the old templates gone, any other process of ours not recorded is a stray: a runner, or one an old
+    # template forked after the first listing that has not named itself a runner yet
+    strays = [pid for pid, _ in _ours(state_dir, template_pid) if pid != template_pid and pid not in recorded]
     _kill(strays, "a runner with no VM record (its agent died before recording it)")
     _gone(strays)
     keep = {f"{n}.sock" for n in names}
