@@ -63,6 +63,7 @@ def one_round(agent: chaosfaults.Agent, i: int, args: argparse.Namespace, totals
     for c in clients:
         c.finish()
     faults.continue_all()
+    chaoscheck.wait_for_builds(agent.stub, agent.state_dir)
     world.settle(agent.stub)
     found = check(agent, world, watcher)
     watcher.close()

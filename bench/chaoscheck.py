@@ -123,6 +123,18 @@ def runner_names(state_dir: str) -> dict[int, str]:
     return out
 
 
+def wait_for_builds(stub: Any, state_dir: str, timeout: float = 15.0) -> None:
+    """Waits (bounded) until every runner of `state_dir` is named by a listed VM. A CreateVm whose caller went away
+    (its deadline, a broken connection) still builds its VM to the end: until then its runner has no record yet, and
+    that is a build in flight, not an orphan. A runner still unnamed after `timeout` is reported by the checks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recorded = {v.runner_pid for v in stub.ListVms(pb.ListVmsRequest(), timeout=30).vms}
+        if set(runner_names(state_dir)) <= recorded:
+            return
+        time.sleep(0.1)
+
+
 def _whence(pid: int, name: str, state_dir: str) -> str:
     """What tells how a runner came to be unrecorded: its parents, and whether a record file names its VM."""
     chain = []
