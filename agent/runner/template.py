@@ -11,11 +11,14 @@ runner listens on config.socket, or SpawnReply(id, the Failure that stopped it).
 runner as soon as it is asked and answers each once that runner reports (or dies), in whatever order they finish,
 so one VM's build never waits behind another's. The template exits when the agent closes its stdin.
 
-A spawn takes the spare runner when it is ready: a runner forked ahead of need, which has done what does not depend
-on its VM (process group, signals, fds) and waits on a pipe for its config, after saying so on its readiness pipe.
-The fork and the new process's first wait for a CPU happen before CreateVm asks, not while it waits; the template
-forks the next spare once the one it handed out has reported (a spawn that finds none ready forks its runner as
-before). A spare shows as `kvmplat-spare` in `ps` and ends when the template does (its pipe closes).
+A spawn takes a spare runner when one is ready: a runner forked ahead of need (SPARES are kept), which has done what
+does not depend on its VM (process group, signals, fds), has built the machine of the last VM the template started
+(runner/prebuilt.py: most VMs of a host share a shape; a VM of that shape takes it, another frees it), and waits on a
+pipe for its config, after saying so on its readiness pipe. The fork, the build and the new process's first wait for
+a CPU happen before CreateVm asks, not while it waits; the template forks new spares once the one it handed out has
+reported (a spawn that finds none ready forks its runner as before), and replaces the spares forked before any VM
+was asked for, which have nothing built. A spare shows as `kvmplat-spare` in `ps` and ends when the template does
+(its pipe closes).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from kvmplat.agent.kvm import ramfile
 from kvmplat.agent.linux import layout as linux_layout
 from kvmplat.agent.registry.strays import RUNNER_COMM
 from kvmplat.agent.runner import vmrunner
+from kvmplat.agent.runner.machine import Machine
+from kvmplat.agent.runner.prebuilt import Prebuilt, shape
 from kvmplat.agent.runner.vcpu import install_kick_handler
 from kvmplat.agent.runner.wire import Failure, RunnerConfig, Spawn, Spawned, SpawnReply, decode, encode, failure_of
 
@@ -41,6 +46,7 @@ __all__ = ["SPARE_COMM", "Spare", "fork_runner", "fork_spare", "main", "ready_re
 
 SPARE_COMM = "kvmplat-spare"
 SPARE_READY = b"~"  # a spare's word on its readiness pipe: set up, waiting for its config
+SPARES = 2  # spares kept: with one, CreateVms close together found it still starting half the time under load
 
 
 class Spare(NamedTuple):
@@ -49,6 +55,7 @@ class Spare(NamedTuple):
     pid: int
     config_w: int
     ready_r: int
+    shape: RunnerConfig | None  # the shape of the machine it builds ahead (prebuilt.shape), None: none
 
 
 def fork_runner(config: RunnerConfig, template_fds: Iterable[int] = ()) -> int:
@@ -63,9 +70,9 @@ def fork_runner(config: RunnerConfig, template_fds: Iterable[int] = ()) -> int:
     return r
 
 
-def fork_spare(template_fds: Iterable[int] = ()) -> Spare:
-    """Forks a spare runner: it says SPARE_READY once set up, then waits for the Spawn line it will build (or EOF:
-    it ends)."""
+def fork_spare(template_fds: Iterable[int] = (), hint: RunnerConfig | None = None) -> Spare:
+    """Forks a spare runner: it builds the machine of `hint` (runner/prebuilt.py), says SPARE_READY, then waits for
+    the Spawn line it will build (or EOF: it ends)."""
     config_r, config_w = os.pipe()
     r, w = os.pipe()
     pid = os.fork()
@@ -73,16 +80,17 @@ def fork_spare(template_fds: Iterable[int] = ()) -> Spare:
         os.close(config_w)
         os.close(r)
         _forked(template_fds)
+        ahead = Prebuilt.build(hint)
         with open("/proc/self/comm", "w") as comm:
             comm.write(SPARE_COMM)
         os.write(w, SPARE_READY)
         config = _await_config(config_r)
         if config is None:
             os._exit(0)
-        _runner_main(config, w)
+        _runner_main(config, w, None if ahead is None else ahead.take(config))
     os.close(config_r)
     os.close(w)
-    return Spare(pid, config_w, r)
+    return Spare(pid, config_w, r, None if hint is None else shape(hint))
 
 
 def _forked(template_fds: Iterable[int]) -> None:
@@ -142,13 +150,14 @@ def ready_reply(data: bytes) -> Spawned | Failure:
     return reply if isinstance(reply, Spawned | Failure) else failure_of(HostError("the runner said nonsense"))
 
 
-def _runner_main(config: RunnerConfig, ready_fd: int) -> None:
-    """The runner process: build the VM, listen, report readiness, serve until destroyed."""
+def _runner_main(config: RunnerConfig, ready_fd: int, machine: Machine | None = None) -> None:
+    """The runner process: build the VM (or take `machine`, built ahead), listen, report readiness, serve until
+    destroyed."""
     code = 0
     try:
         with open("/proc/self/comm", "w") as comm:
             comm.write(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner from its template
-        runner, listener = _start(config)
+        runner, listener = _start(config, machine)
         os.write(ready_fd, encode(Spawned(os.getpid())))
         os.close(ready_fd)
         runner.serve(listener)
@@ -170,12 +179,12 @@ def _quiet_stdio() -> None:
     os.close(null)
 
 
-def _start(config: RunnerConfig) -> tuple[vmrunner.VmRunner, socket.socket]:
+def _start(config: RunnerConfig, machine: Machine | None = None) -> tuple[vmrunner.VmRunner, socket.socket]:
     install_kick_handler()
     path = config.socket
     if len(path.encode()) > 107:
         raise InvalidArgument.field("state_dir", f"runner socket path too long for a unix socket: {path}")
-    runner = vmrunner.VmRunner(config)
+    runner = vmrunner.VmRunner(config, machine)
     _unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o077)
@@ -217,50 +226,66 @@ class _Server:
         self.own = [self.sel.fileno(), self.sigchld, wake]
         self.partial = b""
         self.open = True
-        self.spare: Spare | None = None
-        self.spare_ready = False
-        self.new_spare()
+        self.spares: dict[int, Spare] = {}  # by readiness pipe, oldest first
+        self.ready: set[int] = set()  # the readiness pipes of spares that said SPARE_READY
+        self.hint: RunnerConfig | None = None  # the last VM's config: a new spare builds its machine ahead
+        self.top_up()
 
     def fds(self) -> list[int]:
         """The template's own fds, which a forked runner closes: selector, signal pipe, other runners' pipes."""
         pipes = [k.fd for k in self.sel.get_map().values() if isinstance(k.data, tuple)]
-        spare = [] if self.spare is None else [self.spare.config_w, self.spare.ready_r]
-        return [*self.own, *pipes, *spare]
+        spares = [fd for s in self.spares.values() for fd in (s.config_w, s.ready_r)]
+        return [*self.own, *pipes, *spares]
 
-    def new_spare(self, *also_close: int) -> None:
-        """Forks the next spare; its readiness pipe is watched for SPARE_READY."""
-        self.spare, self.spare_ready = fork_spare([*self.fds(), *also_close]), False
-        self.sel.register(self.spare.ready_r, selectors.EVENT_READ, "spare")
+    def top_up(self, *also_close: int) -> None:
+        """Forks spares until SPARES are kept; each one's readiness pipe is watched for SPARE_READY."""
+        while len(self.spares) < SPARES:
+            spare = fork_spare([*self.fds(), *also_close], self.hint)
+            self.spares[spare.ready_r] = spare
+            self.sel.register(spare.ready_r, selectors.EVENT_READ, "spare")
 
-    def on_spare(self) -> None:
-        """The spare said it is ready, or died (then the next spawn forks its runner and a new spare)."""
-        assert self.spare is not None
-        word = os.read(self.spare.ready_r, 64)
-        if word == SPARE_READY:
-            self.spare_ready = True
+    def on_spare(self, fd: int) -> None:
+        """A spare said it is ready, or died (then it is forgotten: the next spawn forks one)."""
+        if os.read(fd, 64) == SPARE_READY:
+            self.ready.add(fd)
             return
-        self.sel.unregister(self.spare.ready_r)
-        for fd in (self.spare.ready_r, self.spare.config_w):
-            os.close(fd)
-        self.spare = None
+        self.sel.unregister(fd)
+        spare = self.spares.pop(fd)
+        self.ready.discard(fd)
+        for end in (spare.ready_r, spare.config_w):
+            os.close(end)
+
+    def retire_blank(self) -> None:
+        """Ends the idle spares forked before any VM was asked for (they build nothing ahead): top_up replaces them."""
+        for fd, spare in list(self.spares.items()):
+            if spare.shape is None and self.hint is not None and fd in self.ready:
+                self.sel.unregister(fd)
+                self.ready.discard(fd)
+                del self.spares[fd]
+                for end in (spare.config_w, spare.ready_r):
+                    os.close(end)  # its config pipe's end: the spare exits
 
     def spawn(self, rid: int, line: bytes, config: RunnerConfig) -> None:
-        """Starts the runner that builds `config` and watches its readiness pipe: the spare when it is ready, else a
-        runner forked now."""
-        spare = self.spare
-        if spare is None or not self.spare_ready:
+        """Starts the runner that builds `config` and watches its readiness pipe: a ready spare (the oldest of
+        those that built this shape ahead, else the oldest), else a runner forked now."""
+        if not config.incoming:
+            self.hint = config
+        idle = [fd for fd in self.spares if fd in self.ready]
+        want = shape(config)
+        fd = next((fd for fd in idle if self.spares[fd].shape == want), idle[0] if idle else None)
+        if fd is None:
             ready = fork_runner(config, self.fds())
-            if spare is None:
-                self.new_spare(ready)
+            if not self.spares:
+                self.top_up(ready)
             self.sel.register(ready, selectors.EVENT_READ, (rid, bytearray(), None))
             return
-        self.sel.unregister(spare.ready_r)
-        self.spare = None
+        self.sel.unregister(fd)
+        self.ready.discard(fd)
+        spare = self.spares.pop(fd)
         if not _hand(spare, line):
-            self.new_spare()
             self.spawn(rid, line, config)
             return
-        # the next spare is forked once this one has reported (on_ready_pipe): not now, while it needs the CPU.
+        # new spares are forked once this one has reported (on_ready_pipe): not now, while it needs the CPU.
         # A spare killed as it was handed its config dies without a word: then a runner is forked for it after all
         self.sel.register(spare.ready_r, selectors.EVENT_READ, (rid, bytearray(), config))
 
@@ -292,8 +317,8 @@ class _Server:
             self.sel.register(fork_runner(again, self.fds()), selectors.EVENT_READ, (rid, bytearray(), None))
             return
         self.reply(rid, ready_reply(bytes(got)))
-        if self.spare is None:
-            self.new_spare()
+        self.retire_blank()
+        self.top_up()
 
     def reap(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -311,7 +336,7 @@ class _Server:
                 elif key.data == "sigchld":
                     self.reap()
                 elif key.data == "spare":
-                    self.on_spare()
+                    self.on_spare(int(key.fd))
                 else:
                     self.on_ready_pipe(int(key.fd), *key.data)
 

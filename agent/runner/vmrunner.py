@@ -65,7 +65,8 @@ _REASON = {
 class VmRunner:
     """One VM and its lifecycle, served to the agent over a unix socket."""
 
-    def __init__(self, config: RunnerConfig) -> None:
+    def __init__(self, config: RunnerConfig, machine: Machine | None = None) -> None:
+        """Builds the VM of `config`, or takes `machine`, already built from an equal config (runner/prebuilt.py)."""
         self.name = config.name
         self.log = EventLog(config.first_seq)
         self.incoming = bool(config.incoming)  # built for a restore or an incoming migration: silent until
@@ -77,7 +78,7 @@ class VmRunner:
         self.lock = self._lock  # moveops acts under it too
         self.cpuid = config.cpuid  # the exact table the guest was given
         self._exits: queue.Queue[tuple[int, Outcome]] = queue.Queue()
-        self.machine: Machine | None = build_machine(config)
+        self.machine: Machine | None = machine or build_machine(config)
         self.threads = [VcpuThread(v, self.machine.devices, self._on_vcpu_exit) for v in self.machine.vcpus]
         self.console = ConsoleReader(self.machine.console_fd, self.machine.devices, self._on_console)
         self._done = threading.Event()

@@ -1,6 +1,7 @@
-"""Runner processes (agent/runner/template.py). The spare, a runner forked before any VM asks, set up and waiting:
-a CreateVm takes it (its pid becomes the VM's runner), the template forks the next one, a dead spare costs only a
-fresh fork, a spare holds none of the template's other pipes, and it ends with its template. A runner's process
+"""Runner processes (agent/runner/template.py). The spares, runners forked before any VM asks, set up and waiting:
+a CreateVm takes one (its pid becomes the VM's runner), the template forks the next one, dead spares cost at most
+a fresh fork, a spare holds none of the template's other pipes, and it ends with its template; a spare has the last
+VM's machine built ahead, which the next VM of that shape takes and one of another shape does not. A runner's process
 group is its own (a Ctrl-C for the agent does not reach it), its session its agent's (one CPU group), and SIGHUP,
 SIGTTOU and SIGTTIN cannot end or stop it."""
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from agent_harness import AgentProc, children, comm, fd_targets, gone, loop_spec
-from kvmplat.agent.runner.template import SPARE_COMM
+from kvmplat.agent.runner.template import SPARE_COMM, SPARES
 from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
@@ -25,46 +26,71 @@ def template_of(agent: AgentProc) -> int:
     return next(p for p in children(agent.proc.pid) if b"runner.template" in Path(f"/proc/{p}/cmdline").read_bytes())
 
 
-def spare_of(template: int, timeout: float = 30.0) -> int:
-    """The template's spare, once it is set up (its name changes then)."""
+def spares_of(template: int, timeout: float = 30.0) -> list[int]:
+    """The template's spares, once all SPARES are set up (each one's name changes then)."""
     deadline = time.monotonic() + timeout
     while True:
         spares = [p for p in children(template) if comm(p) == SPARE_COMM]
-        if spares:
-            return spares[0]
-        assert time.monotonic() < deadline, "the template has no spare"
+        if len(spares) == SPARES:
+            return spares
+        assert time.monotonic() < deadline, f"the template has {len(spares)} spares set up, not {SPARES}"
         time.sleep(0.02)
 
 
 def test_create_takes_the_spare_and_the_template_forks_the_next(agent: AgentProc) -> None:
     template = template_of(agent)
-    spare = spare_of(template)
+    spares = spares_of(template)
     vm = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("s1"), start=True), timeout=30)
-    assert vm.runner_pid == spare and comm(spare) == "kvmplat-runner"
-    following = spare_of(template)
-    assert following != spare
-    pipes = [t for t in fd_targets(following) if t.startswith("pipe:")]
-    assert len(pipes) <= 3  # its config and readiness pipes, and the stderr it shares: none of its elder's
+    assert vm.runner_pid in spares and comm(vm.runner_pid) == "kvmplat-runner"
+    following = next(p for p in spares_of(template) if p not in spares)
+    pipes = {t for t in fd_targets(following) if t.startswith("pipe:")}
+    # of the template's pipes it holds only its own config and readiness pipes (besides them: the console pipe of
+    # the machine it built ahead), none of its elder's, nor the agent's (the stderr all share aside)
+    stderr = os.readlink(f"/proc/{template}/fd/2")
+    assert len(pipes & set(fd_targets(template)) - {stderr}) == 2
     agent.stub.StopVm(pb.VmRequest(name="s1"), timeout=10)
     agent.stub.DestroyVm(pb.VmRequest(name="s1"), timeout=10)
 
 
-def test_a_dead_spare_costs_only_a_fresh_fork(agent: AgentProc) -> None:
+def test_dead_spares_cost_only_a_fresh_fork(agent: AgentProc) -> None:
     template = template_of(agent)
-    spare = spare_of(template)
-    os.kill(spare, signal.SIGKILL)
+    spares = spares_of(template)
+    for spare in spares:
+        os.kill(spare, signal.SIGKILL)
     vm = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("s2"), start=True), timeout=30)
-    assert vm.state == pb.RUNNING and vm.runner_pid != spare
-    assert spare_of(template) not in (spare, vm.runner_pid)
+    assert vm.state == pb.RUNNING and vm.runner_pid not in spares
+    assert not set(spares_of(template)) & {*spares, vm.runner_pid}
+
+
+def _vm_fds(pid: int) -> set[str]:
+    return {t for t in fd_targets(pid) if t.startswith("anon_inode:kvm-")}
+
+
+def test_a_spare_builds_the_last_vms_machine_ahead_and_the_next_of_its_shape_takes_it(agent: AgentProc) -> None:
+    template = template_of(agent)
+    agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("p1"), start=True), timeout=30)
+    deadline = time.monotonic() + 30
+    while not (ahead := [p for p in children(template) if comm(p) == SPARE_COMM and "anon_inode:kvm-vm" in _vm_fds(p)]):
+        assert time.monotonic() < deadline, "no spare built the last VM's machine"
+        time.sleep(0.02)
+    vm = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("p2"), start=True), timeout=30)
+    assert vm.runner_pid in ahead and vm.state == pb.RUNNING
+    assert agent.get("p2").state == pb.RUNNING
+    other = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("p3", memory_mib=32), start=True), timeout=30)
+    ram = {os.stat(f"/proc/{other.runner_pid}/fd/{fd}").st_size for fd in os.listdir(f"/proc/{other.runner_pid}/fd")}
+    assert 32 << 20 in ram and 16 << 20 not in ram  # its own machine: the one built ahead (16 MiB) was freed
+    for name in ("p1", "p2", "p3"):
+        agent.stub.StopVm(pb.VmRequest(name=name), timeout=10)
+        agent.stub.DestroyVm(pb.VmRequest(name=name), timeout=10)
 
 
 def test_a_spare_ends_with_its_template(agent: AgentProc) -> None:
     template = template_of(agent)
-    spare = spare_of(template)
+    spares = spares_of(template)
     agent.close()  # the template ends when its agent closes its stdin
     deadline = time.monotonic() + 30
-    while not gone(spare):
-        assert time.monotonic() < deadline, "the spare outlived its template"
+    while not all(gone(spare) for spare in spares):
+        assert time.monotonic() < deadline, "a spare outlived its template"
         time.sleep(0.05)
 
 
