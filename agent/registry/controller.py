@@ -355,12 +355,12 @@ class Controller:
         return migration.receive(self, packets)
 
     def watch(
-        self, vm: str, since: int, follow: bool, as_framed: bool = False, linger: float = 0.0
+        self, vm: str, since: int, follow: bool, as_framed: bool = False, linger: tuple[float, float] = (0.0, 0.0)
     ) -> AsyncIterator[list[bytes]]:
         """Batches of serialized events of one VM (or all), resumable after `since` (see Bus.watch)."""
         if vm:
             self.get(vm)
-        return self.bus.watch(vm, since, follow, as_framed, linger)
+        return self.bus.watch(vm, since, follow, as_framed, *linger)
 
     # --- runners -----------------------------------------------------------------------------------------------
     async def connect(self, rec: VmRecord, since: int) -> None:

@@ -29,6 +29,8 @@ import selectors
 import signal
 import socket
 import sys
+import time
+from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -46,6 +48,7 @@ __all__ = ["SPARE_COMM", "Spare", "fork_runner", "fork_spare", "main", "ready_re
 
 SPARE_COMM = "kvmplat-spare"
 SPARE_READY = b"~"  # a spare's word on its readiness pipe: set up, waiting for its config
+SPARE_WAIT = 0.05  # seconds a spawn waits for a spare still starting before it forks a runner of its own
 SPARES = 2  # spares kept: with one, CreateVms close together found it still starting half the time under load
 
 
@@ -229,6 +232,7 @@ class _Server:
         self.spares: dict[int, Spare] = {}  # by readiness pipe, oldest first
         self.ready: set[int] = set()  # the readiness pipes of spares that said SPARE_READY
         self.hint: RunnerConfig | None = None  # the last VM's config: a new spare builds its machine ahead
+        self.waiting: deque[tuple[float, int, bytes, RunnerConfig]] = deque()  # (deadline, spawn) for a spare
         self.top_up()
 
     def fds(self) -> list[int]:
@@ -245,15 +249,35 @@ class _Server:
             self.sel.register(spare.ready_r, selectors.EVENT_READ, "spare")
 
     def on_spare(self, fd: int) -> None:
-        """A spare said it is ready, or died (then it is forgotten: the next spawn forks one)."""
+        """A spare said it is ready (the oldest waiting spawn takes it), or died (then it is forgotten, and a spawn
+        that waited for it forks its own runner)."""
         if os.read(fd, 64) == SPARE_READY:
             self.ready.add(fd)
+            if self.waiting:
+                _, rid, line, config = self.waiting.popleft()
+                self.spawn(rid, line, config)
             return
         self.sel.unregister(fd)
         spare = self.spares.pop(fd)
         self.ready.discard(fd)
         for end in (spare.ready_r, spare.config_w):
             os.close(end)
+        while len(self.waiting) > self.starting():
+            _, rid, _, config = self.waiting.pop()
+            self.fork(rid, config)
+
+    def starting(self) -> int:
+        """How many spares are still starting."""
+        return len(self.spares) - len(self.ready)
+
+    def expire(self) -> float | None:
+        """Forks their own runners for the spawns that waited SPARE_WAIT for a spare; the seconds until the next
+        one's deadline (None: none waits)."""
+        now = time.monotonic()
+        while self.waiting and self.waiting[0][0] <= now:
+            _, rid, _, config = self.waiting.popleft()
+            self.fork(rid, config)
+        return self.waiting[0][0] - now if self.waiting else None
 
     def retire_blank(self) -> None:
         """Ends the idle spares forked before any VM was asked for (they build nothing ahead): top_up replaces them."""
@@ -267,17 +291,18 @@ class _Server:
 
     def spawn(self, rid: int, line: bytes, config: RunnerConfig) -> None:
         """Starts the runner that builds `config` and watches its readiness pipe: a ready spare (the oldest of
-        those that built this shape ahead, else the oldest), else a runner forked now."""
+        those that built this shape ahead, else the oldest), else the next spare still starting (for at most
+        SPARE_WAIT: it has done the fork and most of a build already), else a runner forked now."""
         if not config.incoming:
             self.hint = config
         idle = [fd for fd in self.spares if fd in self.ready]
         want = shape(config)
         fd = next((fd for fd in idle if self.spares[fd].shape == want), idle[0] if idle else None)
         if fd is None:
-            ready = fork_runner(config, self.fds())
-            if not self.spares:
-                self.top_up(ready)
-            self.sel.register(ready, selectors.EVENT_READ, (rid, bytearray(), None))
+            if self.starting() > len(self.waiting):
+                self.waiting.append((time.monotonic() + SPARE_WAIT, rid, line, config))
+            else:
+                self.fork(rid, config)
             return
         self.sel.unregister(fd)
         self.ready.discard(fd)
@@ -288,6 +313,13 @@ class _Server:
         # new spares are forked once this one has reported (on_ready_pipe): not now, while it needs the CPU.
         # A spare killed as it was handed its config dies without a word: then a runner is forked for it after all
         self.sel.register(spare.ready_r, selectors.EVENT_READ, (rid, bytearray(), config))
+
+    def fork(self, rid: int, config: RunnerConfig) -> None:
+        """Forks a runner for spawn `rid` (no spare was there for it)."""
+        ready = fork_runner(config, self.fds())
+        if not self.spares:
+            self.top_up(ready)
+        self.sel.register(ready, selectors.EVENT_READ, (rid, bytearray(), None))
 
     def reply(self, rid: int, answer: Spawned | Failure) -> None:
         sys.stdout.buffer.write(encode(SpawnReply(rid, answer)))
@@ -330,7 +362,7 @@ class _Server:
 
     def run(self) -> None:
         while self.open:
-            for key, _ in self.sel.select():
+            for key, _ in self.sel.select(self.expire()):
                 if key.data is None:
                     self.on_stdin()
                 elif key.data == "sigchld":

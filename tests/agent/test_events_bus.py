@@ -285,3 +285,35 @@ def test_a_lingering_watcher_gets_what_came_meanwhile_in_one_batch() -> None:
 
     assert run(batches(0.0)) == [[s] for s in range(1, 21)]  # keeping up: each event as it comes
     assert run(batches(0.5)) == [[1], list(range(2, 21))]  # the first at once, the rest after the linger
+
+
+def test_a_busy_watcher_lingers_longer_and_a_quiet_one_is_back_to_the_first_linger() -> None:
+    async def batches(linger: float, linger_max: float) -> list[list[int]]:
+        bus = Bus()
+        stream = bus.watch("a", 0, True, as_framed=True, linger=linger, linger_max=linger_max)
+        got: list[list[int]] = []
+
+        async def read() -> None:
+            async for b in stream:
+                got.append([e.seq for e in pb.EventBatch.FromString(b"".join(b)).events])
+
+        reader = asyncio.ensure_future(read())
+        await asyncio.sleep(0)  # subscribed
+        for s in range(1, 61):  # busy: an event every 5 ms
+            publish(bus, "a", range(s, s + 1))
+            await asyncio.sleep(0.005)
+        while sum(map(len, got)) < 60:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(2 * linger_max + 0.05)  # quiet, longer than any linger
+        publish(bus, "a", range(61, 62))
+        publish_at = len(got)
+        await asyncio.sleep(linger / 2)  # the stream waits for events, not in a linger: this one goes at once
+        assert len(got) == publish_at + 1 and got[-1] == [61]
+        reader.cancel()
+        return got
+
+    steady = run(batches(0.01, 0.0))
+    growing = run(batches(0.01, 0.16))
+    for got in (steady, growing):
+        assert [s for b in got for s in b] == list(range(1, 62))  # every event, in order, once
+    assert 2 * len(growing) < len(steady)  # busy: fewer, fuller batches
