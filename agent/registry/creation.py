@@ -6,7 +6,6 @@ first events wait until the record is on disk, so no watcher hears of a VM that 
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from kvmplat.agent.registry import recovery
@@ -34,17 +33,25 @@ async def build(c: Controller, spec: pb.VmSpec, effective: pb.EffectivePlatform,
 
 
 async def _record_and_connect(c: Controller, rec: VmRecord) -> None:
+    # the writer thread writes the record while this task greets the runner: no task of their own for either (each
+    # task's start and end is a turn of the event loop, and under load every turn waits behind the others' work)
     rec.held = []
-    recorded, connected = await asyncio.gather(
-        recovery.record_new(c, rec), c.connect(rec, since=0), return_exceptions=True
-    )
-    held, rec.held = rec.held, None
-    if isinstance(recorded, BaseException):
+    saving = c.records.save(rec.name, rec.to_json(), durable=True)
+    connected: Exception | None = None
+    try:
+        await c.connect(rec, since=0)
+    except Exception as e:
+        connected = e
+    try:
+        await recovery.record_new(c, rec, saving)
+    except Exception:
         if rec.runner is not None:
             await rec.runner.close()
-        raise recorded
+        raise
+    finally:
+        held, rec.held = rec.held, None
     c.vms[rec.name] = rec
-    for e in held:
-        c.on_event(rec, e)
-    if isinstance(connected, BaseException):
+    for event in held:
+        c.on_event(rec, event)
+    if connected is not None:
         raise connected

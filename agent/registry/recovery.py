@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from kvmplat.agent.errors import KvmplatError, ResourceExhausted
@@ -24,11 +25,12 @@ __all__ = ["before_adoption", "record_new"]
 log = logging.getLogger("kvmplat.agent")
 
 
-async def record_new(c: Controller, rec: VmRecord) -> None:
-    """Writes a new VM's record durably, before any event can arrive; when it cannot be written (disk full), the
-    VM is refused and its runner ended: a VM the agent could not re-adopt after a restart is not created."""
+async def record_new(c: Controller, rec: VmRecord, saving: Future[None]) -> None:
+    """Waits for a new VM's durable record (`saving`: its write, begun before any event can arrive); when it cannot
+    be written (disk full), the VM is refused and its runner ended: a VM the agent could not re-adopt after a
+    restart is not created."""
     try:
-        await asyncio.wrap_future(c.records.save(rec.name, rec.to_json(), durable=True))
+        await asyncio.wrap_future(saving)
     except OSError as e:
         await _end_runner(c, rec)
         if c.claims is not None:
