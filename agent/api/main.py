@@ -17,6 +17,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from kvmplat.agent.api.cpushare import DEFAULT_SESSION_NICE, claim_session_share
+
 if TYPE_CHECKING:
     from kvmplat.agent.registry.controller import Controller
 
@@ -71,6 +73,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         metavar="LEVEL",
         help="a level ceiling: offer nothing above it (x86-64-v1..v4; power6..power10 on PowerPC); default: none",
+    )
+    p.add_argument(
+        "--session-nice",
+        type=int,
+        default=DEFAULT_SESSION_NICE,
+        choices=range(-20, 20),
+        metavar="N",
+        help="the CPU weight of the agent's session (its runners and VMs too) against the host's other sessions, "
+        f"where the kernel groups CPU by session (autogroup); -20..19, 0 leaves it (default {DEFAULT_SESSION_NICE})",
     )
     placement.add_flags(p)
     p.add_argument("--version", action="version", version=f"kvmplat-agent {__version__}")
@@ -245,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     from kvmplat.agent.registry.guestmem import keep_freed_memory
 
     keep_freed_memory()
+    claim_session_share(args.session_nice)
 
     try:
         code = asyncio.run(serve(args))
