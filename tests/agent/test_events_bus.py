@@ -262,18 +262,23 @@ def test_framed_batches_carry_the_same_events_as_the_plain_stream() -> None:
     assert len(plain) == 2 + 298 + 1 and from_batches == plain
 
 
+async def _follow(stream: AsyncIterator[list[bytes]]) -> tuple[list[list[int]], asyncio.Future[None]]:
+    """Reads a framed watch in a task of its own, once subscribed: each batch's sequence numbers, as they come."""
+    got: list[list[int]] = []
+
+    async def read() -> None:
+        async for b in stream:
+            got.append([e.seq for e in pb.EventBatch.FromString(b"".join(b)).events])
+
+    reader = asyncio.ensure_future(read())
+    await asyncio.sleep(0)  # subscribed
+    return got, reader
+
+
 def test_a_lingering_watcher_gets_what_came_meanwhile_in_one_batch() -> None:
     async def batches(linger: float) -> list[list[int]]:
         bus = Bus()
-        stream = bus.watch("a", 0, True, as_framed=True, linger=linger)
-        got: list[list[int]] = []
-
-        async def read() -> None:
-            async for b in stream:
-                got.append([e.seq for e in pb.EventBatch.FromString(b"".join(b)).events])
-
-        reader = asyncio.ensure_future(read())
-        await asyncio.sleep(0)  # subscribed
+        got, reader = await _follow(bus.watch("a", 0, True, as_framed=True, linger=linger))
         for s in range(1, 21):
             publish(bus, "a", range(s, s + 1))
             for _ in range(5):
@@ -290,15 +295,7 @@ def test_a_lingering_watcher_gets_what_came_meanwhile_in_one_batch() -> None:
 def test_a_busy_watcher_lingers_longer_and_a_quiet_one_is_back_to_the_first_linger() -> None:
     async def batches(linger: float, linger_max: float) -> list[list[int]]:
         bus = Bus()
-        stream = bus.watch("a", 0, True, as_framed=True, linger=linger, linger_max=linger_max)
-        got: list[list[int]] = []
-
-        async def read() -> None:
-            async for b in stream:
-                got.append([e.seq for e in pb.EventBatch.FromString(b"".join(b)).events])
-
-        reader = asyncio.ensure_future(read())
-        await asyncio.sleep(0)  # subscribed
+        got, reader = await _follow(bus.watch("a", 0, True, as_framed=True, linger=linger, linger_max=linger_max))
         for s in range(1, 61):  # busy: an event every 5 ms
             publish(bus, "a", range(s, s + 1))
             await asyncio.sleep(0.005)
