@@ -16,9 +16,10 @@ does not depend on its VM (process group, signals, fds), has built the machine o
 (runner/prebuilt.py: most VMs of a host share a shape; a VM of that shape takes it, another frees it), and waits on a
 pipe for its config, after saying so on its readiness pipe. The fork, the build and the new process's first wait for
 a CPU happen before CreateVm asks, not while it waits; the template forks new spares once the one it handed out has
-reported (a spawn that finds none ready forks its runner as before), and replaces the spares forked before any VM
-was asked for, which have nothing built. A spare shows as `kvmplat-spare` in `ps` and ends when the template does
-(its pipe closes).
+reported, and replaces the spares forked before any VM was asked for, which have nothing built. A spawn that finds
+none ready takes the next that becomes ready, waiting at most SPARE_WAIT (a spare still starting has done the fork
+and most of a build already), else forks its runner as before. A spare shows as `kvmplat-spare` in `ps` and ends
+when the template does (its pipe closes).
 """
 
 from __future__ import annotations
@@ -257,11 +258,7 @@ class _Server:
                 _, rid, line, config = self.waiting.popleft()
                 self.spawn(rid, line, config)
             return
-        self.sel.unregister(fd)
-        spare = self.spares.pop(fd)
-        self.ready.discard(fd)
-        for end in (spare.ready_r, spare.config_w):
-            os.close(end)
+        self.forget(fd)
         while len(self.waiting) > self.starting():
             _, rid, _, config = self.waiting.pop()
             self.fork(rid, config)
@@ -283,11 +280,15 @@ class _Server:
         """Ends the idle spares forked before any VM was asked for (they build nothing ahead): top_up replaces them."""
         for fd, spare in list(self.spares.items()):
             if spare.shape is None and self.hint is not None and fd in self.ready:
-                self.sel.unregister(fd)
-                self.ready.discard(fd)
-                del self.spares[fd]
-                for end in (spare.config_w, spare.ready_r):
-                    os.close(end)  # its config pipe's end: the spare exits
+                self.forget(fd)  # closing its config pipe's end ends the spare
+
+    def forget(self, fd: int) -> None:
+        """Drops the spare whose readiness pipe is `fd` (dead, or to end: its pipes are closed)."""
+        self.sel.unregister(fd)
+        self.ready.discard(fd)
+        spare = self.spares.pop(fd)
+        for end in (spare.ready_r, spare.config_w):
+            os.close(end)
 
     def spawn(self, rid: int, line: bytes, config: RunnerConfig) -> None:
         """Starts the runner that builds `config` and watches its readiness pipe: a ready spare (the oldest of
