@@ -173,6 +173,7 @@ async def _serve(args: argparse.Namespace, lis: Any, controller: Controller, pla
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         where = controller.platforms.describe()
         log.info("kvmplat-agent serving on %s (state %s, %s)", args.listen, args.state_dir, where)
+        claim_session_share(args.session_nice)  # once serving: a refused start stays one line
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -256,7 +257,6 @@ def main(argv: list[str] | None = None) -> None:
     from kvmplat.agent.registry.guestmem import keep_freed_memory
 
     keep_freed_memory()
-    claim_session_share(args.session_nice)
 
     try:
         code = asyncio.run(serve(args))
