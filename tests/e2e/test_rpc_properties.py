@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from agent_harness import BAD_INPUT_CODES, AgentProc, loop_spec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from kvmplat.agent.registry.lifecycle import TRANSITIONS, Event, State
 from kvmplat.v1 import agent_pb2 as pb
@@ -153,15 +153,32 @@ def test_create_with_any_platform_is_refused_or_made(kept: AgentProc, platform: 
 
 @SETTINGS
 @given(method=st.sampled_from(METHODS), data=st.one_of(st.binary(min_size=1, max_size=512), st.just(b"\xff\xff\xff")))
+@example(method="WatchEvents", data=b"\x18\x01")  # follow: true
+@example(method="WatchEventBatches", data=b"\x0a\x01\x2f\x18\x01")  # a bad VM name, and follow
 def test_raw_bytes_never_get_unknown_or_internal(kept: AgentProc, method: str, data: bytes) -> None:
     full = f"/kvmplat.v1.Agent/{method}"
     if method in ("WatchEvents", "WatchEventBatches"):
         call = kept.channel.unary_stream(full)
+        if _follows(data):  # the bytes ask to follow: such a stream runs until its deadline, unless it is refused
+            with pytest.raises(grpc.RpcError) as info:
+                list(call(data, timeout=2))
+            assert info.value.code() in {*BAD_INPUT_CODES, grpc.StatusCode.DEADLINE_EXCEEDED}, info.value.details()
+            return
         refused_or_read(kept, method, lambda: list(call(data, timeout=10)))
         return
     if method not in READ_ONLY and _parses_to_a_real_request(method, data):
         return  # the bytes happen to be a valid request for a VM that exists
     refused_or_read(kept, method, lambda: kept.channel.unary_unary(full)(data, timeout=10))
+
+
+def _follows(data: bytes) -> bool:
+    """Whether `data` decodes as a WatchEventsRequest with `follow` set (found by Hypothesis: b"\\x18\\x01")."""
+    msg = pb.WatchEventsRequest()
+    try:
+        msg.ParseFromString(data)
+    except Exception:
+        return False
+    return bool(msg.follow)
 
 
 def _parses_to_a_real_request(method: str, data: bytes) -> bool:
