@@ -296,10 +296,6 @@ class Controller:
             res = {"VCPU": spec.vcpus, "MEMORY_MB": spec.memory_mib}
             await self.claims.claim(spec.uuid, spec.name, res, beside)
 
-    async def claim_arrival(self, spec: pb.VmSpec) -> None:
-        """Claims an arriving VM's resources beside what its UUID holds elsewhere (Placement configured only)."""
-        await self.claim(spec, beside=True)
-
     async def release_arrival(self, spec: pb.VmSpec) -> None:
         """Gives back an arriving VM's claim (its arrival failed)."""
         if self.claims is not None:

@@ -60,7 +60,7 @@ class IncomingVm:
         rec.state, rec.destroying = State.MIGRATING, False
         self.rec = rec
         self.c.incoming[self.spec.name] = rec
-        await self.c.claim_arrival(self.spec)
+        await self.c.claim(self.spec, beside=True)  # beside what its UUID holds on the source
         self.claimed = True
         rec.pid = await self.c.template.spawn(self.c.runner_config(rec, self.cpuid, incoming=self.why))
         await self.c.connect(rec, since=0)
