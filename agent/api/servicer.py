@@ -29,8 +29,8 @@ log = logging.getLogger("kvmplat.agent")
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Agent"]
 PRESERIALIZED = frozenset({"WatchEvents", "WatchEventBatches"})  # their servicer hands gRPC the response bytes
-# s: a WatchEventBatches stream sends at most one message per BATCH_LINGER, and while it is busy (batches of more
-# than one event) one per up to BATCH_LINGER_MAX (registry/events.py)
+# s: a WatchEventBatches stream sends at most one message per BATCH_LINGER[0], and while it is busy (batches of more
+# than one event) one per up to BATCH_LINGER[1] (registry/events.py)
 BATCH_LINGER = (0.02, 0.1)
 _HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,

@@ -356,7 +356,7 @@ class Controller:
         """Batches of serialized events of one VM (or all), resumable after `since` (see Bus.watch)."""
         if vm:
             self.get(vm)
-        return self.bus.watch(vm, since, follow, as_framed, *linger)
+        return self.bus.watch(vm, since, follow, as_framed, linger)
 
     # --- runners -----------------------------------------------------------------------------------------------
     async def connect(self, rec: VmRecord, since: int) -> None:

@@ -8,10 +8,11 @@ read is cut off once its buffer is full, so the agent's memory does not grow wit
 
 Each event is also kept framed as one `events` entry of an EventBatch (its field tag, its length, its bytes): an
 EventBatch of any events is the concatenation of theirs, so WatchEventBatches sends a batch without serializing it.
-A batch watcher may `linger` after each batch it sends: what arrives meanwhile goes in its next one, so a stream
-costs at most one message per `linger` however many events flow, and nothing while it keeps up with a trickle. While
-its batches keep holding more than one event (a busy stream), each linger doubles, up to `linger_max`; a batch of one
-event brings it back to `linger`. Under sustained load a stream then sends one message per `linger_max`.
+A batch watcher may linger after each batch it sends (`linger`: first, most): what arrives meanwhile goes in its
+next one, so a stream costs at most one message per linger however many events flow, and nothing while it keeps up
+with a trickle. While its batches keep holding more than one event (a busy stream), each linger doubles from `first`
+up to `most`; a batch of one event brings it back to `first`. Under sustained load a stream sends one message per
+`most`.
 """
 
 from __future__ import annotations
@@ -158,12 +159,13 @@ class Bus:
         return out
 
     async def watch(
-        self, vm: str, since: int, follow: bool, as_framed: bool = False, linger: float = 0.0, linger_max: float = 0.0
+        self, vm: str, since: int, follow: bool, as_framed: bool = False, linger: tuple[float, float] = (0.0, 0.0)
     ) -> AsyncIterator[list[bytes]]:
         """Batches of serialized Events of `vm` (all VMs when empty) after `since`, then live ones while `follow`;
         each VM's events in sequence order, none twice. `as_framed`: each as an EventBatch entry (`framed`);
-        `linger`: seconds to wait after each batch, gathering the next, doubling after each batch of more than one
-        event up to `linger_max` (see the module's docstring)."""
+        `linger`: (first, most) seconds to wait after each batch, gathering the next, doubling from `first` after each
+        batch of more than one event up to `most` (see the module's docstring)."""
+        first, most = linger[0], max(linger)
         w = _Watcher(vm)
         if follow:
             self._watchers.setdefault(vm, set()).add(w)
@@ -172,14 +174,14 @@ class Bus:
             replay = self._replay(vm, since, seen, as_framed)
             if replay:
                 yield replay
-                await _linger(linger)
-            wait = linger
+                await _linger(first)
+            wait = first
             while follow:
                 batch = _fresh(await w.take(), since, seen, as_framed)
                 if batch:
                     yield batch
                     await _linger(wait)
-                    wait = min(2 * wait, max(linger, linger_max)) if len(batch) > 1 else linger
+                    wait = min(2 * wait, most) if len(batch) > 1 else first
                 if w.ended and not w.pending:
                     return
                 if w.overflowed and not w.pending:

@@ -278,7 +278,7 @@ async def _follow(stream: AsyncIterator[list[bytes]]) -> tuple[list[list[int]], 
 def test_a_lingering_watcher_gets_what_came_meanwhile_in_one_batch() -> None:
     async def batches(linger: float) -> list[list[int]]:
         bus = Bus()
-        got, reader = await _follow(bus.watch("a", 0, True, as_framed=True, linger=linger))
+        got, reader = await _follow(bus.watch("a", 0, True, as_framed=True, linger=(linger, linger)))
         for s in range(1, 21):
             publish(bus, "a", range(s, s + 1))
             for _ in range(5):
@@ -295,7 +295,7 @@ def test_a_lingering_watcher_gets_what_came_meanwhile_in_one_batch() -> None:
 def test_a_busy_watcher_lingers_longer_and_a_quiet_one_is_back_to_the_first_linger() -> None:
     async def batches(linger: float, linger_max: float) -> list[list[int]]:
         bus = Bus()
-        got, reader = await _follow(bus.watch("a", 0, True, as_framed=True, linger=linger, linger_max=linger_max))
+        got, reader = await _follow(bus.watch("a", 0, True, as_framed=True, linger=(linger, linger_max)))
         for s in range(1, 61):  # busy: an event every 5 ms
             publish(bus, "a", range(s, s + 1))
             await asyncio.sleep(0.005)
