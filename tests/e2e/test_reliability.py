@@ -188,9 +188,8 @@ def test_agent_restarted_while_a_runner_is_hung_serves_the_others(agents: list[A
         os.kill(pid, signal.SIGSTOP)
 
     try:
-        b = kill_and_restart(
-            agents, hang
-        )  # AgentProc waits for GetCapabilities: the agent came up despite the hung runner
+        # AgentProc waits for GetCapabilities: the agent came up despite the hung runner
+        b = kill_and_restart(agents, hang)
         assert b.stub.GetVm(pb.VmRequest(name="r1"), timeout=5).state == pb.RUNNING
         b.stub.PauseVm(pb.VmRequest(name="r1"), timeout=5)
         b.stub.ResumeVm(pb.VmRequest(name="r1"), timeout=5)
