@@ -33,6 +33,7 @@ from kvmplat.agent.registry.peer import PeerTls
 from kvmplat.agent.registry.placement import Claims, consumer_of
 from kvmplat.agent.registry.recordwriter import RecordWriter
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost, TemplateClient
+from kvmplat.agent.registry.spares import Started, Streams
 from kvmplat.agent.registry.store import Store
 from kvmplat.agent.runner.wire import BootSource, RunnerConfig, RunnerEvent, RunnerStats, StateChange
 from kvmplat.v1 import agent_pb2 as pb
@@ -238,8 +239,9 @@ class Controller:
                 await old.close()
             self.store.unlink_socket(rec.name)
             rec.effective, rec._fixed = effective, {}
-            rec.pid = await self.template.spawn(self.runner_config(rec, cpuid, restart=True))
-            await self.connect(rec, since=rec.last_seq)
+            started = await self.template.spawn(self.runner_config(rec, cpuid, restart=True))
+            rec.pid = started.pid
+            await self.connect(rec, since=rec.last_seq, streams=started.streams)
         finally:
             self.creating.discard(rec.name)
 
@@ -301,7 +303,7 @@ class Controller:
         if self.claims is not None:
             await self.claims.release(spec.uuid, spec.name)
 
-    async def spawn(self, spec: pb.VmSpec, config: RunnerConfig) -> int:
+    async def spawn(self, spec: pb.VmSpec, config: RunnerConfig) -> Started:
         """Starts the runner; a runner that cannot start gives its claim back."""
         try:
             return await self.template.spawn(config)
@@ -359,10 +361,11 @@ class Controller:
         return self.bus.watch(vm, since, follow, as_framed, linger)
 
     # --- runners -----------------------------------------------------------------------------------------------
-    async def connect(self, rec: VmRecord, since: int) -> None:
-        """Connects to the runner of `rec` and says hello (its events after `since` follow)."""
+    async def connect(self, rec: VmRecord, since: int, streams: Streams | None = None) -> None:
+        """Connects to the runner of `rec` (or takes `streams`, a spare's) and says hello (its events after `since`
+        follow)."""
         runner = await RunnerClient.connect(
-            rec.socket, lambda e: self.on_event(rec, e), lambda: self._on_lost(rec, runner)
+            rec.socket, lambda e: self.on_event(rec, e), lambda: self._on_lost(rec, runner), streams
         )
         rec.runner = runner
         hello = await rec.runner.hello(since)

@@ -13,6 +13,7 @@ from kvmplat.v1 import agent_pb2 as pb
 
 if TYPE_CHECKING:
     from kvmplat.agent.registry.controller import Controller, VmRecord
+    from kvmplat.agent.registry.spares import Streams
 
 __all__ = ["build"]
 
@@ -24,22 +25,23 @@ async def build(c: Controller, spec: pb.VmSpec, effective: pb.EffectivePlatform,
     try:
         await c.claim(spec)
         rec = VmRecord(spec=spec, effective=effective, socket=c.store.socket_path(spec.name))
-        rec.pid = await c.spawn(spec, c.runner_config(rec, cpuid))
-        await _record_and_connect(c, rec)
+        started = await c.spawn(spec, c.runner_config(rec, cpuid))
+        rec.pid = started.pid
+        await _record_and_connect(c, rec, started.streams)
     finally:
         c.creating.discard(spec.name)
         c.pending.pop(spec.name, None)
     return rec
 
 
-async def _record_and_connect(c: Controller, rec: VmRecord) -> None:
+async def _record_and_connect(c: Controller, rec: VmRecord, streams: Streams | None) -> None:
     # the writer thread writes the record while this task greets the runner: no task of their own for either (each
     # task's start and end is a turn of the event loop, and under load every turn waits behind the others' work)
     rec.held = []
     saving = c.records.save(rec.name, rec.to_json(), durable=True)
     connected: Exception | None = None
     try:
-        await c.connect(rec, since=0)
+        await c.connect(rec, since=0, streams=streams)
     except Exception as e:
         connected = e
     try:

@@ -62,8 +62,9 @@ class IncomingVm:
         self.c.incoming[self.spec.name] = rec
         await self.c.claim(self.spec, beside=True)  # beside what its UUID holds on the source
         self.claimed = True
-        rec.pid = await self.c.template.spawn(self.c.runner_config(rec, self.cpuid, incoming=self.why))
-        await self.c.connect(rec, since=0)
+        started = await self.c.template.spawn(self.c.runner_config(rec, self.cpuid, incoming=self.why))
+        rec.pid = started.pid
+        await self.c.connect(rec, since=0, streams=started.streams)
         assert rec.runner is not None
         mem = await rec.runner.memory()
         self.memory = GuestMapping(mem.pid, mem.fd, mem.size, writable=True)

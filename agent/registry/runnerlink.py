@@ -6,12 +6,15 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kvmplat.agent import errors
 from kvmplat.agent.registry.lifecycle import Event
+from kvmplat.agent.registry.spares import SparePool, Started, Streams
 from kvmplat.agent.registry.strays import template_argv
 from kvmplat.agent.runner import wire
 from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig, RunnerEvent
@@ -38,10 +41,12 @@ def _expect(msg: object, cls: type[_T]) -> _T:
 
 
 class TemplateClient:
-    """The runner template process; spawns overlap (each answered by id once its runner listens)."""
+    """The runner template process: a spawn takes a ready spare runner (registry/spares.py), else the template forks
+    one; spawns overlap (each answered by id once its runner listens)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, spares: SparePool) -> None:
         self._proc = proc
+        self.spares = spares
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[wire.Spawned | wire.Failure]] = {}
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -49,23 +54,40 @@ class TemplateClient:
     @classmethod
     async def start(cls, state_dir: str) -> TemplateClient:
         """Starts the template as a fresh interpreter (exec, not a fork of this gRPC process); its command line names
-        the state directory, so a later agent can tell its runners (see strays.py)."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *template_argv(state_dir),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=MAX_LINE,
-        )
-        return cls(proc)
+        the state directory, so a later agent can tell its runners (see strays.py). Its ready spares come on a socket
+        of their own (wire.LINK_ENV names its fd in the template)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *template_argv(state_dir),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=MAX_LINE,
+                pass_fds=(theirs.fileno(),),
+                env={**os.environ, wire.LINK_ENV: str(theirs.fileno())},
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(proc, SparePool(ours))
 
     @property
     def pid(self) -> int:
         """The template's pid."""
         return int(self._proc.pid)
 
-    async def spawn(self, config: RunnerConfig) -> int:
-        """Forks a runner for `config`; returns its pid once it listens on its socket."""
+    async def spawn(self, config: RunnerConfig) -> Started:
+        """A runner for `config`, once it listens on its socket: a spare handed the config, else a fork."""
+        spare = await self.spares.take(config)
+        if spare is not None and (started := await self.spares.hand(spare, config)) is not None:
+            return started
+        return Started(await self._fork(config))
+
+    async def _fork(self, config: RunnerConfig) -> int:
+        """Has the template fork a runner for `config`; its pid once it listens."""
         assert self._proc.stdin is not None
         if self._task.done():
             raise errors.HostError("the runner template exited; restart the agent")
@@ -98,7 +120,8 @@ class TemplateClient:
                     fut.set_exception(errors.HostError("the runner template exited; restart the agent"))
 
     async def close(self) -> None:
-        """Ends the template (its runners live on)."""
+        """Ends the template and its spares (its runners live on)."""
+        self.spares.close()
         if self._proc.stdin is not None:
             self._proc.stdin.close()
         with contextlib.suppress(ProcessLookupError, asyncio.TimeoutError):
@@ -125,14 +148,19 @@ class RunnerClient:
 
     @classmethod
     async def connect(
-        cls, path: str, on_event: Callable[[RunnerEvent], None], on_lost: Callable[[], None]
+        cls,
+        path: str,
+        on_event: Callable[[RunnerEvent], None],
+        on_lost: Callable[[], None],
+        streams: Streams | None = None,
     ) -> RunnerClient:
-        """Connects to a runner's socket."""
-        try:
-            reader, writer = await asyncio.open_unix_connection(path, limit=MAX_LINE)
-        except OSError as e:
-            raise RunnerLost(f"cannot reach the runner at {path}: {e.strerror}") from None
-        return cls(reader, writer, on_event, on_lost)
+        """Connects to a runner's socket (or takes `streams`, the connection a spare answered its spawn on)."""
+        if streams is None:
+            try:
+                streams = await asyncio.open_unix_connection(path, limit=MAX_LINE)
+            except OSError as e:
+                raise RunnerLost(f"cannot reach the runner at {path}: {e.strerror}") from None
+        return cls(*streams, on_event, on_lost)
 
     async def hello(self, since: int) -> wire.Hello:
         """Greets the runner: its state now, then its events after `since` (to `on_event`)."""

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import replace
 
 from kvmplat.agent.runner.machine import Machine, build_machine
 from kvmplat.agent.runner.wire import RunnerConfig
 
-__all__ = ["Prebuilt", "shape"]
+__all__ = ["Prebuilt"]
 
 FileId = tuple[int, int, int, int] | None
 
@@ -36,11 +35,6 @@ def _files(config: RunnerConfig) -> tuple[FileId, ...]:
             return (None,)
         out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(out)
-
-
-def shape(config: RunnerConfig) -> RunnerConfig:
-    """What of a config the machine depends on: everything but the VM's name, socket and event numbering."""
-    return replace(config, name="", socket="", first_seq=1, restart=False)
 
 
 class Prebuilt:
@@ -65,11 +59,11 @@ class Prebuilt:
         if _files(hint) != files:  # a boot file changed while it was read
             machine.close()
             return None
-        return cls(shape(hint), files, machine)
+        return cls(hint.shape(), files, machine)
 
     def take(self, config: RunnerConfig) -> Machine | None:
         """The machine when `config` builds the same one; else None, and the machine is freed."""
-        if not config.incoming and shape(config) == self.shape and _files(config) == self.files:
+        if not config.incoming and config.shape() == self.shape and _files(config) == self.files:
             return self.machine
         self.close()
         return None

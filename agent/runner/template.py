@@ -11,27 +11,28 @@ runner listens on config.socket, or SpawnReply(id, the Failure that stopped it).
 runner as soon as it is asked and answers each once that runner reports (or dies), in whatever order they finish,
 so one VM's build never waits behind another's. The template exits when the agent closes its stdin.
 
-A spawn takes a spare runner when one is ready: a runner forked ahead of need (SPARES are kept), which has done what
-does not depend on its VM (process group, signals, fds), has built the machine of the last VM the template started
-(runner/prebuilt.py: most VMs of a host share a shape; a VM of that shape takes it, another frees it), and waits on a
-pipe for its config, after saying so on its readiness pipe. The fork, the build and the new process's first wait for
-a CPU happen before CreateVm asks, not while it waits; the template forks new spares once the one it handed out has
-reported, and replaces the spares forked before any VM was asked for, which have nothing built. A spawn that finds
-none ready takes the next that becomes ready, waiting at most SPARE_WAIT (a spare still starting has done the fork
-and most of a build already), else forks its runner as before. A spare shows as `kvmplat-spare` in `ps` and ends
-when the template does (its pipe closes).
+The agent keeps spare runners (SPARES): runners forked ahead of need, which have done what does not depend on their
+VM (process group, signals, fds) and built the machine of the last VM started (runner/prebuilt.py: most VMs of a
+host share a shape; a VM of that shape takes it, another frees it). A spare says so on its readiness pipe; the
+template then passes the agent its end of a socket pair to the spare (SpareReady, SCM_RIGHTS on the link socket,
+LINK_ENV). The agent hands a spare its Spawn there and the spare answers there (Spawned or Failure); that socket is
+then the agent's first connection to the runner: CreateVm costs the agent one round trip to one process, not a relay
+through the template and a connect after it. The fork, the build and the new process's first wait for a CPU happen
+before CreateVm asks. A spare passed on writes the config it was given on its readiness pipe and closes it as it
+becomes a runner; the template takes that config as the next spares' hint and forks them. Spawn on stdin (the agent
+had no spare) forks a runner as before. A spare shows as `kvmplat-spare` in `ps` and ends when its link closes (the
+agent dropped it or is gone) or the template ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import selectors
 import signal
 import socket
 import sys
-import time
-from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -41,25 +42,35 @@ from kvmplat.agent.linux import layout as linux_layout
 from kvmplat.agent.registry.strays import RUNNER_COMM
 from kvmplat.agent.runner import vmrunner
 from kvmplat.agent.runner.machine import Machine
-from kvmplat.agent.runner.prebuilt import Prebuilt, shape
+from kvmplat.agent.runner.prebuilt import Prebuilt
 from kvmplat.agent.runner.vcpu import install_kick_handler
-from kvmplat.agent.runner.wire import Failure, RunnerConfig, Spawn, Spawned, SpawnReply, decode, encode, failure_of
+from kvmplat.agent.runner.wire import (
+    LINK_ENV,
+    Failure,
+    RunnerConfig,
+    SpareReady,
+    Spawn,
+    Spawned,
+    SpawnReply,
+    decode,
+    encode,
+    failure_of,
+)
 
-__all__ = ["SPARE_COMM", "Spare", "fork_runner", "fork_spare", "main", "ready_reply"]
+__all__ = ["SPARES", "SPARE_COMM", "Spare", "fork_runner", "fork_spare", "main", "ready_reply"]
 
 SPARE_COMM = "kvmplat-spare"
 SPARE_READY = b"~"  # a spare's word on its readiness pipe: set up, waiting for its config
-SPARE_WAIT = 0.05  # seconds a spawn waits for a spare still starting before it forks a runner of its own
 SPARES = 2  # spares kept: with one, CreateVms close together found it still starting half the time under load
 
 
 class Spare(NamedTuple):
-    """A runner forked before its VM is known: it reads its config from `config_w` and reports on `ready_r`."""
+    """A runner forked before its VM is known: it reads its Spawn from `link`'s other end and reports on `ready_r`."""
 
     pid: int
-    config_w: int
+    link: socket.socket  # the agent's end of the spare's socket pair: the template holds it until the spare is ready
     ready_r: int
-    shape: RunnerConfig | None  # the shape of the machine it builds ahead (prebuilt.shape), None: none
+    hint: RunnerConfig | None  # the config whose machine it builds ahead (runner/prebuilt.py), None: none
 
 
 def fork_runner(config: RunnerConfig, template_fds: Iterable[int] = ()) -> int:
@@ -76,25 +87,26 @@ def fork_runner(config: RunnerConfig, template_fds: Iterable[int] = ()) -> int:
 
 def fork_spare(template_fds: Iterable[int] = (), hint: RunnerConfig | None = None) -> Spare:
     """Forks a spare runner: it builds the machine of `hint` (runner/prebuilt.py), says SPARE_READY, then waits for
-    the Spawn line it will build (or EOF: it ends)."""
-    config_r, config_w = os.pipe()
+    the Spawn line it will build on its end of a socket pair (whose other end goes to the agent), and ends when that
+    closes or the template ends first."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(config_w)
+        ours.close()
         os.close(r)
         _forked(template_fds)
         ahead = Prebuilt.build(hint)
         with open("/proc/self/comm", "w") as comm:
             comm.write(SPARE_COMM)
         os.write(w, SPARE_READY)
-        config = _await_config(config_r)
+        config = _await_config(theirs, w)
         if config is None:
             os._exit(0)
-        _runner_main(config, w, None if ahead is None else ahead.take(config))
-    os.close(config_r)
+        _runner_main(config, w, None if ahead is None else ahead.take(config), theirs)
+    theirs.close()
     os.close(w)
-    return Spare(pid, config_w, r, None if hint is None else shape(hint))
+    return Spare(pid, ours, r, hint)
 
 
 def _forked(template_fds: Iterable[int]) -> None:
@@ -116,31 +128,22 @@ def _forked(template_fds: Iterable[int]) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _await_config(fd: int) -> RunnerConfig | None:
-    """The config of the Spawn line the template hands a spare; None when the template closed the pipe first."""
+def _await_config(link: socket.socket, ready_w: int) -> RunnerConfig | None:
+    """The config of the Spawn line the agent sends a spare; None when the agent closed the link first, or the
+    template ended (its end of the readiness pipe closed)."""
+    poller = select.poll()
+    poller.register(link, select.POLLIN)
+    poller.register(ready_w, 0)  # POLLERR once the template's end is closed
     data = b""
     while not data.endswith(b"\n"):
-        chunk = os.read(fd, 1 << 16)
+        if link.fileno() not in dict(poller.poll()):
+            return None
+        chunk = link.recv(1 << 16)
         if not chunk:
             return None
-        data += chunk
-    os.close(fd)
+        data += chunk  # the agent sends nothing more before the answer: the line is all there is to read
     msg = decode(data)
     return msg.config if isinstance(msg, Spawn) else None
-
-
-def _hand(spare: Spare, line: bytes) -> bool:
-    """Gives a spare its Spawn line; False when it is gone (then its pipes are closed)."""
-    try:
-        view = memoryview(line + b"\n")
-        while view:
-            view = view[os.write(spare.config_w, view) :]
-    except OSError:
-        os.close(spare.ready_r)
-        return False
-    finally:
-        os.close(spare.config_w)
-    return True
 
 
 def ready_reply(data: bytes) -> Spawned | Failure:
@@ -154,22 +157,33 @@ def ready_reply(data: bytes) -> Spawned | Failure:
     return reply if isinstance(reply, Spawned | Failure) else failure_of(HostError("the runner said nonsense"))
 
 
-def _runner_main(config: RunnerConfig, ready_fd: int, machine: Machine | None = None) -> None:
-    """The runner process: build the VM (or take `machine`, built ahead), listen, report readiness, serve until
-    destroyed."""
+def _runner_main(
+    config: RunnerConfig, ready_fd: int, machine: Machine | None = None, link: socket.socket | None = None
+) -> None:
+    """The runner process: build the VM (or take `machine`, built ahead), listen, report readiness (on `link` for a
+    spare, whose agent waits there, else on the readiness pipe), serve until destroyed. A spare then tells the
+    template its config (the next spares build its machine ahead) by closing the readiness pipe after it."""
     code = 0
     try:
         with open("/proc/self/comm", "w") as comm:
             comm.write(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner from its template
         runner, listener = _start(config, machine)
-        os.write(ready_fd, encode(Spawned(os.getpid())))
+        if link is None:
+            os.write(ready_fd, encode(Spawned(os.getpid())))
+        else:
+            link.sendall(encode(Spawned(os.getpid())))
+            with contextlib.suppress(OSError):  # the template may be gone: the runner serves on regardless
+                os.write(ready_fd, encode(Spawn(config)))
         os.close(ready_fd)
-        runner.serve(listener)
+        runner.serve(listener, link)
         runner.wait_destroyed()
         listener.close()  # its path is the agent's to remove: by now a new VM of the same name may listen there
     except BaseException as e:
         with contextlib.suppress(OSError):
-            os.write(ready_fd, encode(failure_of(e)))
+            if link is None:
+                os.write(ready_fd, encode(failure_of(e)))
+            else:
+                link.sendall(encode(failure_of(e)))
         code = 1
     os._exit(code)
 
@@ -215,10 +229,11 @@ def _request(line: bytes) -> Spawn | Failure:
 
 
 class _Server:
-    """The template's loop: requests on stdin, the readiness pipes of runners starting, replies on stdout, and
-    SIGCHLD (a runner ended: reap it, no polling)."""
+    """The template's loop: requests on stdin, the readiness pipes of runners and spares starting, replies on stdout,
+    ready spares to the agent on `link`, and SIGCHLD (a runner ended: reap it, no polling)."""
 
-    def __init__(self) -> None:
+    def __init__(self, link: socket.socket) -> None:
+        self.link = link
         self.sel = selectors.DefaultSelector()
         self.sel.register(0, selectors.EVENT_READ, None)
         self.sigchld, wake = os.pipe()
@@ -227,100 +242,75 @@ class _Server:
         signal.set_wakeup_fd(wake)
         signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
         self.sel.register(self.sigchld, selectors.EVENT_READ, "sigchld")
-        self.own = [self.sel.fileno(), self.sigchld, wake]
+        self.own = [self.sel.fileno(), self.sigchld, wake, link.fileno()]
         self.partial = b""
         self.open = True
-        self.spares: dict[int, Spare] = {}  # by readiness pipe, oldest first
-        self.ready: set[int] = set()  # the readiness pipes of spares that said SPARE_READY
+        self.spares: dict[int, Spare] = {}  # by readiness pipe
+        self.heard: dict[int, bytearray] = {}  # what spares passed to the agent said since (by readiness pipe)
         self.hint: RunnerConfig | None = None  # the last VM's config: a new spare builds its machine ahead
-        self.waiting: deque[tuple[float, int, bytes, RunnerConfig]] = deque()  # (deadline, spawn) for a spare
         self.top_up()
 
     def fds(self) -> list[int]:
-        """The template's own fds, which a forked runner closes: selector, signal pipe, other runners' pipes."""
+        """The template's own fds, which a forked runner closes: selector, signal pipe, link, other runners' pipes
+        and the agent's ends of spares not yet passed on."""
         pipes = [k.fd for k in self.sel.get_map().values() if isinstance(k.data, tuple)]
-        spares = [fd for s in self.spares.values() for fd in (s.config_w, s.ready_r)]
+        spares = [fd for s in self.spares.values() for fd in (s.ready_r, s.link.fileno()) if fd >= 0]
         return [*self.own, *pipes, *spares]
 
     def top_up(self, *also_close: int) -> None:
-        """Forks spares until SPARES are kept; each one's readiness pipe is watched for SPARE_READY."""
+        """Forks spares until SPARES are kept; each one's readiness pipe is watched."""
         while len(self.spares) < SPARES:
             spare = fork_spare([*self.fds(), *also_close], self.hint)
             self.spares[spare.ready_r] = spare
             self.sel.register(spare.ready_r, selectors.EVENT_READ, "spare")
 
     def on_spare(self, fd: int) -> None:
-        """A spare said it is ready (the oldest waiting spawn takes it), or died (then it is forgotten, and a spawn
-        that waited for it forks its own runner)."""
-        if os.read(fd, 64) == SPARE_READY:
-            self.ready.add(fd)
-            if self.waiting:
-                _, rid, line, config = self.waiting.popleft()
-                self.spawn(rid, line, config)
+        """A spare said it is ready (its link goes to the agent), or, passed on, it said the config it was given
+        (the hint for the next spares) and closed its pipe as it became a runner, or it died."""
+        data = os.read(fd, 1 << 16)
+        if fd not in self.heard:
+            if data == SPARE_READY:
+                self.pass_on(fd)
+                return
+        elif data:
+            self.heard[fd] += data
             return
+        else:
+            self.learn(bytes(self.heard[fd]))
         self.forget(fd)
-        while len(self.waiting) > self.starting():
-            _, rid, _, config = self.waiting.pop()
-            self.fork(rid, config)
+        self.top_up()
 
-    def starting(self) -> int:
-        """How many spares are still starting."""
-        return len(self.spares) - len(self.ready)
+    def pass_on(self, fd: int) -> None:
+        """Passes a ready spare's link to the agent (its socket, SCM_RIGHTS): the agent hands it a config there."""
+        spare = self.spares[fd]
+        with contextlib.suppress(OSError):  # the agent is gone: its stdin closing ends this loop
+            socket.send_fds(self.link, [encode(SpareReady(spare.pid, spare.hint))], [spare.link.fileno()])
+        spare.link.close()
+        self.heard[fd] = bytearray()
 
-    def expire(self) -> float | None:
-        """Forks their own runners for the spawns that waited SPARE_WAIT for a spare; the seconds until the next
-        one's deadline (None: none waits)."""
-        now = time.monotonic()
-        while self.waiting and self.waiting[0][0] <= now:
-            _, rid, _, config = self.waiting.popleft()
-            self.fork(rid, config)
-        return self.waiting[0][0] - now if self.waiting else None
-
-    def retire_blank(self) -> None:
-        """Ends the idle spares forked before any VM was asked for (they build nothing ahead): top_up replaces them."""
-        for fd, spare in list(self.spares.items()):
-            if spare.shape is None and self.hint is not None and fd in self.ready:
-                self.forget(fd)  # closing its config pipe's end ends the spare
+    def learn(self, said: bytes) -> None:
+        """The config a spare was given (the line it wrote before closing its pipe) is the next spares' hint."""
+        with contextlib.suppress(ValueError):
+            msg = decode(said) if said else None
+            if isinstance(msg, Spawn) and not msg.config.incoming:
+                self.hint = msg.config
 
     def forget(self, fd: int) -> None:
-        """Drops the spare whose readiness pipe is `fd` (dead, or to end: its pipes are closed)."""
+        """Drops the spare whose readiness pipe is `fd` (it became a runner, or died)."""
         self.sel.unregister(fd)
-        self.ready.discard(fd)
+        self.heard.pop(fd, None)
         spare = self.spares.pop(fd)
-        for end in (spare.ready_r, spare.config_w):
-            os.close(end)
-
-    def spawn(self, rid: int, line: bytes, config: RunnerConfig) -> None:
-        """Starts the runner that builds `config` and watches its readiness pipe: a ready spare (the oldest of
-        those that built this shape ahead, else the oldest), else the next spare still starting (for at most
-        SPARE_WAIT: it has done the fork and most of a build already), else a runner forked now."""
-        if not config.incoming:
-            self.hint = config
-        idle = [fd for fd in self.spares if fd in self.ready]
-        want = shape(config)
-        fd = next((fd for fd in idle if self.spares[fd].shape == want), idle[0] if idle else None)
-        if fd is None:
-            if self.starting() > len(self.waiting):
-                self.waiting.append((time.monotonic() + SPARE_WAIT, rid, line, config))
-            else:
-                self.fork(rid, config)
-            return
-        self.sel.unregister(fd)
-        self.ready.discard(fd)
-        spare = self.spares.pop(fd)
-        if not _hand(spare, line):
-            self.spawn(rid, line, config)
-            return
-        # new spares are forked once this one has reported (on_ready_pipe): not now, while it needs the CPU.
-        # A spare killed as it was handed its config dies without a word: then a runner is forked for it after all
-        self.sel.register(spare.ready_r, selectors.EVENT_READ, (rid, bytearray(), config))
+        os.close(spare.ready_r)
+        spare.link.close()
 
     def fork(self, rid: int, config: RunnerConfig) -> None:
-        """Forks a runner for spawn `rid` (no spare was there for it)."""
+        """Forks a runner for spawn `rid` (the agent had no spare for it)."""
+        if not config.incoming:
+            self.hint = config
         ready = fork_runner(config, self.fds())
         if not self.spares:
             self.top_up(ready)
-        self.sel.register(ready, selectors.EVENT_READ, (rid, bytearray(), None))
+        self.sel.register(ready, selectors.EVENT_READ, (rid, bytearray()))
 
     def reply(self, rid: int, answer: Spawned | Failure) -> None:
         sys.stdout.buffer.write(encode(SpawnReply(rid, answer)))
@@ -337,20 +327,16 @@ class _Server:
             if isinstance(msg, Failure):
                 self.reply(0, msg)
             else:
-                self.spawn(msg.id, line, msg.config)
+                self.fork(msg.id, msg.config)
 
-    def on_ready_pipe(self, fd: int, rid: int, got: bytearray, again: RunnerConfig | None) -> None:
+    def on_ready_pipe(self, fd: int, rid: int, got: bytearray) -> None:
         chunk = os.read(fd, 1 << 16)
         if chunk:
             got += chunk
             return
         self.sel.unregister(fd)
         os.close(fd)
-        if not got and again is not None:
-            self.sel.register(fork_runner(again, self.fds()), selectors.EVENT_READ, (rid, bytearray(), None))
-            return
         self.reply(rid, ready_reply(bytes(got)))
-        self.retire_blank()
         self.top_up()
 
     def reap(self) -> None:
@@ -363,7 +349,7 @@ class _Server:
 
     def run(self) -> None:
         while self.open:
-            for key, _ in self.sel.select(self.expire()):
+            for key, _ in self.sel.select():
                 if key.data is None:
                     self.on_stdin()
                 elif key.data == "sigchld":
@@ -378,7 +364,8 @@ def main() -> None:
     """Serves spawn requests on stdin/stdout until stdin closes."""
     linux_layout.page_tables()  # cached here, so a Linux guest's runner inherits the loader imported and warm
     ramfile.prepare()  # one huge-page tmpfs for every runner's guest RAM, not one made per VM
-    _Server().run()
+    link = socket.socket(fileno=int(os.environ.pop(LINK_ENV)))
+    _Server(link).run()
 
 
 if __name__ == "__main__":

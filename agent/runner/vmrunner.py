@@ -227,17 +227,18 @@ class VmRunner:
             timer.start()
 
     # --- the agent's side --------------------------------------------------------------------------------------
-    def serve(self, listener: socket.socket) -> None:
+    def serve(self, listener: socket.socket, first: socket.socket | None = None) -> None:
         """Accepts agent connections until destroyed; a new connection replaces the old one.
 
-        The first connection (the agent that asked for this VM) is served on the calling thread, which the agent's
-        connect wakes already; an accept thread takes the later ones (an agent restarted), each on a thread of its
-        own. The accept blocks without a timeout (an idle runner never wakes); a destroy ends it by shutting the
-        listener down, which does not depend on the socket's path (the agent unlinks that once the destroy is
-        answered).
+        The first connection (the agent that asked for this VM: `first`, the link a spare was handed its config on,
+        else the first accepted) is served on the calling thread, which the agent's request wakes already; an accept
+        thread takes the later ones (an agent restarted), each on a thread of its own. The accept blocks without a
+        timeout (an idle runner never wakes); a destroy ends it by shutting the listener down, which does not depend
+        on the socket's path (the agent unlinks that once the destroy is answered).
         """
         self._listener = listener
-        first = self._accept(listener)
+        if first is None:
+            first = self._accept(listener)
         if first is not None:
             workers.start(functools.partial(self._accept_loop, listener), "accept")
             self._connection(first)

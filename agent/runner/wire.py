@@ -1,6 +1,8 @@
 """The agent↔runner boundary: every message is a frozen dataclass defined here, sent as one JSON line.
 
     agent -> template  Spawn(config: RunnerConfig, id)        -> SpawnReply(id, Spawned(pid) | Failure)  (overlapping)
+    template -> agent  SpareReady(pid, hint), with the agent's end of a socket pair to the spare (fd passing)
+    agent -> spare     Spawn(config)                          -> Spawned(pid) | Failure, then as agent -> runner
     agent -> runner    Call(id, op, since, data)              -> Reply(id, result | error)
                        op "hello"   -> Hello                   (then the ring after `since`, in seq order)
                        op "start" | "pause" | "resume" | "stop" | "destroy" -> StateReply
@@ -20,12 +22,13 @@ was), and an object naming no class of this module is a ValueError. Errors cross
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from kvmplat.agent import errors
 
 __all__ = [
+    "LINK_ENV",
     "MAX_LINE",
     "Accepted",
     "Args",
@@ -49,6 +52,7 @@ __all__ = [
     "RunnerConfig",
     "RunnerEvent",
     "RunnerStats",
+    "SpareReady",
     "Spawn",
     "SpawnReply",
     "Spawned",
@@ -62,6 +66,7 @@ __all__ = [
 ]
 
 MAX_LINE = 4 << 20
+LINK_ENV = "KVMPLAT_TEMPLATE_LINK_FD"  # the template's socket to its agent (SOCK_SEQPACKET), on which spares go
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,10 @@ class RunnerConfig:
     restart: bool = False  # a new runner for a STOPPED VM booting again (STOPPED --start--> RUNNING)
     incoming: str = ""  # a restore or an incoming migration (why): built silent, from a frozen state, not booted
 
+    def shape(self) -> RunnerConfig:
+        """What of the config its machine depends on: everything but the VM's name, socket and event numbering."""
+        return replace(self, name="", socket="", first_seq=1, restart=False)
+
 
 @dataclass(frozen=True)
 class Spawn:
@@ -103,6 +112,15 @@ class Spawned:
     """The runner listens on its socket."""
 
     pid: int
+
+
+@dataclass(frozen=True)
+class SpareReady:
+    """The template's word to the agent, with the spare's end of a socket pair: spare `pid` waits there for the Spawn
+    it builds; `hint` is the config whose machine it built ahead (None: none)."""
+
+    pid: int
+    hint: RunnerConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +333,7 @@ _MESSAGES: dict[str, type] = {
         RunnerConfig,
         Spawn,
         Spawned,
+        SpareReady,
         SpawnReply,
         Note,
         ThrottleTo,

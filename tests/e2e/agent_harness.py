@@ -120,6 +120,22 @@ def comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
+def steady_fds(agent: AgentProc, timeout: float = 30.0) -> int:
+    """How many fds the agent holds once its spare runners are set up and passed on to it (it holds a socket to
+    each: agent/registry/spares.py), and the count stays put."""
+    from kvmplat.agent.runner.template import SPARE_COMM, SPARES
+
+    pid = agent.proc.pid
+    template = next(p for p in children(pid) if b"runner.template" in Path(f"/proc/{p}/cmdline").read_bytes())
+    deadline = time.monotonic() + timeout
+    while True:
+        before = len(fd_targets(pid))
+        time.sleep(0.1)
+        if len([p for p in children(template) if comm(p) == SPARE_COMM]) == SPARES and len(fd_targets(pid)) == before:
+            return before
+        assert time.monotonic() < deadline, "the agent's spares did not settle"
+
+
 def gone(pid: int) -> bool:
     """Whether the process has exited (a zombie counts: it runs nothing)."""
     try:

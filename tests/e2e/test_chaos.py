@@ -87,7 +87,7 @@ def test_the_runner_template_of_a_killed_agent_is_ended(agents: list[AgentProc])
     assert gone(old[0]) and b.get("t1").state == pb.RUNNING
     assert len(_templates(argv)) == 1  # the new agent's
     deadline = time.monotonic() + 30
-    while not all(gone(p) for p in spares):  # its pipe to the old template closed: it ends on its own
+    while not all(gone(p) for p in spares):  # its link to the killed agent closed: it ends on its own
         assert time.monotonic() < deadline, f"the old template's spare {spares} outlived it"
         time.sleep(0.05)
 

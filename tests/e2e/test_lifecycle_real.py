@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from agent_harness import AgentProc, fd_targets, loop_spec
+from agent_harness import AgentProc, fd_targets, loop_spec, steady_fds
 from kvmplat.v1 import agent_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kvm]
@@ -102,11 +102,11 @@ def test_stopped_runner_idles_at_the_same_baseline_whatever_its_vcpus(agent: Age
 
 @pytest.mark.parametrize("end", ["created", "stopped", "crashed"])
 def test_destroy_frees_everything(agent: AgentProc, end: str) -> None:
-    agent_fds = len(fd_targets(agent.proc.pid))
+    agent_fds = steady_fds(agent)
     vm = agent.stub.CreateVm(pb.CreateVmRequest(spec=loop_spec("d", vcpus=2), start=end != "created"), timeout=30)
     socket_file = agent.state_dir / "run" / "d.sock"
     state_file = agent.state_dir / "vms" / "d.json"
-    assert socket_file.exists() and state_file.exists() and len(fd_targets(agent.proc.pid)) > agent_fds
+    assert socket_file.exists() and state_file.exists() and steady_fds(agent) > agent_fds
     if end == "stopped":
         agent.stub.StopVm(pb.VmRequest(name="d"), timeout=10)
     elif end == "crashed":
@@ -119,7 +119,7 @@ def test_destroy_frees_everything(agent: AgentProc, end: str) -> None:
     while state_file.exists():
         assert time.monotonic() < deadline, "the destroyed VM's record stayed"
         time.sleep(0.01)
-    assert len(fd_targets(agent.proc.pid)) == agent_fds
+    assert steady_fds(agent) == agent_fds
     assert agent.list_vms().vms == []
 
 

@@ -1,9 +1,11 @@
 """Runner processes (agent/runner/template.py). The spares, runners forked before any VM asks, set up and waiting:
 a CreateVm takes one (its pid becomes the VM's runner), the template forks the next one, dead spares cost at most
-a fresh fork, a spare holds none of the template's other pipes, and it ends with its template; a spare has the last
-VM's machine built ahead, which the next VM of that shape takes and one of another shape does not. A runner's process
-group is its own (a Ctrl-C for the agent does not reach it), its session its agent's (one CPU group), and SIGHUP,
-SIGTTOU and SIGTTIN cannot end or stop it."""
+a fresh fork, a spare holds none of the template's other pipes and sockets, and it ends with its agent or its
+template; a spare has the last VM's machine built ahead, which the next VM of that shape takes and one of another
+shape does not. The handoff itself, as an agent sees it: a spare passed on the template's link, its Spawn and answer
+on its own socket, which is then the runner's first agent connection. A runner's process group is its own (a Ctrl-C
+for the agent does not reach it), its session its agent's (one CPU group), and SIGHUP, SIGTTOU and SIGTTIN cannot
+end or stop it."""
 
 from __future__ import annotations
 
@@ -44,10 +46,13 @@ def test_create_takes_the_spare_and_the_template_forks_the_next(agent: AgentProc
     assert vm.runner_pid in spares and comm(vm.runner_pid) == "kvmplat-runner"
     following = next(p for p in spares_of(template) if p not in spares)
     pipes = {t for t in fd_targets(following) if t.startswith("pipe:")}
-    # of the template's pipes it holds only its own config and readiness pipes (besides them: the console pipe of
-    # the machine it built ahead), none of its elder's, nor the agent's (the stderr all share aside)
+    # of the template's pipes it holds only its own readiness pipe (besides it: the console pipe of the machine it
+    # built ahead), none of its elder's, nor the agent's (the stderr all share aside); of its sockets none of the
+    # template's (its link to the agent, the agent's ends of spares not yet passed on)
     stderr = os.readlink(f"/proc/{template}/fd/2")
-    assert len(pipes & set(fd_targets(template)) - {stderr}) == 2
+    assert len(pipes & set(fd_targets(template)) - {stderr}) == 1
+    sockets = {t for t in fd_targets(following) if t.startswith("socket:")}
+    assert len(sockets) == 1 and not sockets & set(fd_targets(template))
     agent.stub.StopVm(pb.VmRequest(name="s1"), timeout=10)
     agent.stub.DestroyVm(pb.VmRequest(name="s1"), timeout=10)
 
@@ -84,14 +89,24 @@ def test_a_spare_builds_the_last_vms_machine_ahead_and_the_next_of_its_shape_tak
         agent.stub.DestroyVm(pb.VmRequest(name=name), timeout=10)
 
 
-def test_a_spare_ends_with_its_template(agent: AgentProc) -> None:
+def _all_gone(pids: list[int], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_spare_ends_with_its_agent(agent: AgentProc) -> None:
+    spares = spares_of(template_of(agent))
+    agent.close()  # its link (the agent's end) closes, and the template ends when its agent closes its stdin
+    _all_gone(spares, "a spare outlived its agent")
+
+
+def test_a_spare_ends_with_its_template_while_the_agent_lives(agent: AgentProc) -> None:
     template = template_of(agent)
     spares = spares_of(template)
-    agent.close()  # the template ends when its agent closes its stdin
-    deadline = time.monotonic() + 30
-    while not all(gone(spare) for spare in spares):
-        assert time.monotonic() < deadline, "a spare outlived its template"
-        time.sleep(0.05)
+    os.kill(template, signal.SIGKILL)  # the agent still holds the spares' links: their readiness pipes tell them
+    _all_gone(spares, "a spare outlived its template")
 
 
 def test_a_runner_has_a_process_group_of_its_own_in_its_agents_session(agent: AgentProc) -> None:

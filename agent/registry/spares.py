@@ -1,0 +1,142 @@
+"""The agent's spare runners (runner/template.py): the template passes each ready spare on with the agent's end of a
+socket pair to it; a spawn hands a spare its config there and the spare answers there, on what is then the agent's
+first connection to the new runner (one round trip to one process: no relay through the template, no connect)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from dataclasses import dataclass
+
+from kvmplat.agent.runner import wire
+from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig
+
+__all__ = ["SPARE_WAIT", "SparePool", "Started", "Streams"]
+
+SPARE_WAIT = 0.05  # seconds a spawn waits for the next spare before the template forks its runner instead
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@dataclass(frozen=True)
+class Started:
+    """A runner listening on its socket; `streams`: the connection a spare answered on (None: connect to it)."""
+
+    pid: int
+    streams: Streams | None = None
+
+
+@dataclass
+class _Spare:
+    pid: int
+    shape: RunnerConfig | None  # the shape of the machine it built ahead (prebuilt.shape); None: none
+    streams: Streams
+
+
+class SparePool:
+    """Ready spares, as the template passes them on `link` (SOCK_SEQPACKET: SpareReady with one fd each)."""
+
+    def __init__(self, link: socket.socket) -> None:
+        self._link = link
+        self._loop = asyncio.get_running_loop()
+        self._ready: deque[_Spare] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        link.setblocking(False)
+        self._loop.add_reader(link, self._on_link)
+
+    def _on_link(self) -> None:
+        try:
+            data, fds, _, _ = socket.recv_fds(self._link, MAX_LINE, 1, socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        if not data:
+            self.close()  # the template is gone
+            return
+        try:
+            msg = wire.decode(data)
+        except ValueError:
+            msg = None
+        if not isinstance(msg, wire.SpareReady) or len(socks) != 1:
+            for sock in socks:
+                sock.close()
+            return
+        task = self._loop.create_task(self._add(msg, socks[0]))  # its streams made now, not while a spawn waits
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _add(self, msg: wire.SpareReady, sock: socket.socket) -> None:
+        try:
+            streams = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
+        except OSError:
+            sock.close()
+            return
+        if self.closed:
+            streams[1].close()
+            return
+        self._ready.append(_Spare(msg.pid, None if msg.hint is None else msg.hint.shape(), streams))
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    async def take(self, config: RunnerConfig) -> _Spare | None:
+        """A ready spare for `config` (the oldest of those that built its shape ahead, else the oldest), waiting at
+        most SPARE_WAIT for the next one when none is ready (the template forks new ones as spares are taken); None
+        when none came."""
+        if not self._ready and not self.closed:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, SPARE_WAIT)
+        if not self._ready:
+            return None
+        want = config.shape()
+        spare = next((s for s in self._ready if s.shape == want), self._ready[0])
+        self._ready.remove(spare)
+        return spare
+
+    @staticmethod
+    async def hand(spare: _Spare, config: RunnerConfig) -> Started | None:
+        """Gives `spare` its config; the runner once it listens, None when the spare was dead (or died as it was
+        handed its config: then a runner is forked after all), or the error that stopped it."""
+        reader, writer = spare.streams
+        try:
+            writer.write(wire.encode(wire.Spawn(config)))
+            line = await reader.readline()
+        except (OSError, ValueError, asyncio.LimitOverrunError):
+            line = b""
+        if not line:
+            writer.close()
+            return None
+        try:
+            answer = wire.decode(line)
+        except ValueError as e:
+            answer = wire.failure_of(e)
+        if isinstance(answer, wire.Spawned):
+            return Started(answer.pid, spare.streams)
+        writer.close()
+        if isinstance(answer, wire.Failure):
+            raise wire.error_of(answer)
+        raise wire.error_of(wire.failure_of(RuntimeError(f"the spare answered {type(answer).__name__}")))
+
+    def close(self) -> None:
+        """Stops taking spares and drops the ready ones (each ends when its socket closes)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self._link)
+        self._link.close()
+        while self._ready:
+            self._ready.popleft().streams[1].close()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
