@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,10 +303,10 @@ class Controller:
         if self.claims is not None:
             await self.claims.release(spec.uuid, spec.name)
 
-    async def spawn(self, spec: pb.VmSpec, config: RunnerConfig) -> Started:
-        """Starts the runner; a runner that cannot start gives its claim back."""
+    async def spawn(self, spec: pb.VmSpec, config: RunnerConfig, taken: Callable[[int], None]) -> Started:
+        """Starts the runner (`taken` hears a spare's pid first); a runner that cannot start gives its claim back."""
         try:
-            return await self.template.spawn(config)
+            return await self.template.spawn(config, taken)
         except BaseException:
             if self.claims is not None:
                 await self.claims.release(spec.uuid, spec.name)
@@ -435,7 +435,7 @@ class Controller:
 
     async def _adopt(self, rec: VmRecord) -> None:
         try:
-            await self.connect(rec, since=0)
+            await recovery.reconnect(self, rec)
             log.info("re-adopted VM %s (runner pid %d, %s)", rec.name, rec.pid, rec.state.name)
         except RunnerLost as e:
             if rec.runner is not None:

@@ -1,11 +1,17 @@
 """A new VM: its Placement claim, its runner, its record and the first greeting, all of it or none of it.
 
-The record is written while the agent greets the runner (a writer thread and the runner work at once); the runner's
-first events wait until the record is on disk, so no watcher hears of a VM that a restarted agent would not know.
+The record is written while the runner builds the machine: a spare is taken (its pid is known before it is handed the
+config), the writer thread writes the record naming it, and the spare builds at the same time; a runner forked
+instead (no spare ready) is recorded once it listens, while the agent greets it. The runner's first events wait until
+the record is on disk, so no watcher hears of a VM that a restarted agent would not know; a restarted agent waits for
+a recorded runner still building (recovery.reconnect). A runner that fails to start takes its record with it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from kvmplat.agent.registry import recovery
@@ -25,20 +31,32 @@ async def build(c: Controller, spec: pb.VmSpec, effective: pb.EffectivePlatform,
     try:
         await c.claim(spec)
         rec = VmRecord(spec=spec, effective=effective, socket=c.store.socket_path(spec.name))
-        started = await c.spawn(spec, c.runner_config(rec, cpuid))
-        rec.pid = started.pid
-        await _record_and_connect(c, rec, started.streams)
+        rec.held = []
+        saving: list[Future[None]] = []
+
+        def record(pid: int) -> None:
+            rec.pid = pid
+            saving.append(c.records.save(rec.name, rec.to_json(), durable=True))
+
+        try:
+            started = await c.spawn(spec, c.runner_config(rec, cpuid), record)
+        except BaseException:
+            if saving:
+                with contextlib.suppress(OSError):
+                    await asyncio.wrap_future(c.records.delete(rec.name, first=True))
+            raise
+        if started.pid != rec.pid:  # forked: no spare was ready (or the one taken died as it was handed the config)
+            record(started.pid)
+        await _connect(c, rec, started.streams, saving[-1])
     finally:
         c.creating.discard(spec.name)
         c.pending.pop(spec.name, None)
     return rec
 
 
-async def _record_and_connect(c: Controller, rec: VmRecord, streams: Streams | None) -> None:
-    # the writer thread writes the record while this task greets the runner: no task of their own for either (each
+async def _connect(c: Controller, rec: VmRecord, streams: Streams | None, saving: Future[None]) -> None:
+    # the greeting goes while the writer thread finishes the record, without a task of its own for either (each
     # task's start and end is a turn of the event loop, and under load every turn waits behind the others' work)
-    rec.held = []
-    saving = c.records.save(rec.name, rec.to_json(), durable=True)
     connected: Exception | None = None
     try:
         await c.connect(rec, since=0, streams=streams)
@@ -53,7 +71,7 @@ async def _record_and_connect(c: Controller, rec: VmRecord, streams: Streams | N
     finally:
         held, rec.held = rec.held, None
     c.vms[rec.name] = rec
-    for event in held:
+    for event in held or ():
         c.on_event(rec, event)
     if connected is not None:
         raise connected

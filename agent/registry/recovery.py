@@ -1,6 +1,7 @@
 """What keeps the VM records and the runners in step when the agent dies at a bad moment or its disk is full: a new
 VM's record is written before anything can depend on it (refused, its runner ended, when the disk is full), and a
-restarted agent ends what its predecessor left half done (see strays.py) before it adopts the runners."""
+restarted agent ends what its predecessor left half done (see strays.py) before it adopts the runners, waiting for
+those recorded while they were still building their machines (creation.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,22 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from kvmplat.agent.errors import KvmplatError, ResourceExhausted
 from kvmplat.agent.registry.lifecycle import Event
-from kvmplat.agent.registry.runnerlink import RunnerClient
-from kvmplat.agent.registry.strays import end_strays, runners_of
+from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost
+from kvmplat.agent.registry.strays import building, end_strays, runners_of
 
 if TYPE_CHECKING:
     from kvmplat.agent.registry.controller import Controller, VmRecord
 
-__all__ = ["before_adoption", "record_new"]
+__all__ = ["BUILD_WAIT", "before_adoption", "reconnect", "record_new"]
 
 log = logging.getLogger("kvmplat.agent")
+BUILD_WAIT = 30.0  # seconds a restarted agent waits for a recorded runner still building its machine to listen
 
 
 async def record_new(c: Controller, rec: VmRecord, saving: Future[None]) -> None:
@@ -52,6 +55,22 @@ async def before_adoption(c: Controller, recs: list[VmRecord]) -> list[VmRecord]
             await asyncio.wrap_future(c.records.delete(rec.name))
         log.info("finished destroying VM %s (an earlier agent stopped in the middle)", rec.name)
     return [r for r in recs if not r.destroying]
+
+
+async def reconnect(c: Controller, rec: VmRecord) -> None:
+    """Connects to a recorded VM's runner after an agent restart; one still building its machine (a spare recorded
+    as it was handed its config, whose agent died before it listened) is waited for while it builds, at most
+    BUILD_WAIT. RunnerLost when it is gone."""
+    deadline = time.monotonic() + BUILD_WAIT
+    while True:
+        try:
+            await c.connect(rec, since=0)
+            return
+        except RunnerLost:
+            still = rec.runner is None and building(str(c.store.root), rec.pid)
+            if not still or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.02)
 
 
 async def _end_runner(c: Controller, rec: VmRecord) -> None:

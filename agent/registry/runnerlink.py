@@ -79,11 +79,15 @@ class TemplateClient:
         """The template's pid."""
         return int(self._proc.pid)
 
-    async def spawn(self, config: RunnerConfig) -> Started:
-        """A runner for `config`, once it listens on its socket: a spare handed the config, else a fork."""
+    async def spawn(self, config: RunnerConfig, taken: Callable[[int], None] | None = None) -> Started:
+        """A runner for `config`, once it listens on its socket: a spare handed the config (`taken` is told its pid
+        first), else a fork."""
         spare = await self.spares.take(config)
-        if spare is not None and (started := await self.spares.hand(spare, config)) is not None:
-            return started
+        if spare is not None:
+            if taken is not None:
+                taken(spare.pid)
+            if (started := await self.spares.hand(spare, config)) is not None:
+                return started
         return Started(await self._fork(config))
 
     async def _fork(self, config: RunnerConfig) -> int:

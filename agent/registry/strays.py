@@ -18,11 +18,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["RUNNER_COMM", "TEMPLATE_MODULE", "end_strays", "runners_of", "template_argv"]
+__all__ = ["RUNNER_COMM", "SPARE_COMM", "TEMPLATE_MODULE", "building", "end_strays", "runners_of", "template_argv"]
 
 log = logging.getLogger("kvmplat.agent")
 TEMPLATE_MODULE = "kvmplat.agent.runner.template"
-RUNNER_COMM = "kvmplat-runner"
+RUNNER_COMM = "kvmplat-runner"  # a runner names itself so once it listens on its socket
+SPARE_COMM = "kvmplat-spare"  # a spare runner: set up, waiting for its config, or building the VM it was handed
 
 
 def template_argv(state_dir: str) -> list[str]:
@@ -48,6 +49,17 @@ def _ours(state_dir: str, template_pid: int = 0) -> list[tuple[int, bool]]:
     return out
 
 
+def building(state_dir: str, pid: int) -> bool:
+    """Whether `pid` is a spare runner of `state_dir` that has not listened yet (it may be building its VM)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:-1]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return argv == [a.encode() for a in template_argv(state_dir)] and state != "Z" and name == SPARE_COMM
+
+
 def runners_of(state_dir: str) -> list[int]:
     """Pids of the live runners (forks of a template) serving `state_dir`."""
     return [pid for pid, runner in _ours(state_dir) if runner]
@@ -58,7 +70,8 @@ def end_strays(state_dir: str, recorded: Iterable[int], names: Iterable[str], te
     sockets of VMs not in `names`. Runs before adoption, while no request is served."""
     recorded = set(recorded)
     old = [(pid, runner) for pid, runner in _ours(state_dir, template_pid) if pid != template_pid]
-    templates = [pid for pid, runner in old if not runner]
+    # not a runner: a template, or a spare (one recorded was handed its VM's config and builds it: it stays)
+    templates = [pid for pid, runner in old if not runner and pid not in recorded]
     _kill(templates, "a runner template of an earlier agent")
     _gone(templates)  # its runners still starting now fail to report, and end
     # with the old templates gone, any other process of ours not recorded is a stray: a runner, or one an old

@@ -39,7 +39,7 @@ from typing import NamedTuple
 from kvmplat.agent.errors import HostError, InvalidArgument
 from kvmplat.agent.kvm import ramfile
 from kvmplat.agent.linux import layout as linux_layout
-from kvmplat.agent.registry.strays import RUNNER_COMM
+from kvmplat.agent.registry.strays import RUNNER_COMM, SPARE_COMM
 from kvmplat.agent.runner import vmrunner
 from kvmplat.agent.runner.machine import Machine
 from kvmplat.agent.runner.prebuilt import Prebuilt
@@ -59,7 +59,6 @@ from kvmplat.agent.runner.wire import (
 
 __all__ = ["SPARES", "SPARE_COMM", "Spare", "fork_runner", "fork_spare", "main", "ready_reply"]
 
-SPARE_COMM = "kvmplat-spare"
 SPARE_READY = b"~"  # a spare's word on its readiness pipe: set up, waiting for its config
 SPARES = 2  # spares kept: with one, CreateVms close together found it still starting half the time under load
 
@@ -165,14 +164,15 @@ def _runner_main(
     template its config (the next spares build its machine ahead) by closing the readiness pipe after it."""
     code = 0
     try:
-        with open("/proc/self/comm", "w") as comm:
-            comm.write(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner from its template
         runner, listener = _start(config, machine)
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner that listens
         if link is None:
             os.write(ready_fd, encode(Spawned(os.getpid())))
-        else:
-            link.sendall(encode(Spawned(os.getpid())))
-            with contextlib.suppress(OSError):  # the template may be gone: the runner serves on regardless
+        else:  # its agent, or the template, may be gone: a runner recorded as it was handed its config serves on
+            with contextlib.suppress(OSError):
+                link.sendall(encode(Spawned(os.getpid())))
+            with contextlib.suppress(OSError):
                 os.write(ready_fd, encode(Spawn(config)))
         os.close(ready_fd)
         runner.serve(listener, link)

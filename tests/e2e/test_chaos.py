@@ -1,6 +1,7 @@
 """Faults at bad moments, against the real agent: the rounds of bench/chaos.py that found defects, kept as
 regression tests (an agent killed in the middle of a DestroyVm; a runner whose agent died before recording it; the
-runner template of a killed agent), and a short chaos run (one round of each kind of moment, then the full-disk
+runner template of a killed agent), an agent killed while a spare it recorded builds the VM (the next agent waits for
+it, or finds it CRASHED when it died too), and a short chaos run (one round of each kind of moment, then the full-disk
 check) whose counts must all be zero."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +75,48 @@ def test_a_runner_whose_agent_died_before_recording_it_is_ended(agents: list[Age
     assert [v.spec.name for v in b.list_vms().vms] == ["kept"] and b.get("kept").state == pb.RUNNING
     assert gone(stray) and not (state / "run" / "unrecorded.sock").exists()
     assert runners_of(str(state)) == [kept] and b.get("kept").runner_pid == kept
+
+
+def _recorded_while_building(agents: list[AgentProc], name: str) -> tuple[int, grpc.Future]:
+    """An agent whose spares are all stopped, asked for VM `name`: once its record names the spare handed the
+    config (which cannot build it yet), the spare's pid and the pending CreateVm."""
+    a = fresh(agents)
+    template = next(p for p in children(a.proc.pid) if comm(p) != RUNNER_COMM)
+    deadline = time.monotonic() + 30
+    while len(spares := [p for p in children(template) if comm(p) == SPARE_COMM]) < 2:
+        assert time.monotonic() < deadline, "the template's spares did not start"
+        time.sleep(0.02)
+    time.sleep(0.2)  # passed on to the agent
+    for pid in spares:
+        os.kill(pid, signal.SIGSTOP)
+    pending = a.stub.CreateVm.future(pb.CreateVmRequest(spec=loop_spec(name), start=False), timeout=60)
+    record = a.state_dir / "vms" / f"{name}.json"
+    while not record.exists():
+        assert time.monotonic() < deadline, "CreateVm never recorded the VM"
+        time.sleep(0.01)
+    pid = json.loads(record.read_text())["pid"]
+    assert pid in spares
+    return pid, pending
+
+
+def test_an_agent_killed_while_a_recorded_spare_builds_the_vm_leaves_it_to_the_next(agents: list[AgentProc]) -> None:
+    pid, pending = _recorded_while_building(agents, "b1")
+    # the spare goes on once the next agent is starting: it builds, listens, and is adopted (not ended as a stray)
+    b = kill_and_restart(agents, lambda: threading.Timer(1.0, os.kill, (pid, signal.SIGCONT)).start())
+    with pytest.raises(grpc.RpcError):
+        pending.result()  # its agent was killed: the caller cannot know, and finds the VM listed
+    vm = b.get("b1")
+    assert vm.state == pb.CREATED and vm.runner_pid == pid and runners_of(str(b.state_dir)) == [pid]
+    b.stub.StartVm(pb.VmRequest(name="b1"), timeout=30)
+    assert b.get("b1").state == pb.RUNNING
+
+
+def test_a_recorded_spare_that_died_with_its_agent_leaves_a_crashed_vm(agents: list[AgentProc]) -> None:
+    pid, pending = _recorded_while_building(agents, "b2")
+    b = kill_and_restart(agents, lambda: os.kill(pid, signal.SIGKILL))
+    with pytest.raises(grpc.RpcError):
+        pending.result()
+    assert b.get("b2").state == pb.CRASHED and runners_of(str(b.state_dir)) == []
 
 
 def test_the_runner_template_of_a_killed_agent_is_ended(agents: list[AgentProc]) -> None:
