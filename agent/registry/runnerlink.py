@@ -83,12 +83,16 @@ class TemplateClient:
         """A runner for `config`, once it listens on its socket: a spare handed the config (`taken` is told its pid
         first), else a fork."""
         spare = await self.spares.take(config)
+        started = None
         if spare is not None:
             if taken is not None:
                 taken(spare.pid)
-            if (started := await self.spares.hand(spare, config)) is not None:
-                return started
-        return Started(await self._fork(config))
+            started = await self.spares.hand(spare, config)
+        if started is None:
+            started = Started(await self._fork(config))
+        if not config.incoming:
+            self.spares.hinted()
+        return started
 
     async def _fork(self, config: RunnerConfig) -> int:
         """Has the template fork a runner for `config`; its pid once it listens."""

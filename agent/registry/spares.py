@@ -44,6 +44,7 @@ class SparePool:
         self._ready: deque[_Spare] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._hinted = False  # a VM was asked for: the template forks spares with its machine built ahead
         self.closed = False
         link.setblocking(False)
         self._loop.add_reader(link, self._on_link)
@@ -77,8 +78,8 @@ class SparePool:
         except OSError:
             sock.close()
             return
-        if self.closed:
-            streams[1].close()
+        if self.closed or (self._hinted and msg.hint is None):
+            streams[1].close()  # a spare with nothing built ahead, forked before the first VM: one with it follows
             return
         self._ready.append(_Spare(msg.pid, None if msg.hint is None else msg.hint.shape(), streams))
         while self._waiters:
@@ -102,6 +103,15 @@ class SparePool:
         spare = next((s for s in self._ready if s.shape == want), self._ready[0])
         self._ready.remove(spare)
         return spare
+
+    def hinted(self) -> None:
+        """A VM was asked for (its runner listens): the template now forks spares with its machine built ahead, so
+        the spares forked before with nothing built are dropped (each ends, and the template forks one in its place).
+        Not before: the spare's word of its config reaches the template before the drop does."""
+        self._hinted = True
+        for spare in [s for s in self._ready if s.shape is None]:
+            self._ready.remove(spare)
+            spare.streams[1].close()
 
     @staticmethod
     async def hand(spare: _Spare, config: RunnerConfig) -> Started | None:

@@ -99,9 +99,12 @@ def fork_spare(template_fds: Iterable[int] = (), hint: RunnerConfig | None = Non
         with open("/proc/self/comm", "w") as comm:
             comm.write(SPARE_COMM)
         os.write(w, SPARE_READY)
-        config = _await_config(theirs, w)
-        if config is None:
+        got = _await_config(theirs, w)
+        if got is None:
             os._exit(0)
+        config, line = got
+        with contextlib.suppress(OSError):  # its line, as it came, tells the template the next spares' hint
+            os.write(w, line)
         _runner_main(config, w, None if ahead is None else ahead.take(config), theirs)
     theirs.close()
     os.close(w)
@@ -127,9 +130,9 @@ def _forked(template_fds: Iterable[int]) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _await_config(link: socket.socket, ready_w: int) -> RunnerConfig | None:
-    """The config of the Spawn line the agent sends a spare; None when the agent closed the link first, or the
-    template ended (its end of the readiness pipe closed)."""
+def _await_config(link: socket.socket, ready_w: int) -> tuple[RunnerConfig, bytes] | None:
+    """The config of the Spawn line the agent sends a spare, and the line; None when the agent closed the link first,
+    or the template ended (its end of the readiness pipe closed)."""
     poller = select.poll()
     poller.register(link, select.POLLIN)
     poller.register(ready_w, 0)  # POLLERR once the template's end is closed
@@ -142,7 +145,7 @@ def _await_config(link: socket.socket, ready_w: int) -> RunnerConfig | None:
             return None
         data += chunk  # the agent sends nothing more before the answer: the line is all there is to read
     msg = decode(data)
-    return msg.config if isinstance(msg, Spawn) else None
+    return (msg.config, data) if isinstance(msg, Spawn) else None
 
 
 def ready_reply(data: bytes) -> Spawned | Failure:
@@ -169,11 +172,9 @@ def _runner_main(
             comm.write(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner that listens
         if link is None:
             os.write(ready_fd, encode(Spawned(os.getpid())))
-        else:  # its agent, or the template, may be gone: a runner recorded as it was handed its config serves on
+        else:  # its agent may be gone: a runner recorded as it was handed its config serves on
             with contextlib.suppress(OSError):
                 link.sendall(encode(Spawned(os.getpid())))
-            with contextlib.suppress(OSError):
-                os.write(ready_fd, encode(Spawn(config)))
         os.close(ready_fd)
         runner.serve(listener, link)
         runner.wait_destroyed()
@@ -248,7 +249,6 @@ class _Server:
         self.spares: dict[int, Spare] = {}  # by readiness pipe
         self.heard: dict[int, bytearray] = {}  # what spares passed to the agent said since (by readiness pipe)
         self.hint: RunnerConfig | None = None  # the last VM's config: a new spare builds its machine ahead
-        self.top_up()
 
     def fds(self) -> list[int]:
         """The template's own fds, which a forked runner closes: selector, signal pipe, link, other runners' pipes
@@ -257,28 +257,27 @@ class _Server:
         spares = [fd for s in self.spares.values() for fd in (s.ready_r, s.link.fileno()) if fd >= 0]
         return [*self.own, *pipes, *spares]
 
-    def top_up(self, *also_close: int) -> None:
-        """Forks spares until SPARES are kept; each one's readiness pipe is watched."""
+    def top_up(self) -> None:
+        """Forks spares until SPARES are kept; each one's readiness pipe is watched. Called once per turn of the
+        loop, after all it heard: a spare's line naming the next hint comes before the end of the spares the agent
+        then drops for it (registry/spares.py), but may be read in the same turn."""
         while len(self.spares) < SPARES:
-            spare = fork_spare([*self.fds(), *also_close], self.hint)
+            spare = fork_spare(self.fds(), self.hint)
             self.spares[spare.ready_r] = spare
             self.sel.register(spare.ready_r, selectors.EVENT_READ, "spare")
 
     def on_spare(self, fd: int) -> None:
-        """A spare said it is ready (its link goes to the agent), or, passed on, it said the config it was given
-        (the hint for the next spares) and closed its pipe as it became a runner, or it died."""
+        """A spare said it is ready (its link goes to the agent), or, passed on, it said the Spawn line it was given
+        (the next spares' hint) and closed its pipe once it listened as a runner, or it died."""
         data = os.read(fd, 1 << 16)
-        if fd not in self.heard:
-            if data == SPARE_READY:
-                self.pass_on(fd)
-                return
-        elif data:
+        if fd not in self.heard and data == SPARE_READY:
+            self.pass_on(fd)
+        elif fd in self.heard and data:
             self.heard[fd] += data
-            return
+            if data.endswith(b"\n"):
+                self.learn(bytes(self.heard[fd]))
         else:
-            self.learn(bytes(self.heard[fd]))
-        self.forget(fd)
-        self.top_up()
+            self.forget(fd)
 
     def pass_on(self, fd: int) -> None:
         """Passes a ready spare's link to the agent (its socket, SCM_RIGHTS): the agent hands it a config there."""
@@ -289,9 +288,9 @@ class _Server:
         self.heard[fd] = bytearray()
 
     def learn(self, said: bytes) -> None:
-        """The config a spare was given (the line it wrote before closing its pipe) is the next spares' hint."""
+        """The config a spare was given (the line it wrote as it got it) is the next spares' hint."""
         with contextlib.suppress(ValueError):
-            msg = decode(said) if said else None
+            msg = decode(said)
             if isinstance(msg, Spawn) and not msg.config.incoming:
                 self.hint = msg.config
 
@@ -308,8 +307,6 @@ class _Server:
         if not config.incoming:
             self.hint = config
         ready = fork_runner(config, self.fds())
-        if not self.spares:
-            self.top_up(ready)
         self.sel.register(ready, selectors.EVENT_READ, (rid, bytearray()))
 
     def reply(self, rid: int, answer: Spawned | Failure) -> None:
@@ -337,7 +334,6 @@ class _Server:
         self.sel.unregister(fd)
         os.close(fd)
         self.reply(rid, ready_reply(bytes(got)))
-        self.top_up()
 
     def reap(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -349,6 +345,7 @@ class _Server:
 
     def run(self) -> None:
         while self.open:
+            self.top_up()
             for key, _ in self.sel.select():
                 if key.data is None:
                     self.on_stdin()
