@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from kvmplat.agent.errors import KvmplatError, ResourceExhausted
 from kvmplat.agent.registry.lifecycle import Event
 from kvmplat.agent.registry.runnerlink import RunnerClient, RunnerLost
-from kvmplat.agent.registry.strays import building, end_strays, runners_of
+from kvmplat.agent.registry.strays import alive, end_strays, runners_of
 
 if TYPE_CHECKING:
     from kvmplat.agent.registry.controller import Controller, VmRecord
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["BUILD_WAIT", "before_adoption", "reconnect", "record_new"]
 
 log = logging.getLogger("kvmplat.agent")
-BUILD_WAIT = 30.0  # seconds a restarted agent waits for a recorded runner still building its machine to listen
+BUILD_WAIT = 10.0  # seconds a restarted agent waits for a live recorded runner to listen (it may still be building)
 
 
 async def record_new(c: Controller, rec: VmRecord, saving: Future[None]) -> None:
@@ -58,16 +58,16 @@ async def before_adoption(c: Controller, recs: list[VmRecord]) -> list[VmRecord]
 
 
 async def reconnect(c: Controller, rec: VmRecord) -> None:
-    """Connects to a recorded VM's runner after an agent restart; one still building its machine (a spare recorded
-    as it was handed its config, whose agent died before it listened) is waited for while it builds, at most
-    BUILD_WAIT. RunnerLost when it is gone."""
+    """Connects to a recorded VM's runner after an agent restart. One that lives but does not listen yet (a spare
+    recorded as it was handed its config, whose agent died while it built the machine) is waited for while it lives,
+    at most BUILD_WAIT. RunnerLost when it is gone (or never listened)."""
     deadline = time.monotonic() + BUILD_WAIT
     while True:
         try:
             await c.connect(rec, since=0)
             return
         except RunnerLost:
-            still = rec.runner is None and building(str(c.store.root), rec.pid)
+            still = rec.runner is None and alive(str(c.store.root), rec.pid)
             if not still or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.02)

@@ -18,12 +18,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["RUNNER_COMM", "SPARE_COMM", "TEMPLATE_MODULE", "building", "end_strays", "runners_of", "template_argv"]
+__all__ = ["RUNNER_COMM", "SPARE_COMM", "TEMPLATE_MODULE", "alive", "end_strays", "runners_of", "template_argv"]
 
 log = logging.getLogger("kvmplat.agent")
 TEMPLATE_MODULE = "kvmplat.agent.runner.template"
-RUNNER_COMM = "kvmplat-runner"  # a runner names itself so once it listens on its socket
-SPARE_COMM = "kvmplat-spare"  # a spare runner: set up, waiting for its config, or building the VM it was handed
+RUNNER_COMM = "kvmplat-runner"
+SPARE_COMM = "kvmplat-spare"  # a spare runner, set up and waiting for its config
 
 
 def template_argv(state_dir: str) -> list[str]:
@@ -49,15 +49,14 @@ def _ours(state_dir: str, template_pid: int = 0) -> list[tuple[int, bool]]:
     return out
 
 
-def building(state_dir: str, pid: int) -> bool:
-    """Whether `pid` is a spare runner of `state_dir` that has not listened yet (it may be building its VM)."""
+def alive(state_dir: str, pid: int) -> bool:
+    """Whether `pid` is a live runner or spare of `state_dir` (one recorded may still be building its VM)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:-1]
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return False
-    return argv == [a.encode() for a in template_argv(state_dir)] and state != "Z" and name == SPARE_COMM
+    return argv == [a.encode() for a in template_argv(state_dir)] and state != "Z"
 
 
 def runners_of(state_dir: str) -> list[int]:

@@ -167,8 +167,9 @@ def _runner_main(
     template its config (the next spares build its machine ahead) by closing the readiness pipe after it."""
     code = 0
     try:
+        with open("/proc/self/comm", "w") as comm:  # first: the threads its build starts take the name
+            comm.write(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner from its template
         runner, listener = _start(config, machine)
-        _name_threads(RUNNER_COMM)  # how `ps` and a later agent (registry/strays.py) tell a runner that listens
         if link is None:
             os.write(ready_fd, encode(Spawned(os.getpid())))
         else:  # its agent may be gone: a runner recorded as it was handed its config serves on
@@ -186,14 +187,6 @@ def _runner_main(
                 link.sendall(encode(failure_of(e)))
         code = 1
     os._exit(code)
-
-
-def _name_threads(name: str) -> None:
-    """Names every thread of this process `name` (those its build started had the name before). KVM's own thread
-    in the process starts with the first KVM_RUN, later."""
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm", "w") as comm:
-            comm.write(name)
 
 
 def _quiet_stdio() -> None:
