@@ -60,7 +60,7 @@ from kvmplat.agent.runner.wire import (
 __all__ = ["SPARES", "SPARE_COMM", "Spare", "fork_runner", "fork_spare", "main", "ready_reply"]
 
 SPARE_READY = b"~"  # a spare's word on its readiness pipe: set up, waiting for its config
-SPARES = 2  # spares kept: with one, CreateVms close together found it still starting half the time under load
+SPARES = 3  # under bench/load.py, a third of CreateVms waited for the next spare with two, one in eight with three
 
 
 class Spare(NamedTuple):
