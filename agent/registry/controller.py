@@ -362,13 +362,13 @@ class Controller:
 
     # --- runners -----------------------------------------------------------------------------------------------
     async def connect(self, rec: VmRecord, since: int, streams: Streams | None = None) -> None:
-        """Connects to the runner of `rec` (or takes `streams`, a spare's) and says hello (its events after `since`
-        follow)."""
+        """Connects to the runner of `rec` and says hello (its events after `since` follow), or takes `streams`, a
+        spare's, where the hello went with its config (the same `since`: the runner's ring starts at first_seq)."""
         runner = await RunnerClient.connect(
             rec.socket, lambda e: self.on_event(rec, e), lambda: self._on_lost(rec, runner), streams
         )
         rec.runner = runner
-        hello = await rec.runner.hello(since)
+        hello = await rec.runner.hello(since, sent=streams is not None)
         rec.pid, rec.stats = hello.pid, hello.stats
         rec.state, rec.reason = State[hello.state], hello.reason
         rec.greeted = True

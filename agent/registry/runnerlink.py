@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from kvmplat.agent import errors
 from kvmplat.agent.registry.lifecycle import Event
-from kvmplat.agent.registry.spares import SparePool, Started, Streams
+from kvmplat.agent.registry.spares import HELLO_ID, SparePool, Started, Streams
 from kvmplat.agent.registry.strays import template_argv
 from kvmplat.agent.runner import wire
 from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig, RunnerEvent
@@ -170,9 +170,10 @@ class RunnerClient:
                 raise RunnerLost(f"cannot reach the runner at {path}: {e.strerror}") from None
         return cls(*streams, on_event, on_lost)
 
-    async def hello(self, since: int) -> wire.Hello:
-        """Greets the runner: its state now, then its events after `since` (to `on_event`)."""
-        return _expect(await self._call("hello", since=since), wire.Hello)
+    async def hello(self, since: int, sent: bool = False) -> wire.Hello:
+        """Greets the runner: its state now, then its events after `since` (to `on_event`); with `sent`, the hello
+        went with a spare's config (spares.HELLO_ID) and only its answer is awaited."""
+        return _expect(await self._call("hello", since=since, sent=sent), wire.Hello)
 
     async def request(self, event: Event, timeout: float = 10.0) -> wire.StateReply:
         """A lifecycle request (start, pause, resume, stop, destroy); the state after it."""
@@ -228,17 +229,25 @@ class RunnerClient:
         return _expect(await self._call("arrive", MOVE_TIMEOUT, args=arrival), wire.Arrived)
 
     async def _call(
-        self, op: str, timeout: float = 10.0, since: int = 0, data: str = "", args: wire.Args | None = None
+        self,
+        op: str,
+        timeout: float = 10.0,
+        since: int = 0,
+        data: str = "",
+        args: wire.Args | None = None,
+        sent: bool = False,
     ) -> object:
-        """Sends one request and waits for its answer: the result, or the runner's Failure."""
+        """Sends one request (unless it was `sent` as HELLO_ID) and waits for its answer: the result, or the runner's
+        Failure."""
         if self.closed:
             raise RunnerLost("the runner is gone")
-        rid = next(self._ids)
+        rid = HELLO_ID if sent else next(self._ids)
         fut: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:  # a hung runner (stopped, stuck in an ioctl) costs this call `timeout`, never the agent
-            self._writer.write(wire.encode(wire.Call(rid, op, since, data, args)))
-            await asyncio.wait_for(self._writer.drain(), timeout)
+            if not sent:
+                self._writer.write(wire.encode(wire.Call(rid, op, since, data, args)))
+                await asyncio.wait_for(self._writer.drain(), timeout)
             reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:  # before OSError: TimeoutError is one
             raise errors.Unavailable(

@@ -1,6 +1,7 @@
 """The agent's spare runners (runner/template.py): the template passes each ready spare on with the agent's end of a
-socket pair to it; a spawn hands a spare its config there and the spare answers there, on what is then the agent's
-first connection to the new runner (one round trip to one process: no relay through the template, no connect)."""
+socket pair to it; a spawn hands a spare its config there, with the agent's hello right behind it (HELLO_ID), and
+the spare answers both there, on what is then the agent's first connection to the new runner: one round trip to one
+process (no relay through the template, no connect, no second round trip for the greeting)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from dataclasses import dataclass
 from kvmplat.agent.runner import wire
 from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig
 
-__all__ = ["SPARE_WAIT", "SparePool", "Started", "Streams"]
+__all__ = ["HELLO_ID", "SPARE_WAIT", "SparePool", "Started", "Streams"]
 
 SPARE_WAIT = 0.05  # seconds a spawn waits for the next spare before the template forks its runner instead
+HELLO_ID = 0  # the id of the hello sent with a spare's config (a RunnerClient numbers its own calls from 1)
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 @dataclass(frozen=True)
 class Started:
-    """A runner listening on its socket; `streams`: the connection a spare answered on (None: connect to it)."""
+    """A runner listening on its socket; `streams`: the connection a spare answered on, where the answer to its hello
+    (HELLO_ID, since its config's first_seq - 1) follows (None: connect to it and say hello)."""
 
     pid: int
     streams: Streams | None = None
@@ -118,8 +121,9 @@ class SparePool:
         """Gives `spare` its config; the runner once it listens, None when the spare was dead (or died as it was
         handed its config: then a runner is forked after all), or the error that stopped it."""
         reader, writer = spare.streams
+        hello = wire.Call(HELLO_ID, "hello", since=config.first_seq - 1)  # the runner's ring starts at first_seq
         try:
-            writer.write(wire.encode(wire.Spawn(config)))
+            writer.write(wire.encode(wire.Spawn(config)) + wire.encode(hello))
             line = await reader.readline()
         except (OSError, ValueError, asyncio.LimitOverrunError):
             line = b""

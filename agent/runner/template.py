@@ -34,7 +34,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from kvmplat.agent.errors import HostError, InvalidArgument
 from kvmplat.agent.kvm import ramfile
@@ -46,6 +46,7 @@ from kvmplat.agent.runner.prebuilt import Prebuilt
 from kvmplat.agent.runner.vcpu import install_kick_handler
 from kvmplat.agent.runner.wire import (
     LINK_ENV,
+    MAX_LINE,
     Failure,
     RunnerConfig,
     SpareReady,
@@ -102,10 +103,10 @@ def fork_spare(template_fds: Iterable[int] = (), hint: RunnerConfig | None = Non
         got = _await_config(theirs, w)
         if got is None:
             os._exit(0)
-        config, line = got
+        config, line, rfile = got
         with contextlib.suppress(OSError):  # its line, as it came, tells the template the next spares' hint
             os.write(w, line)
-        _runner_main(config, w, None if ahead is None else ahead.take(config), theirs)
+        _runner_main(config, w, None if ahead is None else ahead.take(config), (theirs, rfile))
     theirs.close()
     os.close(w)
     return Spare(pid, ours, r, hint)
@@ -130,22 +131,21 @@ def _forked(template_fds: Iterable[int]) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _await_config(link: socket.socket, ready_w: int) -> tuple[RunnerConfig, bytes] | None:
-    """The config of the Spawn line the agent sends a spare, and the line; None when the agent closed the link first,
-    or the template ended (its end of the readiness pipe closed)."""
+def _await_config(link: socket.socket, ready_w: int) -> tuple[RunnerConfig, bytes, BinaryIO] | None:
+    """The config of the Spawn line the agent sends a spare, the line, and the reader that read it (the agent's hello
+    follows the line at once: the runner answers it from there); None when the agent closed the link first, or the
+    template ended (its end of the readiness pipe closed)."""
     poller = select.poll()
     poller.register(link, select.POLLIN)
     poller.register(ready_w, 0)  # POLLERR once the template's end is closed
-    data = b""
-    while not data.endswith(b"\n"):
-        if link.fileno() not in dict(poller.poll()):
-            return None
-        chunk = link.recv(1 << 16)
-        if not chunk:
-            return None
-        data += chunk  # the agent sends nothing more before the answer: the line is all there is to read
-    msg = decode(data)
-    return (msg.config, data) if isinstance(msg, Spawn) else None
+    if link.fileno() not in dict(poller.poll()):
+        return None
+    rfile = link.makefile("rb")
+    line = rfile.readline(MAX_LINE)
+    if not line.endswith(b"\n"):
+        return None
+    msg = decode(line)
+    return (msg.config, line, rfile) if isinstance(msg, Spawn) else None
 
 
 def ready_reply(data: bytes) -> Spawned | Failure:
@@ -160,7 +160,10 @@ def ready_reply(data: bytes) -> Spawned | Failure:
 
 
 def _runner_main(
-    config: RunnerConfig, ready_fd: int, machine: Machine | None = None, link: socket.socket | None = None
+    config: RunnerConfig,
+    ready_fd: int,
+    machine: Machine | None = None,
+    link: tuple[socket.socket, BinaryIO] | None = None,
 ) -> None:
     """The runner process: build the VM (or take `machine`, built ahead), listen, report readiness (on `link` for a
     spare, whose agent waits there, else on the readiness pipe), serve until destroyed. A spare then tells the
@@ -174,7 +177,7 @@ def _runner_main(
             os.write(ready_fd, encode(Spawned(os.getpid())))
         else:  # its agent may be gone: a runner recorded as it was handed its config serves on
             with contextlib.suppress(OSError):
-                link.sendall(encode(Spawned(os.getpid())))
+                link[0].sendall(encode(Spawned(os.getpid())))
         os.close(ready_fd)
         runner.serve(listener, link)
         runner.wait_destroyed()
@@ -184,7 +187,7 @@ def _runner_main(
             if link is None:
                 os.write(ready_fd, encode(failure_of(e)))
             else:
-                link.sendall(encode(failure_of(e)))
+                link[0].sendall(encode(failure_of(e)))
         code = 1
     os._exit(code)
 

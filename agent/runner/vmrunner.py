@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import BinaryIO
 
 from kvmplat.agent.errors import FailedPrecondition, KvmplatError
 from kvmplat.agent.kvm.fds import Vcpu
@@ -227,25 +228,27 @@ class VmRunner:
             timer.start()
 
     # --- the agent's side --------------------------------------------------------------------------------------
-    def serve(self, listener: socket.socket, first: socket.socket | None = None) -> None:
+    def serve(self, listener: socket.socket, first: tuple[socket.socket, BinaryIO] | None = None) -> None:
         """Accepts agent connections until destroyed; a new connection replaces the old one.
 
-        The first connection (the agent that asked for this VM: `first`, the link a spare was handed its config on,
-        else the first accepted) is served on the calling thread, which the agent's request wakes already; an accept
-        thread takes the later ones (an agent restarted), each on a thread of its own. The accept blocks without a
-        timeout (an idle runner never wakes); a destroy ends it by shutting the listener down, which does not depend
-        on the socket's path (the agent unlinks that once the destroy is answered).
+        The first connection (the agent that asked for this VM: `first`, the link a spare was handed its config on
+        with the reader that read it, else the first accepted) is served on the calling thread, which the agent's
+        request wakes already; an accept thread takes the later ones (an agent restarted), each on a thread of its
+        own. The accept blocks without a timeout (an idle runner never wakes); a destroy ends it by shutting the
+        listener down, which does not depend on the socket's path (the agent unlinks that once the destroy is
+        answered).
         """
         self._listener = listener
         if first is None:
-            first = self._accept(listener)
+            conn = self._accept(listener)
+            first = None if conn is None else (conn, conn.makefile("rb"))
         if first is not None:
             workers.start(functools.partial(self._accept_loop, listener), "accept")
-            self._connection(first)
+            self._connection(*first)
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while (conn := self._accept(listener)) is not None:
-            workers.start(functools.partial(self._connection, conn), "agent")
+            workers.start(functools.partial(self._connection, conn, conn.makefile("rb")), "agent")
 
     def _accept(self, listener: socket.socket) -> socket.socket | None:
         """The next agent connection; None once destroyed."""
@@ -260,12 +263,12 @@ class VmRunner:
             return None
         return conn
 
-    def _connection(self, conn: socket.socket) -> None:
+    def _connection(self, conn: socket.socket, reader: BinaryIO) -> None:
         out = Outbox(conn)
         writer = workers.start(out.run_writer, "agent-writer")
         forward = out.put
         try:
-            with conn.makefile("rb") as rfile:
+            with reader as rfile:
                 for line in rfile:
                     if len(line) > MAX_LINE:
                         break

@@ -1,7 +1,8 @@
 """The spare handoff (agent/runner/template.py, agent/registry/spares.py) as an agent sees it, on real KVM: the
 template passes each ready spare on its link (SpareReady and the agent's end of a socket pair, SCM_RIGHTS); a Spawn
 there is answered there (Spawned, or the Failure that stopped the build) and the same socket is then the runner's
-first agent connection; a spare whose socket the agent closes ends, and a Spawn on stdin still forks a runner."""
+first agent connection (the hello sent behind the config is answered there); a spare whose socket the agent closes
+ends, and a Spawn on stdin still forks a runner."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from kvmplat.agent.registry.strays import template_argv
 from kvmplat.agent.runner import wire
+from kvmplat.agent.runner.template import SPARES
 from kvmplat.agent.runner.wire import BootSource, RunnerConfig
 
 pytestmark = pytest.mark.kvm
@@ -114,16 +116,16 @@ def test_a_spare_answers_its_spawn_on_its_socket_which_then_serves_as_the_runner
     ready, conn = template.next_spare()
     assert ready.hint is None  # forked before any VM was asked for: nothing built ahead
     config = template.config("h1")
-    conn.send(wire.Spawn(config))
+    # as the agent does: the hello right behind the config, in one write; the runner answers it once it listens
+    conn.sock.sendall(wire.encode(wire.Spawn(config)) + wire.encode(wire.Call(0, "hello")))
     spawned = conn.recv()
     assert spawned == wire.Spawned(ready.pid)
     assert Path(config.socket).exists()  # it listens, for a later agent
-    conn.send(wire.Call(1, "hello"))
     hello = conn.recv()
     assert isinstance(hello, wire.Reply) and isinstance(hello.result, wire.Hello)
     assert hello.result.pid == ready.pid and hello.result.state == "CREATED"
     # the next spares are told the config it was given: they build its machine ahead
-    following = [template.next_spare() for _ in range(2)]
+    following = [template.next_spare() for _ in range(SPARES)]  # the others forked with it, then its replacement
     assert [r.hint.shape() if r.hint else None for r, _ in following].count(config.shape()) >= 1
     _destroy(conn)
     assert _gone(ready.pid)
