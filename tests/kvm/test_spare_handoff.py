@@ -7,6 +7,7 @@ ends, and a Spawn on stdin still forks a runner."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from kvmplat.agent.registry.strays import template_argv
+from kvmplat.agent.registry.strays import runners_of, template_argv
 from kvmplat.agent.runner import wire
 from kvmplat.agent.runner.template import SPARES
 from kvmplat.agent.runner.wire import BootSource, RunnerConfig
@@ -56,10 +57,13 @@ class Template:
         return replace(base, **changes)  # type: ignore[arg-type]
 
     def close(self) -> None:
+        """Ends the template, its spares (their links close) and any runner a failed test left."""
         self.link.close()
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(10)
+        for pid in runners_of(str(self.state)):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
