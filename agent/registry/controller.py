@@ -188,7 +188,7 @@ class Controller:
         self.creating.add(spec.name)  # before any await: a concurrent create counts this one's room
         self.pending[spec.name] = spec
         # shielded: a caller that goes away (cancelled, deadline) must not leave a runner that no record names
-        rec = await asyncio.shield(creation.build(self, spec, effective, cpuid))
+        rec = await asyncio.shield(creation.start(self, spec, effective, cpuid))
         return await self.act(spec.name, Event.START) if start else rec
 
     def runner_config(

@@ -21,7 +21,22 @@ if TYPE_CHECKING:
     from kvmplat.agent.registry.controller import Controller, VmRecord
     from kvmplat.agent.registry.spares import Streams
 
-__all__ = ["build"]
+__all__ = ["build", "start"]
+
+# The event loop holds tasks only weakly: a build whose caller went away (cancelled, the build shielded) and that
+# waits on something only it refers to (a spare's reader) would be collected half done, leaving a runner without a
+# record. Builds are held here until they end.
+_HELD: set[asyncio.Task[VmRecord]] = set()
+
+
+def start(
+    c: Controller, spec: pb.VmSpec, effective: pb.EffectivePlatform, cpuid: list[list[int]]
+) -> asyncio.Task[VmRecord]:
+    """`build` as a task of its own, held until it ends (its caller may stop waiting for it; the build goes on)."""
+    task = asyncio.get_running_loop().create_task(build(c, spec, effective, cpuid))
+    _HELD.add(task)
+    task.add_done_callback(_HELD.discard)
+    return task
 
 
 async def build(c: Controller, spec: pb.VmSpec, effective: pb.EffectivePlatform, cpuid: list[list[int]]) -> VmRecord:
