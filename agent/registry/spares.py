@@ -18,6 +18,7 @@ __all__ = ["HELLO_ID", "SPARE_WAIT", "SparePool", "Started", "Streams"]
 
 SPARE_WAIT = 0.05  # seconds a spawn waits for the next spare before the template forks its runner instead
 HELLO_ID = 0  # the id of the hello sent with a spare's config (a RunnerClient numbers its own calls from 1)
+ANNOUNCE_MAX = 1 << 18  # bytes of one SpareReady (its hint is a RunnerConfig, a few KiB; a packet cannot pass ~200)
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -34,7 +35,7 @@ class Started:
 @dataclass
 class _Spare:
     pid: int
-    shape: RunnerConfig | None  # the shape of the machine it built ahead (prebuilt.shape); None: none
+    shape: RunnerConfig | None  # the shape of the machine it built ahead (RunnerConfig.shape); None: none
     streams: Streams
 
 
@@ -54,7 +55,7 @@ class SparePool:
 
     def _on_link(self) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(self._link, MAX_LINE, 1, socket.MSG_CMSG_CLOEXEC)
+            data, fds, _, _ = socket.recv_fds(self._link, ANNOUNCE_MAX, 1, socket.MSG_CMSG_CLOEXEC)
         except BlockingIOError:
             return
         except OSError:

@@ -5,7 +5,7 @@ runner sockets that no record names.
 
 Processes are recognised by their command line: the template runs as `python -m kvmplat.agent.runner.template
 --state-dir DIR`, and its runners are forks of it (same command line) named RUNNER_COMM (/proc/PID/comm). The
-current template's own children (its spare runner, forked before any VM asks) are left alone.
+current template's own children (its spare runners, forked before any VM asks) are left alone.
 """
 
 from __future__ import annotations

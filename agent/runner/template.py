@@ -11,17 +11,18 @@ runner listens on config.socket, or SpawnReply(id, the Failure that stopped it).
 runner as soon as it is asked and answers each once that runner reports (or dies), in whatever order they finish,
 so one VM's build never waits behind another's. The template exits when the agent closes its stdin.
 
-The agent keeps spare runners (SPARES): runners forked ahead of need, which have done what does not depend on their
-VM (process group, signals, fds) and built the machine of the last VM started (runner/prebuilt.py: most VMs of a
-host share a shape; a VM of that shape takes it, another frees it). A spare says so on its readiness pipe; the
-template then passes the agent its end of a socket pair to the spare (SpareReady, SCM_RIGHTS on the link socket,
-LINK_ENV). The agent hands a spare its Spawn there and the spare answers there (Spawned or Failure); that socket is
-then the agent's first connection to the runner: CreateVm costs the agent one round trip to one process, not a relay
-through the template and a connect after it. The fork, the build and the new process's first wait for a CPU happen
-before CreateVm asks. A spare passed on writes the config it was given on its readiness pipe and closes it as it
-becomes a runner; the template takes that config as the next spares' hint and forks them. Spawn on stdin (the agent
-had no spare) forks a runner as before. A spare shows as `kvmplat-spare` in `ps` and ends when its link closes (the
-agent dropped it or is gone) or the template ends.
+The template keeps spare runners (SPARES) for the agent: runners forked ahead of need, which have done what does not
+depend on their VM (process group, signals, fds) and built the machine of the last VM started (runner/prebuilt.py:
+most VMs of a host share a shape; a VM of that shape takes it, another frees it). A spare says so on its readiness
+pipe; the template then passes the agent its end of a socket pair to the spare (SpareReady, SCM_RIGHTS on the link
+socket, LINK_ENV). The agent hands a spare its Spawn there, with its hello right behind it, and the spare answers
+there (Spawned or Failure, then the hello's answer); that socket is then the agent's first connection to the runner:
+CreateVm costs the agent one round trip to one process, not a relay through the template, a connect and a hello.
+The fork, the build and the new process's first wait for a CPU happen before CreateVm asks. A spare passed on writes
+the Spawn line it was given on its readiness pipe as it gets it (the template takes its config as the next spares'
+hint), and closes the pipe once it listens as a runner; the template then forks the next spare. Spawn on stdin (the
+agent had no spare) forks a runner as before. A spare shows as `kvmplat-spare` in `ps` and ends when its link closes
+(the agent dropped it or is gone) or the template ends.
 """
 
 from __future__ import annotations
