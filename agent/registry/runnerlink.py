@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from kvmplat.agent import errors
 from kvmplat.agent.registry.lifecycle import Event
-from kvmplat.agent.registry.spares import HELLO_ID, SparePool, Started, Streams
+from kvmplat.agent.registry.spares import HELLO_ID, ReadySpare, SparePool, Started, Streams
 from kvmplat.agent.registry.strays import template_argv
 from kvmplat.agent.runner import wire
 from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig, RunnerEvent
@@ -87,12 +87,35 @@ class TemplateClient:
         if spare is not None:
             if taken is not None:
                 taken(spare.pid)
-            started = await self.spares.hand(spare, config)
+            started = await self._hand(spare, config)
         if started is None:
             started = Started(await self._fork(config))
         if not config.incoming:
             self.spares.hinted()
         return started
+
+    @staticmethod
+    async def _hand(spare: ReadySpare, config: RunnerConfig) -> Started | None:
+        """Gives `spare` its config, with the hello behind it (HELLO_ID); the runner once it listens, None when the
+        spare was dead (or died as it was handed its config: then a runner is forked after all), or the error that
+        stopped it."""
+        reader, writer = spare.streams
+        hello = wire.Call(HELLO_ID, "hello", since=config.first_seq - 1)  # the runner's ring starts at first_seq
+        try:
+            writer.write(wire.encode(wire.Spawn(config)) + wire.encode(hello))
+            line = await reader.readline()
+        except (OSError, ValueError, asyncio.LimitOverrunError):
+            line = b""
+        if not line:
+            writer.close()
+            return None
+        try:
+            answer = wire.decode(line)
+        except ValueError as e:
+            answer = wire.failure_of(errors.HostError(f"the spare's answer: {e}"))
+        if not isinstance(answer, wire.Spawned):
+            writer.close()
+        return Started(_expect(answer, wire.Spawned).pid, spare.streams)
 
     async def _fork(self, config: RunnerConfig) -> int:
         """Has the template fork a runner for `config`; its pid once it listens."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from kvmplat.agent.runner import wire
 from kvmplat.agent.runner.wire import MAX_LINE, RunnerConfig
 
-__all__ = ["HELLO_ID", "SPARE_WAIT", "SparePool", "Started", "Streams"]
+__all__ = ["HELLO_ID", "SPARE_WAIT", "ReadySpare", "SparePool", "Started", "Streams"]
 
 SPARE_WAIT = 0.05  # seconds a spawn waits for the next spare before the template forks its runner instead
 HELLO_ID = 0  # the id of the hello sent with a spare's config (a RunnerClient numbers its own calls from 1)
@@ -33,7 +33,9 @@ class Started:
 
 
 @dataclass
-class _Spare:
+class ReadySpare:
+    """A spare passed on by the template: its pid, the shape it built ahead, the agent's connection to it."""
+
     pid: int
     shape: RunnerConfig | None  # the shape of the machine it built ahead (RunnerConfig.shape); None: none
     streams: Streams
@@ -45,7 +47,7 @@ class SparePool:
     def __init__(self, link: socket.socket) -> None:
         self._link = link
         self._loop = asyncio.get_running_loop()
-        self._ready: deque[_Spare] = deque()
+        self._ready: deque[ReadySpare] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._hinted = False  # a VM was asked for: the template forks spares with its machine built ahead
@@ -85,14 +87,14 @@ class SparePool:
         if self.closed or (self._hinted and msg.hint is None):
             streams[1].close()  # a spare with nothing built ahead, forked before the first VM: one with it follows
             return
-        self._ready.append(_Spare(msg.pid, None if msg.hint is None else msg.hint.shape(), streams))
+        self._ready.append(ReadySpare(msg.pid, None if msg.hint is None else msg.hint.shape(), streams))
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 break
 
-    async def take(self, config: RunnerConfig) -> _Spare | None:
+    async def take(self, config: RunnerConfig) -> ReadySpare | None:
         """A ready spare for `config` (the oldest of those that built its shape ahead, else the oldest), waiting at
         most SPARE_WAIT for the next one when none is ready (the template forks new ones as spares are taken); None
         when none came."""
@@ -111,36 +113,14 @@ class SparePool:
     def hinted(self) -> None:
         """A VM was asked for (its runner listens): the template now forks spares with its machine built ahead, so
         the spares forked before with nothing built are dropped (each ends, and the template forks one in its place).
-        Not before: the spare's word of its config reaches the template before the drop does."""
+        Not before: the spare's word of its config reaches the template before the drop does. Once is enough: blank
+        spares that arrive later are dropped as they arrive."""
+        if self._hinted:
+            return
         self._hinted = True
         for spare in [s for s in self._ready if s.shape is None]:
             self._ready.remove(spare)
             spare.streams[1].close()
-
-    @staticmethod
-    async def hand(spare: _Spare, config: RunnerConfig) -> Started | None:
-        """Gives `spare` its config; the runner once it listens, None when the spare was dead (or died as it was
-        handed its config: then a runner is forked after all), or the error that stopped it."""
-        reader, writer = spare.streams
-        hello = wire.Call(HELLO_ID, "hello", since=config.first_seq - 1)  # the runner's ring starts at first_seq
-        try:
-            writer.write(wire.encode(wire.Spawn(config)) + wire.encode(hello))
-            line = await reader.readline()
-        except (OSError, ValueError, asyncio.LimitOverrunError):
-            line = b""
-        if not line:
-            writer.close()
-            return None
-        try:
-            answer = wire.decode(line)
-        except ValueError as e:
-            answer = wire.failure_of(e)
-        if isinstance(answer, wire.Spawned):
-            return Started(answer.pid, spare.streams)
-        writer.close()
-        if isinstance(answer, wire.Failure):
-            raise wire.error_of(answer)
-        raise wire.error_of(wire.failure_of(RuntimeError(f"the spare answered {type(answer).__name__}")))
 
     def close(self) -> None:
         """Stops taking spares and drops the ready ones (each ends when its socket closes)."""

@@ -31,32 +31,35 @@ def template_argv(state_dir: str) -> list[str]:
     return ["-m", TEMPLATE_MODULE, "--state-dir", os.path.realpath(state_dir)]
 
 
+def _proc(pid: int | str) -> tuple[list[bytes], str, int, str] | None:
+    """The arguments after the interpreter, state, parent and name of process `pid`; None when it is gone."""
+    proc = Path("/proc", str(pid))
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")[1:-1]
+        state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        comm = (proc / "comm").read_text().strip()
+    except OSError:
+        return None
+    return argv, state, int(ppid), comm
+
+
 def _ours(state_dir: str, template_pid: int = 0) -> list[tuple[int, bool]]:
     """(pid, is a runner) of every template and runner serving `state_dir`, but `template_pid`'s children."""
     want = [a.encode() for a in template_argv(state_dir)]
     out = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or (info := _proc(proc.name)) is None:
             continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")[1:-1]
-            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            comm = (proc / "comm").read_text().strip()
-        except OSError:
-            continue
-        if argv == want and state != "Z" and not (template_pid and int(ppid) == template_pid):
+        argv, state, ppid, comm = info
+        if argv == want and state != "Z" and not (template_pid and ppid == template_pid):
             out.append((int(proc.name), comm == RUNNER_COMM))
     return out
 
 
 def alive(state_dir: str, pid: int) -> bool:
     """Whether `pid` is a live runner or spare of `state_dir` (one recorded may still be building its VM)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:-1]
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return argv == [a.encode() for a in template_argv(state_dir)] and state != "Z"
+    info = _proc(pid)
+    return info is not None and info[0] == [a.encode() for a in template_argv(state_dir)] and info[1] != "Z"
 
 
 def runners_of(state_dir: str) -> list[int]:

@@ -167,8 +167,8 @@ def _runner_main(
     link: tuple[socket.socket, BinaryIO] | None = None,
 ) -> None:
     """The runner process: build the VM (or take `machine`, built ahead), listen, report readiness (on `link` for a
-    spare, whose agent waits there, else on the readiness pipe), serve until destroyed. A spare then tells the
-    template its config (the next spares build its machine ahead) by closing the readiness pipe after it."""
+    spare, whose agent waits there, else on the readiness pipe), close the readiness pipe (the template forks the
+    next spare once a spare's closes), serve until destroyed."""
     code = 0
     try:
         with open("/proc/self/comm", "w") as comm:  # first: the threads its build starts take the name

@@ -116,8 +116,8 @@ class Spawned:
 
 @dataclass(frozen=True)
 class SpareReady:
-    """The template's word to the agent, with the spare's end of a socket pair: spare `pid` waits there for the Spawn
-    it builds; `hint` is the config whose machine it built ahead (None: none)."""
+    """The template's word to the agent, with the agent's end of a socket pair to a spare: spare `pid` waits at the
+    other end for the Spawn it builds; `hint` is the config whose machine it built ahead (None: none)."""
 
     pid: int
     hint: RunnerConfig | None = None
